@@ -1,0 +1,45 @@
+# `make demo` runs the nightly DAG on the synthetic shop; `make test` runs the tests. Both set up .venv first.
+PYTHON ?= python3.11
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+VAR    ?= $(CURDIR)/var
+
+export RECSYS_VAR_DIR             := $(VAR)
+export AIRFLOW_HOME               := $(VAR)/airflow
+export AIRFLOW__CORE__DAGS_FOLDER := $(CURDIR)/dags
+export AIRFLOW__CORE__LOAD_EXAMPLES := False
+export TF_USE_LEGACY_KERAS        := 1
+export PATH                       := $(BIN):$(PATH)
+
+.PHONY: setup demo test test-fast lint airflow mlflow clean
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup  ## generate data if missing, run the DAG through Airflow, print timings, metrics and a user's list
+	$(BIN)/python -m pipelines.demo
+
+test: setup  ## every test, the slow end-to-end ones included
+	$(BIN)/pytest -ra
+
+test-fast: setup
+	$(BIN)/pytest -ra -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+
+airflow: setup  ## Airflow UI on :8080 with this DAG folder; the password is printed and kept in $(AIRFLOW_HOME)
+	$(BIN)/airflow standalone
+
+mlflow: setup  ## MLflow UI on :5000 over the pipeline's tracking store
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(VAR)/mlflow/mlflow.db \
+		--default-artifact-root $(VAR)/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+clean:
+	rm -rf $(VAR)

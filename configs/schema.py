@@ -1,0 +1,142 @@
+"""Typed configuration of the nightly pipeline: one frozen, strict model per step."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, and an unknown key is an error."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class PathsConfig(Section):
+    var: Path = Path("var")
+    raw: Path | None = Field(None, description="Landing zone; defaults to <var>/lake/raw.")
+
+
+class FeatureColumns(Section):
+    """Declared feature columns of a raw snapshot table (items or users)."""
+
+    categorical: tuple[str, ...] = ()
+    numeric: tuple[str, ...] = ()
+    text: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        return self.categorical + self.numeric + self.text + self.tags
+
+
+class DataConfig(Section):
+    """The raw data contract: event types with their weights, and declared features."""
+
+    event_weights: dict[str, float] = {
+        "view": 1.0, "click": 2.0, "add_to_cart": 4.0, "purchase": 8.0, "rating": 1.0,
+    }
+    rating_scales_weight: bool = Field(
+        True, description="A rating event's weight is multiplied by its value.")
+    items: FeatureColumns = FeatureColumns(
+        categorical=("category", "brand"), numeric=("price",), text=("title",), tags=("tags",))
+    users: FeatureColumns = FeatureColumns(categorical=("country", "age_band"))
+
+    @property
+    def event_types(self) -> tuple[str, ...]:
+        return tuple(self.event_weights)
+
+
+class ValidateRawConfig(Section):
+    unknown_item_tolerance: float = Field(0.01, ge=0, le=1)
+    unknown_user_tolerance: float = Field(0.01, ge=0, le=1)
+    row_count_trailing_days: int = Field(7, ge=1)
+    row_count_tolerance: float = Field(
+        0.5, ge=0, description="Allowed relative deviation of the day's event count from the trailing mean.")
+
+
+class BuildFeaturesConfig(Section):
+    lookback_days: int = Field(28, ge=2, description="Days of events read, ending at ds.")
+    holdout_days: int = Field(3, ge=1, description="The last days of the lookback, held out for evaluation.")
+    history_length: int = Field(50, ge=1, description="Most recent items kept per user as history.")
+
+    @model_validator(mode="after")
+    def _holdout_inside_lookback(self) -> BuildFeaturesConfig:
+        if self.holdout_days >= self.lookback_days:
+            raise ValueError(
+                f"holdout_days ({self.holdout_days}) must be smaller than lookback_days ({self.lookback_days})")
+        return self
+
+
+class PopularityConfig(Section):
+    half_life_days: float = Field(7.0, gt=0, description="Time decay of an interaction's weight.")
+
+
+class CooccurrenceConfig(Section):
+    neighbours: int = Field(100, ge=1, description="Most similar items kept per item.")
+    shrinkage: float = Field(10.0, ge=0, description="Damps similarities resting on few shared users.")
+
+
+ModelKind = Literal["popularity", "cooccurrence"]
+
+
+class TrainConfig(Section):
+    models: tuple[ModelKind, ...] = ("popularity", "cooccurrence")
+    popularity: PopularityConfig = PopularityConfig()
+    cooccurrence: CooccurrenceConfig = CooccurrenceConfig()
+
+
+class EvaluateConfig(Section):
+    ks: tuple[int, ...] = (10, 50, 100)
+    positive_event_types: tuple[str, ...] = ("add_to_cart", "purchase")
+    baseline: ModelKind = "popularity"
+    batch_size: int = Field(1024, ge=1)
+
+
+class RegisterConfig(Section):
+    tracking_uri: str | None = Field(None, description="Defaults to SQLite under <var>/mlflow.")
+    experiment: str = "recsys_nightly"
+    model_name: str = "recsys_recommender"
+    primary_metric: str = "ndcg_at_10"
+    margin: float = Field(0.0, ge=0, description="Relative improvement over the champion needed to promote.")
+    guard_metrics: tuple[str, ...] = ("recall_at_100", "hit_rate_at_10")
+    guard_tolerance: float = Field(0.05, ge=0, description="Relative drop of a guard metric that blocks promotion.")
+
+
+class PublishConfig(Section):
+    k: int = Field(100, ge=1)
+    exclude_event_types: tuple[str, ...] = ("purchase",)
+    only_available: bool = True
+    batch_size: int = Field(2048, ge=1)
+    warehouse: Path | None = Field(None, description="DuckDB file; defaults to <var>/warehouse.duckdb.")
+
+
+# The `register` section shares its name with ABCMeta.register, which no config object ever calls.
+warnings.filterwarnings("ignore", message='Field name "register" in "Config" shadows', category=UserWarning)
+
+
+class Config(Section):
+    """The whole pipeline's configuration, validated once at the edge."""
+
+    seed: int = 42
+    paths: PathsConfig = PathsConfig()
+    data: DataConfig = DataConfig()
+    validate_raw: ValidateRawConfig = ValidateRawConfig()
+    build_features: BuildFeaturesConfig = BuildFeaturesConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    register: RegisterConfig = RegisterConfig()
+    publish: PublishConfig = PublishConfig()
+
+    @model_validator(mode="after")
+    def _event_types_known(self) -> Config:
+        known = set(self.data.event_types)
+        for section, types in (("evaluate.positive_event_types", self.evaluate.positive_event_types),
+                               ("publish.exclude_event_types", self.publish.exclude_event_types)):
+            unknown = sorted(set(types) - known)
+            if unknown:
+                raise ValueError(f"{section} names event types {unknown} not in data.event_weights {sorted(known)}")
+        return self

@@ -1,0 +1,1 @@
+"""How the steps compose into the nightly pipeline; runnable without Airflow."""

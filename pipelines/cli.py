@@ -1,0 +1,104 @@
+"""`recsys`: run the nightly pipeline, look at its output, and make or import raw data."""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from configs import load_config
+from tasks.step_cli import ConfigOption, SetOption, configure_logging
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+log = logging.getLogger("recsys")
+
+
+def latest_event_day(raw: Path) -> date:
+    days = sorted(p.name.removeprefix("ds=") for p in (raw / "events").glob("ds=*") if p.is_dir())
+    if not days:
+        raise typer.BadParameter(f"no events partitions under {raw / 'events'}; run `recsys generate` first")
+    return date.fromisoformat(days[-1])
+
+
+@app.command()
+def run(config: ConfigOption = None, set_: SetOption = None,
+        ds: Annotated[str | None, typer.Option(help="Data date; default: the newest events partition.")] = None,
+        run_id: Annotated[str | None, typer.Option(help="Run id; default: local__<time>.")] = None) -> None:
+    """Run every step of the nightly pipeline for one ds, in this process."""
+    from pipelines.runner import run_pipeline
+    from tasks.address_book import AddressBook
+
+    configure_logging()
+    cfg = load_config(config, tuple(set_ or ()))
+    day = date.fromisoformat(ds) if ds else latest_event_day(AddressBook.from_config(cfg).raw)
+    run_pipeline(cfg, day, run_id or f"local__{datetime.now(timezone.utc):%Y-%m-%dT%H%M%S}")
+
+
+@app.command()
+def recs(user: Annotated[str, typer.Option("--user", help="User id.")],
+         ds: Annotated[str | None, typer.Option(help="Data date; default: the latest published.")] = None,
+         config: ConfigOption = None, set_: SetOption = None,
+         top: Annotated[int, typer.Option(help="Rows to show.")] = 10) -> None:
+    """Print one user's recommendations from the table, with item attributes."""
+    import pandas as pd
+
+    from tasks.address_book import AddressBook
+    from tasks.warehouse import DuckDBWarehouse
+
+    cfg = load_config(config, tuple(set_ or ()))
+    book = AddressBook.from_config(cfg)
+    frame = DuckDBWarehouse(cfg.publish.warehouse or book.warehouse).user_recommendations(
+        user, date.fromisoformat(ds) if ds else None)
+    if frame.empty:
+        typer.echo(f"no recommendations for user {user!r}" + (f" on {ds}" if ds else " in recommendations_latest"))
+        raise typer.Exit(1)
+    published = pd.Timestamp(frame["ds"].iloc[0]).date()
+    items_file = book.features(published) / "serving_items.parquet"
+    if items_file.is_file():
+        attributes = pd.read_parquet(items_file).drop(columns=["n_events", "n_users", "weight_sum"], errors="ignore")
+        frame = frame.merge(attributes, on="item_id", how="left")
+    shown = frame.head(top).drop(columns=["ds", "user_id", "generated_at"])
+    typer.echo(f"user {user}, ds {published}, model {frame['model_name'].iloc[0]} v{frame['model_version'].iloc[0]}")
+    typer.echo(shown.drop(columns=["model_name", "model_version"]).to_string(index=False))
+
+
+@app.command()
+def generate(out: Annotated[Path, typer.Option(help="Landing zone to write.")],
+             days: int = 30, users: int = 10_000, items: int = 5_000,
+             events: Annotated[int, typer.Option(help="Approximate number of events.")] = 120_000,
+             seed: int = 42,
+             end: Annotated[str, typer.Option(help="Last day YYYY-MM-DD.")] = "2026-11-22") -> None:
+    """Write a synthetic shop's events, items and users as daily partitions."""
+    from tasks.generate import ShopSpec
+    from tasks.generate import generate as generate_shop
+
+    configure_logging()
+    generate_shop(ShopSpec(days=days, users=users, items=items, events=events, seed=seed,
+                           end=date.fromisoformat(end)), out)
+
+
+@app.command("import-movielens")
+def import_movielens(src: Annotated[Path, typer.Argument(help="MovieLens-100K folder (u.data, u.item, u.user).")],
+                     out: Annotated[Path, typer.Argument(help="Landing zone to write.")]) -> None:
+    """Turn MovieLens-100K into the raw layout; run it with configs/movielens.yaml."""
+    from tasks.import_movielens import import_movielens as run_import
+
+    configure_logging()
+    run_import(src, out)
+
+
+@app.command("import-online-retail")
+def import_online_retail(src: Annotated[Path, typer.Argument(help="UCI Online Retail file: CSV, XLSX or Parquet.")],
+                         out: Annotated[Path, typer.Argument(help="Landing zone to write.")]) -> None:
+    """Turn the UCI Online Retail transactions into the raw layout; run it with configs/retail.yaml."""
+    from tasks.import_online_retail import import_online_retail as run_import
+
+    configure_logging()
+    run_import(src, out)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,94 @@
+"""The nightly pipeline as data: its steps, what each follows and produces, and its run-time knobs.
+
+Both the Airflow DAG and the local runner read this module; it imports nothing heavy, so the scheduler can
+parse the DAG file cheaply.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+DAG_ID = "recsys_nightly"
+SCHEDULE = "0 2 * * *"  # 02:00 UTC, for the previous day's data
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str          # the Airflow task id, the config section, the module under tasks/, the output folder
+    upstream: tuple[str, ...]
+    produces: tuple[str, ...] = ()  # Airflow Asset names a successful run updates
+
+    @property
+    def module(self) -> str:
+        return f"tasks.{self.name}"
+
+
+STEPS: tuple[Step, ...] = (
+    Step("validate_raw", ()),
+    Step("build_features", ("validate_raw",), ("recsys_features",)),
+    Step("train", ("build_features",)),
+    Step("evaluate", ("train",)),
+    Step("register", ("evaluate",), ("recsys_model",)),
+    Step("publish", ("register",), ("recsys_recommendations",)),
+)
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A run-time setting shown in Airflow's trigger form; None keeps the config's value."""
+
+    key: str           # dotted config key it overrides
+    type: str          # JSON-schema type of the value
+    description: str
+
+
+KNOBS: dict[str, Knob] = {
+    "k": Knob("publish.k", "integer", "Recommendations per user (top-K)."),
+    "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds."),
+    "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation."),
+    "models": Knob("train.models", "array", "Candidate models, e.g. [\"popularity\", \"cooccurrence\"]."),
+    "cooccurrence_neighbours": Knob("train.cooccurrence.neighbours", "integer", "Neighbours kept per item."),
+    "popularity_half_life_days": Knob("train.popularity.half_life_days", "number", "Popularity time decay."),
+    "gate_margin": Knob("register.margin", "number", "Relative gain over the champion needed to promote."),
+}
+
+
+def knob_overrides(params: dict) -> list[str]:
+    """`--set`-style overrides for the knobs a run was given (unset knobs keep the config's values)."""
+    return [f"{knob.key}={json.dumps(params[name])}" for name, knob in KNOBS.items()
+            if params.get(name) is not None]
+
+
+def data_date(logical_date: datetime, override: str | None = None) -> date:
+    """The ds a run processes: an explicit override, else the day before the run's logical date.
+
+    With a cron trigger, a run at 02:00 on day D has logical date D and processes day D-1, which is complete.
+    """
+    if override:
+        return date.fromisoformat(override)
+    return (logical_date - timedelta(days=1)).date()
+
+
+def topological(steps: tuple[Step, ...] = STEPS) -> list[Step]:
+    """Steps in an order where each comes after everything it follows; rejects unknown names and cycles."""
+    by_name = {s.name: s for s in steps}
+    ordered: list[Step] = []
+    visiting: set[str] = set()
+
+    def visit(step: Step) -> None:
+        if step in ordered:
+            return
+        if step.name in visiting:
+            raise ValueError(f"cycle in pipeline at step {step.name}")
+        visiting.add(step.name)
+        for name in step.upstream:
+            if name not in by_name:
+                raise ValueError(f"step {step.name} follows unknown step {name}")
+            visit(by_name[name])
+        ordered.append(step)
+
+    for step in steps:
+        visit(step)
+    return ordered

@@ -1,0 +1,177 @@
+"""build_features: point-in-time correct interactions and user/item features, as Parquet partitioned by ds.
+
+Training data ends at the cutoff (the first held-out day); training features use only events before it, so
+an event on or after the cutoff can change no training feature. Serving features use everything up to ds.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import date, timedelta
+
+import great_expectations.expectations as gxe
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from configs.schema import BuildFeaturesConfig, Config, DataConfig
+from tasks.address_book import AddressBook
+from tasks.atomic_write import atomic_directory
+from tasks.data_checks import run_suites
+from tasks.errors import FeaturesInvalid
+from tasks.feature_set import FeatureSet, Window
+from tasks.raw_store import RawStore
+from tasks.step_cli import step_main
+
+log = logging.getLogger(__name__)
+
+
+class BuildFeaturesResult(BaseModel):
+    ds: date
+    path: str
+    cutoff: date
+    rows: dict[str, int]
+
+
+def feature_window(ds: date, rules: BuildFeaturesConfig) -> Window:
+    return Window(first=ds - timedelta(days=rules.lookback_days - 1),
+                  cutoff=ds - timedelta(days=rules.holdout_days - 1), last=ds)
+
+
+def weigh_events(events: pd.DataFrame, data: DataConfig) -> pd.Series:
+    """Each event's weight: its type's weight, times its value for ratings when so configured."""
+    weight = events["event_type"].map(data.event_weights).astype(float)
+    if data.rating_scales_weight and "value" in events.columns:
+        is_rating = (events["event_type"] == "rating") & events["value"].notna()
+        weight = weight.where(~is_rating, weight * events["value"])
+    return weight
+
+
+def user_features(events: pd.DataFrame, snapshot: pd.DataFrame, declared: tuple[str, ...],
+                  history_length: int, as_of: pd.Timestamp) -> pd.DataFrame:
+    """Declared columns from the snapshot plus behaviour from `events` (which must all precede `as_of`)."""
+    ordered = events.sort_values(["event_ts", "event_id"], ascending=False, kind="stable")
+    behaviour = ordered.groupby("user_id", sort=True).agg(
+        n_events=("event_id", "size"), weight_sum=("weight", "sum"), last_event_ts=("event_ts", "max"))
+    history = ordered.drop_duplicates(["user_id", "item_id"]).groupby("user_id").head(history_length)
+    behaviour = behaviour.join(history.groupby("user_id")["item_id"].agg(list).rename("history"))
+    behaviour["days_since_last_event"] = (as_of - behaviour["last_event_ts"]).dt.total_seconds() / 86_400
+    base = snapshot[["user_id", *declared]].drop_duplicates("user_id")
+    merged = base.merge(behaviour.reset_index(), on="user_id", how="outer")
+    merged["n_events"] = merged["n_events"].fillna(0).astype("int64")
+    merged["weight_sum"] = merged["weight_sum"].fillna(0.0)
+    merged["history"] = merged["history"].apply(lambda h: h if isinstance(h, list) else [])
+    return merged.sort_values("user_id", ignore_index=True)
+
+
+def item_features(events: pd.DataFrame, snapshot: pd.DataFrame, declared: tuple[str, ...]) -> pd.DataFrame:
+    """Declared columns and availability from the snapshot plus popularity from `events`."""
+    popularity = events.groupby("item_id").agg(
+        n_events=("event_id", "size"), n_users=("user_id", "nunique"), weight_sum=("weight", "sum"))
+    columns = ["item_id", *declared] + (["is_available"] if "is_available" in snapshot.columns else [])
+    merged = snapshot[columns].drop_duplicates("item_id").merge(popularity.reset_index(), on="item_id", how="outer")
+    if "is_available" not in merged.columns:
+        merged["is_available"] = True
+    # An item seen in events but missing from the snapshot cannot be shown: mark it unavailable.
+    merged["is_available"] = merged["is_available"].astype("boolean").fillna(False).astype(bool)
+    for column in ("n_events", "n_users"):
+        merged[column] = merged[column].fillna(0).astype("int64")
+    merged["weight_sum"] = merged["weight_sum"].fillna(0.0)
+    return merged.sort_values("item_id", ignore_index=True)
+
+
+def vocabulary(train_users: pd.DataFrame, train_items: pd.DataFrame, data: DataConfig) -> pd.DataFrame:
+    """Ids and categorical values seen before the cutoff, most frequent first."""
+    parts = [pd.DataFrame({"feature": "user_id", "token": train_users.loc[train_users["n_events"] > 0, "user_id"],
+                           "count": train_users.loc[train_users["n_events"] > 0, "n_events"]}),
+             pd.DataFrame({"feature": "item_id", "token": train_items.loc[train_items["n_events"] > 0, "item_id"],
+                           "count": train_items.loc[train_items["n_events"] > 0, "n_events"]})]
+    for frame, columns in ((train_users, data.users.categorical), (train_items, data.items.categorical)):
+        for column in columns:
+            counts = frame[column].dropna().astype(str).value_counts()
+            parts.append(pd.DataFrame({"feature": column, "token": counts.index, "count": counts.to_numpy()}))
+    vocab = pd.concat(parts, ignore_index=True)
+    vocab["token"] = vocab["token"].astype(str)
+    return vocab.sort_values(["feature", "count", "token"], ascending=[True, False, True], ignore_index=True)
+
+
+def compute_features(events: pd.DataFrame, users_at_cutoff: pd.DataFrame, items_at_cutoff: pd.DataFrame,
+                     users_at_ds: pd.DataFrame, items_at_ds: pd.DataFrame, window: Window,
+                     config: Config) -> FeatureSet:
+    """The pure part of the step: raw frames in, a FeatureSet out."""
+    cutoff_ts = pd.Timestamp(window.cutoff.isoformat(), tz="UTC")
+    end_ts = pd.Timestamp((window.last + timedelta(days=1)).isoformat(), tz="UTC")
+    data, rules = config.data, config.build_features
+    interactions = events.assign(
+        weight=weigh_events(events, data),
+        split=np.where(events["event_ts"] < cutoff_ts, "train", "holdout"),
+    )[["event_id", "user_id", "item_id", "event_type", "event_ts", "weight", "split"]]
+    interactions = interactions.sort_values(["event_ts", "event_id"], ignore_index=True)
+    train = interactions[interactions["split"] == "train"]
+    train_users = user_features(train, users_at_cutoff, data.users.all, rules.history_length, cutoff_ts)
+    train_items = item_features(train, items_at_cutoff, data.items.all)
+    return FeatureSet(
+        window=window, interactions=interactions,
+        train_users=train_users, train_items=train_items,
+        serving_users=user_features(interactions, users_at_ds, data.users.all, rules.history_length, end_ts),
+        serving_items=item_features(interactions, items_at_ds, data.items.all),
+        vocabulary=vocabulary(train_users, train_items, data),
+        manifest={"window": {"first": window.first, "cutoff": window.cutoff, "last": window.last}},
+    )
+
+
+def features_suites(features: FeatureSet) -> tuple[dict[str, pd.DataFrame], dict[str, list[gxe.Expectation]]]:
+    """Checks of the built tables, the point-in-time rule among them."""
+    cutoff_ts = pd.Timestamp(features.window.cutoff.isoformat(), tz="UTC")
+    frames = {"interactions": features.interactions, "train_users": features.train_users,
+              "train_items": features.train_items}
+    suites = {
+        "interactions": [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "item_id", "weight")]
+        + [gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0, strict_min=True),
+           gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "holdout"])],
+        "train_users": [gxe.ExpectColumnValuesToBeUnique(column="user_id"),
+                        gxe.ExpectColumnValuesToBeBetween(column="last_event_ts", max_value=cutoff_ts, strict_max=True)],
+        "train_items": [gxe.ExpectColumnValuesToBeUnique(column="item_id"),
+                        gxe.ExpectColumnValuesToNotBeNull(column="item_id")],
+    }
+    return frames, suites
+
+
+def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult:
+    """Read the window's raw partitions, compute and validate features, publish them atomically for ds."""
+    started = time.perf_counter()
+    book = AddressBook.from_config(config)
+    raw = RawStore(book.raw)
+    window = feature_window(ds, config.build_features)
+    events = raw.read_range("events", window.first, window.last)
+    snapshot_day, users_at_cutoff = raw.latest_snapshot("users", window.cutoff - timedelta(days=1))
+    _, items_at_cutoff = raw.latest_snapshot("items", window.cutoff - timedelta(days=1))
+    _, users_at_ds = raw.latest_snapshot("users", ds)
+    _, items_at_ds = raw.latest_snapshot("items", ds)
+    features = compute_features(events, users_at_cutoff, items_at_cutoff, users_at_ds, items_at_ds, window, config)
+    days = sorted(events["ds"].unique())
+    features.manifest.update(
+        ds=ds, snapshot_at_cutoff=snapshot_day, event_days=len(days),
+        fingerprints={f"events/ds={d}": raw.fingerprint("events", d) for d in days},
+        rows={t: len(getattr(features, t)) for t in ("interactions", "train_users", "train_items",
+                                                     "serving_users", "serving_items")})
+    frames, suites = features_suites(features)
+    failures, html, _ = run_suites(frames, suites, book.reports(ds, run_id, "build_features"))
+    if failures:
+        lines = "\n".join(f"  - {f}" for f in failures)
+        raise FeaturesInvalid(f"features ds={ds} failed validation; nothing was published:\n{lines}\nreport: {html}")
+    target = book.features(ds)
+    with atomic_directory(target) as staging:
+        features.write(staging)
+    log.info("build_features ds=%s: %d interactions (%d train, cutoff %s) from %d days, %d users, %d items "
+             "in %.1fs -> %s", ds, len(features.interactions), len(features.train_interactions), window.cutoff,
+             len(days), len(features.serving_users), len(features.serving_items), time.perf_counter() - started,
+             target)
+    return BuildFeaturesResult(ds=ds, path=str(target), cutoff=window.cutoff, rows=features.manifest["rows"])
+
+
+run = build_features
+
+if __name__ == "__main__":
+    step_main(build_features)

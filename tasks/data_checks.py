@@ -1,0 +1,74 @@
+"""Run Great Expectations suites over DataFrames and turn failures into messages that name the rule."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import great_expectations as gx
+import great_expectations.expectations as gxe
+import pandas as pd
+
+# GX 1.24 does not recognise pandas 3's `str` dtype in type expectations, but checks object columns value by
+# value; `as_checked_frame` hands it object columns, so these are Python type names.
+STRING_TYPES = ["str"]
+TIMESTAMP_TYPES = ["Timestamp"]
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One failed expectation, in the words the error message uses."""
+
+    table: str
+    expectation: str
+    column: str | None
+    detail: str
+
+    def __str__(self) -> str:
+        where = f"column {self.column}" if self.column else "table"
+        return f"{self.table}: {where} failed {self.expectation} ({self.detail})"
+
+
+def as_checked_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy whose string and timestamp columns are object-typed, so GX checks each value's type."""
+    typed = frame.select_dtypes(include=["string", "str", "datetime", "datetimetz"]).columns
+    return frame.astype({c: object for c in typed})
+
+
+def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, list[gxe.Expectation]],
+               report_dir: Path) -> tuple[list[Failure], Path, dict]:
+    """Validate each table with its suite in a file-backed GX context under `report_dir`, building Data Docs."""
+    context = gx.get_context(mode="file", project_root_dir=report_dir)
+    source = context.data_sources.add_or_update_pandas(name="raw")
+    definitions = []
+    for table, expectations in suites.items():
+        suite = context.suites.add_or_update(gx.ExpectationSuite(name=table, expectations=expectations))
+        batch = source.add_dataframe_asset(name=table).add_batch_definition_whole_dataframe("whole")
+        definitions.append(context.validation_definitions.add_or_update(
+            gx.ValidationDefinition(name=table, data=batch, suite=suite)))
+    failures: list[Failure] = []
+    results: dict[str, dict] = {}
+    for definition in definitions:
+        table = definition.name
+        outcome = definition.run(batch_parameters={"dataframe": as_checked_frame(frames[table])}, result_format="SUMMARY")
+        results[table] = outcome.to_json_dict()
+        failures += [_describe(table, r) for r in outcome.results if not r.success]
+    context.build_data_docs()
+    html = report_dir / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+    return failures, html, results
+
+
+def _describe(table: str, result) -> Failure:
+    config, summary = result.expectation_config, result.result or {}
+    if "unexpected_count" in summary:
+        sample = ", ".join(map(str, summary.get("partial_unexpected_list", [])[:5]))
+        detail = f"{summary['unexpected_count']} of {summary['element_count']} rows unexpected, e.g. [{sample}]"
+    elif "observed_value" in summary:
+        detail = f"observed {summary['observed_value']}"
+        if "min_value" in config.kwargs:
+            detail += f", expected {config.kwargs.get('min_value')}..{config.kwargs.get('max_value')}"
+    elif result.exception_info and result.exception_info.get("raised_exception"):
+        detail = f"could not be evaluated: {result.exception_info.get('exception_message')}"
+    else:
+        detail = "missing" if config.type == "expect_column_to_exist" else "failed"
+    return Failure(table, config.type, config.kwargs.get("column"), detail)

@@ -1,0 +1,21 @@
+"""Errors that mean the data, not the code or the infrastructure, is wrong: retrying will not help."""
+
+
+class DataContractError(Exception):
+    """Input data breaks the contract; the run stops and nothing downstream changes."""
+
+
+class RawDataInvalid(DataContractError):
+    """A raw partition failed its Great Expectations suite."""
+
+
+class FeaturesInvalid(DataContractError):
+    """The built features failed their suite; the partition was not published."""
+
+
+class RecommendationsInvalid(DataContractError):
+    """The recommendations failed the pre-commit checks; the table was left as it was."""
+
+
+class MissingInput(DataContractError):
+    """An upstream partition or model that a step needs does not exist."""

@@ -1,0 +1,66 @@
+"""The features of one ds: what `build_features` writes and every later step reads."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from tasks.errors import MissingInput
+
+TABLES = ("interactions", "train_users", "train_items", "serving_users", "serving_items", "vocabulary")
+
+
+@dataclass(frozen=True)
+class Window:
+    """The days a feature set covers: training days end the day before `cutoff`; held-out days follow."""
+
+    first: date
+    cutoff: date
+    last: date
+
+
+@dataclass(frozen=True)
+class FeatureSet:
+    """Point-in-time correct tables of one ds.
+
+    interactions: every event in the window with its weight and `split` ('train' before the cutoff, else
+    'holdout'). train_users / train_items: features from data before the cutoff only (for training and
+    evaluation). serving_users / serving_items: the same as of ds (for publishing). vocabulary: ids and
+    categorical values seen in training, with counts.
+    """
+
+    window: Window
+    interactions: pd.DataFrame
+    train_users: pd.DataFrame
+    train_items: pd.DataFrame
+    serving_users: pd.DataFrame
+    serving_items: pd.DataFrame
+    vocabulary: pd.DataFrame
+    manifest: dict
+
+    @property
+    def train_interactions(self) -> pd.DataFrame:
+        return self.interactions[self.interactions["split"] == "train"]
+
+    @property
+    def holdout_interactions(self) -> pd.DataFrame:
+        return self.interactions[self.interactions["split"] == "holdout"]
+
+    def write(self, directory: Path) -> None:
+        for table in TABLES:
+            getattr(self, table).to_parquet(directory / f"{table}.parquet", index=False)
+        (directory / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
+
+    @classmethod
+    def read(cls, directory: Path) -> FeatureSet:
+        manifest_path = directory / "manifest.json"
+        if not manifest_path.is_file():
+            raise MissingInput(f"no feature set at {directory}: run build_features for this ds first")
+        manifest = json.loads(manifest_path.read_text())
+        window = Window(*(date.fromisoformat(manifest["window"][k]) for k in ("first", "cutoff", "last")))
+        tables = {t: pd.read_parquet(directory / f"{t}.parquet") for t in TABLES}
+        return cls(window=window, manifest=manifest, **tables)

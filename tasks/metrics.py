@@ -1,0 +1,61 @@
+"""Offline ranking metrics at K over top-K lists and held-out relevant items, one row per user."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+PER_USER = ("recall", "ndcg", "hit_rate", "map")
+
+
+def metric_name(metric: str, k: int) -> str:
+    return f"{metric}_at_{k}"
+
+
+def per_user_metrics(recommendations: pd.DataFrame, relevant: pd.DataFrame, ks: tuple[int, ...]) -> pd.DataFrame:
+    """Recall, NDCG, HitRate and MAP at each K for every user in `relevant` (binary relevance).
+
+    recommendations: (user_id, rank, item_id), rank starting at 1. relevant: (user_id, item_id).
+    Recall@K = hits / |relevant|; NDCG@K = DCG / ideal DCG of min(K, |relevant|) hits, with gain
+    1/log2(rank+1); MAP@K = sum over hits of precision at that rank, divided by min(K, |relevant|).
+    A user with no recommendations scores 0.
+    """
+    relevant = relevant[["user_id", "item_id"]].drop_duplicates()
+    n_relevant = relevant.groupby("user_id").size().rename("n_relevant")
+    hits = recommendations[["user_id", "rank", "item_id"]].merge(relevant, on=["user_id", "item_id"])
+    hits = hits.sort_values(["user_id", "rank"], ignore_index=True)
+    hits["hit_number"] = hits.groupby("user_id").cumcount() + 1
+    hits["gain"] = 1.0 / np.log2(hits["rank"] + 1.0)
+    hits["precision"] = hits["hit_number"] / hits["rank"]
+    out = n_relevant.to_frame()
+    ideal_gains = np.cumsum(1.0 / np.log2(np.arange(2, max(ks) + 2)))
+    for k in ks:
+        at_k = hits[hits["rank"] <= k].groupby("user_id")
+        n_hits = at_k.size().reindex(out.index, fill_value=0)
+        denominator = np.minimum(out["n_relevant"], k)
+        out[metric_name("recall", k)] = n_hits / out["n_relevant"]
+        out[metric_name("ndcg", k)] = at_k["gain"].sum().reindex(out.index, fill_value=0.0) / ideal_gains[denominator - 1]
+        out[metric_name("hit_rate", k)] = (n_hits > 0).astype(float)
+        out[metric_name("map", k)] = at_k["precision"].sum().reindex(out.index, fill_value=0.0) / denominator
+    return out.reset_index()
+
+
+def catalog_metrics(recommendations: pd.DataFrame, catalog_size: int, item_popularity: pd.Series,
+                    ks: tuple[int, ...]) -> dict[str, float]:
+    """Coverage@K (share of the catalogue recommended to anyone) and the mean popularity of recommended items.
+
+    item_popularity: share of training users who interacted with each item, indexed by item_id.
+    """
+    out = {}
+    for k in ks:
+        top = recommendations.loc[recommendations["rank"] <= k, "item_id"]
+        out[metric_name("coverage", k)] = top.nunique() / catalog_size if catalog_size else 0.0
+        out[metric_name("mean_popularity", k)] = float(item_popularity.reindex(top).fillna(0.0).mean()) if len(top) else 0.0
+    return out
+
+
+def summarize(per_user: pd.DataFrame, ks: tuple[int, ...]) -> dict[str, float]:
+    """Means over users of each per-user metric, plus the number of users."""
+    columns = [metric_name(m, k) for m in PER_USER for k in ks]
+    means = per_user[columns].mean() if len(per_user) else pd.Series(0.0, index=columns)
+    return {"users": float(len(per_user)), **{c: float(v) for c, v in means.items()}}

@@ -1,0 +1,105 @@
+"""The model registry: MLflow's, with a SQLite store by default and an MLflow server in production."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import infer_signature
+
+from tasks.models.base import Recommender, load_recommender
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+ARTIFACT_KEY = "recommender"
+SERVING_TOP_K = 10
+
+
+class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
+    """MLflow's view of any project recommender: user ids and histories in, top items out."""
+
+    def load_context(self, context) -> None:
+        self.recommender = load_recommender(Path(context.artifacts[ARTIFACT_KEY]))
+
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
+        from tasks.recommend import recommend
+
+        history = model_input.assign(item_id=model_input["history"].str.split()).explode("item_id").dropna()
+        recs = recommend(self.recommender, model_input["user_id"].to_numpy(dtype=object),
+                         history.assign(weight=1.0), history.iloc[0:0], None, SERVING_TOP_K, 1024, "pyfunc")
+        return recs
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    version: str
+    recommender: Recommender
+    tags: dict[str, str]
+
+
+class ModelRegistry:
+    """Register model versions and move the `champion` / `challenger` aliases of one registered model."""
+
+    def __init__(self, tracking_uri: str, model_name: str):
+        self.tracking_uri = tracking_uri
+        self.model_name = model_name
+        mlflow.set_tracking_uri(tracking_uri)
+        mlflow.set_registry_uri(tracking_uri)
+        self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+    def version_with_tag(self, key: str, value: str) -> str | None:
+        """The newest version carrying tag key=value: how a rerun finds what it registered before."""
+        found = self.client.search_model_versions(f"name = '{self.model_name}' and tag.{key} = '{value}'")
+        newest = max((int(v.version) for v in found), default=None)
+        return None if newest is None else str(newest)
+
+    def log_and_register(self, model_dir: Path, example: pd.DataFrame, tags: dict[str, str]) -> str:
+        """Log a saved recommender as a pyfunc model in the active run and register it; returns the version."""
+        loaded = RecommenderPyfunc()
+        loaded.recommender = load_recommender(model_dir)
+        signature = infer_signature(example, loaded.predict(None, example))
+        info = mlflow.pyfunc.log_model(  # a fresh wrapper: the model travels as artifacts, not in the pickle
+            name="recommender", python_model=RecommenderPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)},
+            signature=signature, input_example=example, registered_model_name=self.model_name,
+            pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"],
+        )
+        version = str(info.registered_model_version)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(self.model_name, version, key, value)
+        return version
+
+    def alias_version(self, alias: str) -> str | None:
+        try:
+            return str(self.client.get_model_version_by_alias(self.model_name, alias).version)
+        except MlflowException:
+            return None
+
+    def load(self, alias: str = CHAMPION) -> RegisteredModel | None:
+        """The model behind an alias, loaded through MLflow (`models:/<name>@<alias>`), or None if unset."""
+        version = self.alias_version(alias)
+        if version is None:
+            return None
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}@{alias}")
+        tags = self.client.get_model_version(self.model_name, version).tags
+        return RegisteredModel(version, pyfunc.unwrap_python_model().recommender, dict(tags))
+
+    def promote(self, version: str) -> None:
+        previous = self.alias_version(CHAMPION)
+        if previous and previous != version:
+            self.client.set_registered_model_alias(self.model_name, "previous_champion", previous)
+        self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
+        if "rejected_reason" in self.client.get_model_version(self.model_name, version).tags:
+            self.client.delete_model_version_tag(self.model_name, version, "rejected_reason")
+        log.info("registry: %s version %s is now %s", self.model_name, version, CHAMPION)
+
+    def reject(self, version: str, reason: str) -> None:
+        self.client.set_registered_model_alias(self.model_name, CHALLENGER, version)
+        self.client.set_model_version_tag(self.model_name, version, "rejected_reason", reason)
+        log.info("registry: %s version %s stays %s: %s", self.model_name, version, CHALLENGER, reason)

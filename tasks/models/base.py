@@ -1,0 +1,74 @@
+"""The interface every recommender implements: score a batch of users over the model's own items."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import scipy.sparse as sp
+
+from tasks.errors import MissingInput
+
+MANIFEST = "recommender.json"
+# Kinds are found by module path so that loading a baseline never imports TensorFlow.
+KINDS = {
+    "popularity": "tasks.models.popularity:PopularityModel",
+    "cooccurrence": "tasks.models.cooccurrence:CooccurrenceModel",
+}
+
+
+@dataclass(frozen=True)
+class UserBatch:
+    """Users to score, with their interaction history as weights over the model's item vocabulary."""
+
+    user_ids: np.ndarray
+    history: sp.csr_matrix
+
+    def __len__(self) -> int:
+        return len(self.user_ids)
+
+
+class Recommender(ABC):
+    """A trained model. `fallback_scores` (popularity) serves users without usable history."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, item_ids: np.ndarray, fallback_scores: np.ndarray, params: dict[str, Any]):
+        self.item_ids = np.asarray(item_ids, dtype=object)
+        self.fallback_scores = np.asarray(fallback_scores, dtype=np.float32)
+        self.params = params
+
+    @abstractmethod
+    def score(self, batch: UserBatch) -> np.ndarray:
+        """A dense (users x items) float32 matrix; higher is better."""
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / MANIFEST).write_text(json.dumps({"kind": self.kind, "params": self.params}, indent=2))
+        np.save(directory / "item_ids.npy", self.item_ids.astype(str))
+        np.save(directory / "fallback_scores.npy", self.fallback_scores)
+        self._save_state(directory)
+
+    def _save_state(self, directory: Path) -> None:
+        """Write what the subclass needs beyond ids and fallback scores."""
+
+    @classmethod
+    def _load(cls, directory: Path, item_ids: np.ndarray, fallback: np.ndarray, params: dict) -> Recommender:
+        return cls(item_ids, fallback, params)
+
+
+def load_recommender(directory: Path) -> Recommender:
+    """Load any saved recommender; its kind is read from the manifest beside it."""
+    manifest = directory / MANIFEST
+    if not manifest.is_file():
+        raise MissingInput(f"no recommender at {directory} (missing {MANIFEST})")
+    meta = json.loads(manifest.read_text())
+    module, _, name = KINDS[meta["kind"]].partition(":")
+    cls = getattr(importlib.import_module(module), name)
+    item_ids = np.load(directory / "item_ids.npy").astype(object)
+    return cls._load(directory, item_ids, np.load(directory / "fallback_scores.npy"), meta["params"])

@@ -1,0 +1,32 @@
+"""Popularity: every user gets the items with the most (time-decayed, type-weighted) interactions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from configs.schema import PopularityConfig
+from tasks.models.base import Recommender, UserBatch
+
+
+def decayed_popularity(interactions: pd.DataFrame, item_ids: np.ndarray, as_of: pd.Timestamp,
+                       half_life_days: float) -> np.ndarray:
+    """Sum of event weights per item, each halved every `half_life_days` before `as_of`; max scaled to 1."""
+    age_days = (as_of - interactions["event_ts"]).dt.total_seconds().to_numpy() / 86_400
+    decayed = interactions["weight"].to_numpy() * np.power(0.5, age_days / half_life_days)
+    totals = pd.Series(decayed).groupby(interactions["item_id"].to_numpy()).sum()
+    scores = totals.reindex(item_ids, fill_value=0.0).to_numpy(dtype=np.float32)
+    return scores / scores.max() if scores.max() > 0 else scores
+
+
+class PopularityModel(Recommender):
+    kind = "popularity"
+
+    def score(self, batch: UserBatch) -> np.ndarray:
+        return np.broadcast_to(self.fallback_scores, (len(batch), len(self.item_ids))).copy()
+
+
+def fit_popularity(interactions: pd.DataFrame, item_ids: np.ndarray, as_of: pd.Timestamp,
+                   config: PopularityConfig) -> PopularityModel:
+    scores = decayed_popularity(interactions, item_ids, as_of, config.half_life_days)
+    return PopularityModel(item_ids, scores, config.model_dump())

@@ -1,0 +1,87 @@
+"""Read the raw landing zone: Hive-style `table/ds=YYYY-MM-DD/` partitions of Parquet or CSV files."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+
+from tasks.errors import MissingInput
+
+SUFFIXES = (".parquet", ".csv")
+
+
+@dataclass(frozen=True)
+class RawStore:
+    """The embedded raw-data reader: local files. An object-store reader keeps the same methods."""
+
+    root: Path
+
+    def partition_files(self, table: str, ds: date) -> list[Path]:
+        folder = self.root / table / f"ds={ds.isoformat()}"
+        return sorted(p for p in folder.glob("*") if p.suffix in SUFFIXES) if folder.is_dir() else []
+
+    def has_partition(self, table: str, ds: date) -> bool:
+        return bool(self.partition_files(table, ds))
+
+    def read(self, table: str, ds: date) -> pd.DataFrame:
+        """One partition as a DataFrame, in the column types the files carry."""
+        files = self.partition_files(table, ds)
+        if not files:
+            raise MissingInput(f"{table} ds={ds}: no Parquet or CSV file under {self.root / table / f'ds={ds}'}")
+        if all(p.suffix == ".parquet" for p in files):
+            return pd.read_parquet(files)
+        frame = self._relation(duckdb.connect(), files).df()
+        # CSV carries no types: ids that look numeric are still strings, and timestamps are UTC (the contract).
+        frame = frame.astype({c: "str" for c in frame.columns if c.endswith("_id")})
+        for column in frame.select_dtypes(include=["datetime", "datetimetz"]).columns:
+            ts = frame[column]
+            frame[column] = ts.dt.tz_convert("UTC") if ts.dt.tz is not None else ts.dt.tz_localize("UTC")
+        return frame
+
+    def read_range(self, table: str, first: date, last: date) -> pd.DataFrame:
+        """All partitions from `first` to `last` inclusive that exist, with their `ds` as a column."""
+        frames = []
+        day = first
+        while day <= last:
+            if self.has_partition(table, day):
+                frames.append(self.read(table, day).assign(ds=day))
+            day += timedelta(days=1)
+        if not frames:
+            raise MissingInput(f"{table}: no partition between {first} and {last} under {self.root / table}")
+        return pd.concat(frames, ignore_index=True)
+
+    def latest_snapshot(self, table: str, on_or_before: date, max_days_back: int = 31) -> tuple[date, pd.DataFrame]:
+        """The newest snapshot partition at or before a day (item and user tables are daily snapshots)."""
+        for back in range(max_days_back + 1):
+            day = on_or_before - timedelta(days=back)
+            if self.has_partition(table, day):
+                return day, self.read(table, day)
+        raise MissingInput(f"{table}: no snapshot within {max_days_back} days before {on_or_before} under {self.root}")
+
+    def row_count(self, table: str, ds: date) -> int | None:
+        files = self.partition_files(table, ds)
+        if not files:
+            return None
+        return self._relation(duckdb.connect(), files).aggregate("count(*)").fetchall()[0][0]
+
+    def fingerprint(self, table: str, ds: date) -> str:
+        """A content hash of one partition, logged with the run so a model can be traced to its data."""
+        digest = hashlib.sha256()
+        for path in self.partition_files(table, ds):
+            digest.update(path.name.encode())
+            with path.open("rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        return digest.hexdigest()[:16]
+
+    @staticmethod
+    def _relation(con: duckdb.DuckDBPyConnection, files: list[Path]) -> duckdb.DuckDBPyRelation:
+        names = [str(p) for p in files]
+        if all(p.suffix == ".parquet" for p in files):
+            return con.read_parquet(names, union_by_name=True)
+        return con.read_csv(names, union_by_name=True)

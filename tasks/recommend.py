@@ -1,0 +1,77 @@
+"""Top-K for many users from any recommender, excluding the same items in evaluation and in publishing."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from tasks.models.base import Recommender, UserBatch
+from tasks.models.cooccurrence import user_item_matrix
+
+log = logging.getLogger(__name__)
+
+
+def exclusions(interactions: pd.DataFrame, event_types: tuple[str, ...]) -> pd.DataFrame:
+    """The (user_id, item_id) pairs never to recommend: items the user already had one of these events on."""
+    mask = interactions["event_type"].isin(event_types)
+    return interactions.loc[mask, ["user_id", "item_id"]].drop_duplicates(ignore_index=True)
+
+
+def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and scores of each row's k best finite scores, best first (-inf marks a banned item)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+
+def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, excluded: pd.DataFrame,
+              allowed_items: np.ndarray | None, k: int, batch_size: int, desc: str = "recommend") -> pd.DataFrame:
+    """Rows (user_id, rank, item_id, score) with up to k items per user, best first.
+
+    `history` (user_id, item_id, weight) is what the model scores from; users with none of the model's items
+    in it get the model's fallback scores. `excluded` pairs and items outside `allowed_items` never appear.
+    """
+    started = time.perf_counter()
+    user_ids = np.asarray(user_ids, dtype=object)
+    item_ids = model.item_ids
+    hist = user_item_matrix(history, user_ids, item_ids)
+    banned = user_item_matrix(excluded.assign(weight=1.0), user_ids, item_ids).astype(bool).tocsr()
+    allowed = np.ones(len(item_ids), bool) if allowed_items is None else np.isin(item_ids, allowed_items)
+    cold = np.diff(hist.indptr) == 0
+    out_users, out_items, out_scores, out_ranks = [], [], [], []
+    for start in tqdm(range(0, len(user_ids), batch_size), desc=desc, unit="batch", mininterval=5):
+        rows = slice(start, start + batch_size)
+        scores = model.score(UserBatch(user_ids[rows], hist[rows]))
+        scores[cold[rows]] = model.fallback_scores
+        scores[:, ~allowed] = -np.inf
+        ban = banned[rows].tocoo()
+        scores[ban.row, ban.col] = -np.inf
+        idx, best = top_k(scores, k)
+        keep = np.isfinite(best)
+        ranks = np.cumsum(keep, axis=1)
+        out_users.append(np.repeat(user_ids[rows], keep.sum(axis=1)))
+        out_items.append(item_ids[idx[keep]])
+        out_scores.append(best[keep])
+        out_ranks.append(ranks[keep])
+    frame = pd.DataFrame({
+        "user_id": pd.array(np.concatenate(out_users) if out_users else [], dtype="str"),
+        "rank": np.concatenate(out_ranks).astype("int32") if out_ranks else np.array([], "int32"),
+        "item_id": pd.array(np.concatenate(out_items) if out_items else [], dtype="str"),
+        "score": np.concatenate(out_scores).astype("float64") if out_scores else np.array([], "float64"),
+    })
+    log.info("%s: %s top-%d for %d users (%d cold) -> %d rows in %.1fs", desc, model.kind, k, len(user_ids),
+             int(cold.sum()), len(frame), time.perf_counter() - started)
+    return frame
+
+
+def as_history(interactions: pd.DataFrame) -> pd.DataFrame:
+    return interactions[["user_id", "item_id", "weight"]]
+
+
+

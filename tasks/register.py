@@ -1,0 +1,135 @@
+"""register: one MLflow run per pipeline run; the best candidate becomes champion only if it passes the gate."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import date
+
+import mlflow
+import pandas as pd
+from pydantic import BaseModel
+
+from configs.schema import Config, RegisterConfig
+from tasks.address_book import AddressBook
+from tasks.evaluate import CHAMPION_ROW
+from tasks.feature_set import FeatureSet
+from tasks.model_registry import ModelRegistry
+from tasks.step_cli import step_main
+
+log = logging.getLogger(__name__)
+
+
+class RegisterResult(BaseModel):
+    ds: date
+    mlflow_run_id: str
+    model_kind: str
+    model_version: str
+    promoted: bool
+    reason: str
+    champion_version: str
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    promote: bool
+    reason: str
+
+
+def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | None,
+                     gate: RegisterConfig) -> GateDecision:
+    """Promote when there is no champion, or the candidate beats it on the primary metric by the relative
+    margin while no guard metric drops by more than the guard tolerance (both measured on the same users)."""
+    primary = gate.primary_metric
+    if champion is None:
+        return GateDecision(True, "no champion yet")
+    needed = champion[primary] * (1 + gate.margin)
+    if not candidate[primary] > needed:
+        return GateDecision(False, f"{primary} {candidate[primary]:.4f} does not beat champion's "
+                                   f"{champion[primary]:.4f} by margin {gate.margin:.0%} (needs > {needed:.4f})")
+    for guard in gate.guard_metrics:
+        floor = champion[guard] * (1 - gate.guard_tolerance)
+        if candidate[guard] < floor:
+            return GateDecision(False, f"guard {guard} regressed: {candidate[guard]:.4f} < {floor:.4f} "
+                                       f"(champion {champion[guard]:.4f}, tolerance {gate.guard_tolerance:.0%})")
+    return GateDecision(True, f"{primary} {candidate[primary]:.4f} beats champion's {champion[primary]:.4f}")
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
+    """Nested config as MLflow params: dotted keys, string values."""
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat |= flatten(value, f"{name}.")
+        else:
+            flat[name] = json.dumps(value, default=str) if isinstance(value, list | tuple) else str(value)
+    return flat
+
+
+def register(config: Config, ds: date, run_id: str) -> RegisterResult:
+    """Log the run to MLflow, register the best candidate, and move `champion` only through the gate."""
+    book = AddressBook.from_config(config)
+    gate = config.register
+    table = pd.read_parquet(book.evaluation(ds) / "evaluation.parquet")
+    overall = table[table["segment"] == "all"].set_index("model")
+    candidates = overall.loc[[m for m in config.train.models if m in overall.index]]
+    best_kind = str(candidates[gate.primary_metric].idxmax())
+    features = FeatureSet.read(book.features(ds))
+    resolved = config.model_dump(mode="json")
+    run_key = hashlib.sha256(json.dumps(
+        {"ds": str(ds), "kind": best_kind, "data": features.manifest["fingerprints"], "config": resolved},
+        sort_keys=True).encode()).hexdigest()[:20]
+
+    registry = ModelRegistry(gate.tracking_uri or book.mlflow_tracking_uri, gate.model_name)
+    if mlflow.get_experiment_by_name(gate.experiment) is None:
+        mlflow.create_experiment(gate.experiment, artifact_location=book.mlflow_artifacts.as_uri())
+    mlflow.set_experiment(gate.experiment)
+    with mlflow.start_run(run_name=f"nightly {ds}", tags={"ds": str(ds), "pipeline_run_id": run_id,
+                                                         "best_candidate": best_kind}) as run:
+        mlflow.log_params(flatten(resolved))
+        mlflow.log_dict(resolved, "config/resolved_config.json")
+        mlflow.log_dict(features.manifest, "data/features_manifest.json")
+        mlflow.log_metrics({k: float(v) for k, v in overall.loc[best_kind].items() if k != "segment"})
+        mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
+                            for k, v in row.items() if k != "segment" and pd.notna(v)})
+        mlflow.log_artifacts(str(book.evaluation(ds)), "evaluation")
+        for step in ("validate_raw", "build_features"):
+            reports = book.reports(ds, run_id, step)
+            if reports.is_dir():
+                mlflow.log_artifacts(str(reports), f"reports/{step}")
+
+        version = registry.version_with_tag("run_key", run_key)
+        if version is not None:
+            # A rerun of the same ds on the same data and config: keep the earlier decision.
+            tags = registry.client.get_model_version(gate.model_name, version).tags
+            decision = GateDecision(registry.alias_version("champion") == version,
+                                    tags.get("rejected_reason", f"rerun of run_key {run_key}: version {version} reused"))
+        else:
+            sample = features.train_users.loc[features.train_users["n_events"] > 0].head(2)
+            example = pd.DataFrame({"user_id": sample["user_id"].astype(str).to_list(),
+                                    "history": [" ".join(h[:5]) for h in sample["history"]]})
+            version = registry.log_and_register(book.model(ds, best_kind), example, {
+                "ds": str(ds), "model_kind": best_kind, "run_key": run_key, "pipeline_run_id": run_id,
+                gate.primary_metric: f"{overall.loc[best_kind, gate.primary_metric]:.6f}"})
+            champion = overall.loc[CHAMPION_ROW].to_dict() if CHAMPION_ROW in overall.index else None
+            decision = decide_promotion(overall.loc[best_kind].to_dict(), champion, gate)
+            if decision.promote:
+                registry.promote(version)
+            else:
+                registry.reject(version, decision.reason)
+        mlflow.set_tags({"model_version": version, "promoted": str(decision.promote), "gate_reason": decision.reason})
+    champion_version = registry.alias_version("champion") or version
+    log.info("register ds=%s: %s version %s (%s) %s: %s; champion is version %s; MLflow run %s", ds,
+             gate.model_name, version, best_kind, "PROMOTED" if decision.promote else "not promoted",
+             decision.reason, champion_version, run.info.run_id)
+    return RegisterResult(ds=ds, mlflow_run_id=run.info.run_id, model_kind=best_kind, model_version=version,
+                          promoted=decision.promote, reason=decision.reason, champion_version=champion_version)
+
+
+run = register
+
+if __name__ == "__main__":
+    step_main(register)

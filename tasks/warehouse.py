@@ -1,0 +1,82 @@
+"""The batch tables services read: `recommendations` and its view `recommendations_latest`.
+
+The embedded implementation is a DuckDB file; a PostgreSQL one keeps the same methods and SQL shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import date, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("ds", "user_id", "rank", "item_id", "score", "model_name", "model_version", "generated_at")
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS recommendations (
+    ds DATE NOT NULL, user_id VARCHAR NOT NULL, rank INTEGER NOT NULL, item_id VARCHAR NOT NULL,
+    score DOUBLE NOT NULL, model_name VARCHAR NOT NULL, model_version VARCHAR NOT NULL,
+    generated_at TIMESTAMP NOT NULL, PRIMARY KEY (ds, user_id, rank));
+CREATE TABLE IF NOT EXISTS publications (
+    ds DATE PRIMARY KEY, model_name VARCHAR NOT NULL, model_version VARCHAR NOT NULL,
+    users BIGINT NOT NULL, rows BIGINT NOT NULL, generated_at TIMESTAMP NOT NULL);
+CREATE OR REPLACE VIEW recommendations_latest AS
+    SELECT r.* FROM recommendations r WHERE r.ds = (SELECT max(ds) FROM publications);
+"""
+# Another process holding the DuckDB file (a reader, a previous try) is transient: wait and try again.
+_retry_locked = retry(retry=retry_if_exception_type(duckdb.IOException), stop=stop_after_attempt(5),
+                      wait=wait_exponential(multiplier=1, max=20), reraise=True)
+
+
+class DuckDBWarehouse:
+    """One DuckDB file; every write replaces one ds inside a single transaction."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    @_retry_locked
+    def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no warehouse at {self.path}: no ds has been published yet")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return duckdb.connect(str(self.path), read_only=read_only)
+
+    def replace_partition(self, ds: date, frame: pd.DataFrame, model_name: str, model_version: str,
+                          generated_at: datetime) -> int:
+        """Replace every row of `ds` with `frame` (user_id, rank, item_id, score) atomically; returns rows."""
+        rows = frame.assign(ds=ds, model_name=model_name, model_version=model_version,
+                            generated_at=generated_at)[list(COLUMNS)]
+        with self._connect() as con:
+            con.execute(SCHEMA)
+            con.execute("BEGIN TRANSACTION")
+            try:
+                con.execute("DELETE FROM recommendations WHERE ds = ?", [ds])
+                con.register("incoming", rows)
+                con.execute(f"INSERT INTO recommendations SELECT {', '.join(COLUMNS)} FROM incoming")
+                con.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?, ?, ?)",
+                            [ds, model_name, model_version, int(rows["user_id"].nunique()), len(rows), generated_at])
+                written = con.execute("SELECT count(*) FROM recommendations WHERE ds = ?", [ds]).fetchall()[0][0]
+                if written != len(rows):
+                    raise RuntimeError(f"recommendations ds={ds}: wrote {written} rows, expected {len(rows)}")
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return len(rows)
+
+    def user_recommendations(self, user_id: str, ds: date | None = None) -> pd.DataFrame:
+        """One user's list for ds, or from `recommendations_latest` when ds is None."""
+        with self._connect(read_only=True) as con:
+            if ds is None:
+                return con.execute("SELECT * FROM recommendations_latest WHERE user_id = ? ORDER BY rank",
+                                   [user_id]).df()
+            return con.execute("SELECT * FROM recommendations WHERE ds = ? AND user_id = ? ORDER BY rank",
+                               [ds, user_id]).df()
+
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        with self._connect(read_only=True) as con:
+            return con.execute(sql, params or []).df()

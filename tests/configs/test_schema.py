@@ -1,0 +1,57 @@
+from pathlib import Path
+
+import pytest
+
+from configs import ConfigError, load_config, parse_overrides
+
+
+def test_default_config_loads_with_documented_defaults():
+    config = load_config()
+    assert config.publish.k == 100
+    assert config.evaluate.ks == (10, 50, 100)
+    assert config.register.primary_metric == "ndcg_at_10"
+
+
+def test_set_override_is_parsed_as_yaml_and_typed():
+    config = load_config(None, ["publish.k=25", "train.models=[popularity]", "paths.var=/tmp/x"])
+    assert config.publish.k == 25
+    assert config.train.models == ("popularity",)
+    assert config.paths.var == Path("/tmp/x")
+
+
+def test_unknown_key_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="publsh"):
+        load_config(None, ["publsh.k=3"])
+
+
+def test_holdout_longer_than_lookback_is_rejected():
+    with pytest.raises(ConfigError, match="holdout_days"):
+        load_config(None, ["build_features.holdout_days=30", "build_features.lookback_days=10"])
+
+
+def test_unknown_event_type_in_positive_types_is_rejected():
+    with pytest.raises(ConfigError, match="wishlist"):
+        load_config(None, ["evaluate.positive_event_types=[wishlist]"])
+
+
+def test_var_dir_environment_variable_moves_var_but_set_wins(monkeypatch):
+    monkeypatch.setenv("RECSYS_VAR_DIR", "/data/recsys")
+    assert load_config().paths.var == Path("/data/recsys")
+    assert load_config(None, ["paths.var=/elsewhere"]).paths.var == Path("/elsewhere")
+
+
+def test_profile_with_base_inherits_and_overrides(tmp_path):
+    profile = tmp_path / "profile.yaml"
+    profile.write_text(f"base: {Path(__file__).resolve().parents[2] / 'configs' / 'default.yaml'}\npublish:\n  k: 7\n")
+    config = load_config(profile)
+    assert config.publish.k == 7 and config.evaluate.ks == (10, 50, 100)
+
+
+@pytest.mark.parametrize("name", ["retail.yaml", "movielens.yaml"])
+def test_shipped_configs_validate(name):
+    load_config(Path(__file__).resolve().parents[2] / "configs" / name)
+
+
+def test_override_without_equals_sign_is_an_error():
+    with pytest.raises(ConfigError, match="dotted.key=value"):
+        parse_overrides(["publish.k"])

@@ -1,0 +1,51 @@
+"""Shared fixtures: a small synthetic shop made once per session, and configs pointing into temp dirs."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from datetime import date
+from pathlib import Path
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+
+import pytest  # noqa: E402
+
+from configs import Config, load_config  # noqa: E402
+from tasks.generate import ShopSpec, generate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHOP = ShopSpec(days=14, users=600, items=300, events=24_000, seed=7, end=date(2026, 11, 22))
+DS = SHOP.end
+
+
+def make_config(var: Path, raw: Path, *overrides: str) -> Config:
+    """The embedded default, pointed at `var` and `raw`, with small-data settings and extra overrides."""
+    return load_config(None, (f"paths.var={var}", f"paths.raw={raw}", "build_features.lookback_days=14",
+                              "publish.k=20", "evaluate.ks=[5, 10, 20]", *overrides))
+
+
+@pytest.fixture(scope="session")
+def shop_raw(tmp_path_factory) -> Path:
+    """The landing zone of the small shop; tests that change it work on a copy (see `raw_copy`)."""
+    raw = tmp_path_factory.mktemp("shop") / "raw"
+    generate(SHOP, raw)
+    return raw
+
+
+@pytest.fixture
+def raw_copy(shop_raw, tmp_path) -> Path:
+    copy = tmp_path / "raw"
+    shutil.copytree(shop_raw, copy)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def pipeline_run(shop_raw, tmp_path_factory):
+    """One full local pipeline run for DS; returns (config, results). Tests must not modify its var dir."""
+    from pipelines.runner import run_pipeline
+
+    var = tmp_path_factory.mktemp("pipeline") / "var"
+    config = make_config(var, shop_raw)
+    return config, run_pipeline(config, DS, "test_run")

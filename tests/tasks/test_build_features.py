@@ -1,0 +1,63 @@
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from tasks.build_features import compute_features, feature_window
+from tasks.raw_store import RawStore
+from tests.conftest import DS, make_config
+
+
+@pytest.fixture
+def inputs(shop_raw, tmp_path):
+    config = make_config(tmp_path / "var", shop_raw)
+    window = feature_window(DS, config.build_features)
+    raw = RawStore(shop_raw)
+    events = raw.read_range("events", window.first, window.last)
+    day_before_cutoff = window.cutoff - timedelta(days=1)
+    snapshots = (raw.read("users", day_before_cutoff), raw.read("items", day_before_cutoff),
+                 raw.read("users", DS), raw.read("items", DS))
+    return config, window, events, snapshots
+
+
+def test_window_splits_train_before_cutoff_and_holdout_after(inputs):
+    config, window, events, snapshots = inputs
+    features = compute_features(events, *snapshots, window, config)
+    cutoff = pd.Timestamp(window.cutoff.isoformat(), tz="UTC")
+    assert (features.train_interactions["event_ts"] < cutoff).all()
+    assert (features.holdout_interactions["event_ts"] >= cutoff).all()
+    assert window.cutoff == DS - timedelta(days=config.build_features.holdout_days - 1)
+    assert len(features.holdout_interactions) > 0
+
+
+def test_event_after_cutoff_does_not_change_training_features(inputs):
+    config, window, events, snapshots = inputs
+    before = compute_features(events, *snapshots, window, config)
+    user = before.train_users["user_id"].iloc[0]
+    late = pd.DataFrame({"event_id": ["late-1"], "user_id": [user], "item_id": [events["item_id"].iloc[0]],
+                         "event_type": ["purchase"], "value": [1.0], "ds": [DS],
+                         "event_ts": [pd.Timestamp(window.cutoff.isoformat(), tz="UTC") + pd.Timedelta(hours=1)]})
+    after = compute_features(pd.concat([events, late], ignore_index=True), *snapshots, window, config)
+    for table in ("train_users", "train_items", "vocabulary"):
+        pd.testing.assert_frame_equal(getattr(before, table), getattr(after, table))
+    # It is not lost: the serving view as of ds sees it.
+    served = after.serving_users.set_index("user_id").loc[user, "n_events"]
+    assert served == before.serving_users.set_index("user_id").loc[user, "n_events"] + 1
+
+
+def test_event_weights_follow_config(inputs):
+    config, window, events, snapshots = inputs
+    features = compute_features(events, *snapshots, window, config)
+    weights = features.interactions.groupby("event_type")["weight"].first()
+    assert weights["purchase"] == config.data.event_weights["purchase"]
+    assert weights["view"] == config.data.event_weights["view"]
+
+
+def test_training_history_is_most_recent_first_and_bounded(inputs):
+    config, window, events, snapshots = inputs
+    config = config.model_copy(update={"build_features": config.build_features.model_copy(update={"history_length": 3})})
+    features = compute_features(events, *snapshots, window, config)
+    assert features.train_users["history"].map(len).max() == 3
+    busiest = features.train_users.sort_values("n_events").iloc[-1]
+    own = features.train_interactions[features.train_interactions["user_id"] == busiest["user_id"]]
+    assert busiest["history"][0] == own.sort_values(["event_ts", "event_id"]).iloc[-1]["item_id"]

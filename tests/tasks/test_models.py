@@ -1,0 +1,48 @@
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from configs.schema import CooccurrenceConfig, PopularityConfig
+from tasks.models import UserBatch, load_recommender
+from tasks.models.cooccurrence import fit_cooccurrence
+from tasks.models.popularity import fit_popularity
+
+AS_OF = pd.Timestamp("2026-11-20", tz="UTC")
+ITEMS = np.array(["a", "b", "c"], dtype=object)
+
+
+def _events(rows):
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "weight", "event_ts"])
+
+
+def test_popularity_halves_every_half_life():
+    # a: weight 1 today -> 1. b: weight 1 seven days ago, half-life 7 -> 0.5. c: nothing -> 0.
+    events = _events([("u1", "a", 1.0, AS_OF), ("u2", "b", 1.0, AS_OF - pd.Timedelta(days=7))])
+    model = fit_popularity(events, ITEMS, AS_OF, PopularityConfig(half_life_days=7))
+    assert model.fallback_scores.tolist() == pytest.approx([1.0, 0.5, 0.0])
+
+
+def test_cooccurrence_scores_match_shrunk_cosine_by_hand():
+    # Users: u1 {a, b}, u2 {a, b}, u3 {a, c}. Item user counts a=3, b=2, c=1; a&b share 2 users, a&c 1.
+    # With shrinkage 0: sim(a, b) = 2 / sqrt(3 * 2), sim(a, c) = 1 / sqrt(3 * 1).
+    events = _events([(u, i, 1.0, AS_OF) for u, i in
+                      [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")]])
+    model = fit_cooccurrence(events, ITEMS, np.zeros(3, np.float32), CooccurrenceConfig(shrinkage=0))
+    history = sp.csr_matrix(np.array([[1.0, 0, 0]], dtype=np.float32))  # a user who touched only a
+    scores = model.score(UserBatch(np.array(["x"], dtype=object), history))[0]
+    assert scores[1] == pytest.approx(2 / np.sqrt(6), rel=1e-5)
+    assert scores[2] == pytest.approx(1 / np.sqrt(3), rel=1e-5)
+
+
+def test_saved_models_reload_with_identical_scores(tmp_path):
+    events = _events([(u, i, 2.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c")]])
+    popularity = fit_popularity(events, ITEMS, AS_OF, PopularityConfig())
+    model = fit_cooccurrence(events, ITEMS, popularity.fallback_scores, CooccurrenceConfig())
+    batch = UserBatch(np.array(["u1", "u2"], dtype=object), sp.csr_matrix(np.eye(2, 3, dtype=np.float32)))
+    for original in (popularity, model):
+        original.save(tmp_path / original.kind)
+        loaded = load_recommender(tmp_path / original.kind)
+        assert type(loaded) is type(original)
+        np.testing.assert_array_equal(loaded.score(batch), original.score(batch))
+        assert loaded.item_ids.tolist() == ITEMS.tolist()

@@ -1,0 +1,51 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from configs.schema import CooccurrenceConfig, PopularityConfig
+from tasks.models.cooccurrence import fit_cooccurrence
+from tasks.models.popularity import fit_popularity
+from tasks.recommend import exclusions, recommend, top_k
+
+AS_OF = pd.Timestamp("2026-11-20", tz="UTC")
+ITEMS = np.array(list("abcdef"), dtype=object)
+
+
+@pytest.fixture
+def model():
+    pairs = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u2", "c"), ("u3", "d"), ("u3", "e"), ("u4", "a")]
+    events = pd.DataFrame({"user_id": [u for u, _ in pairs], "item_id": [i for _, i in pairs], "weight": 1.0,
+                           "event_ts": AS_OF})
+    popularity = fit_popularity(events, ITEMS, AS_OF, PopularityConfig())
+    return fit_cooccurrence(events, ITEMS, popularity.fallback_scores, CooccurrenceConfig(shrinkage=0))
+
+
+def test_top_k_orders_best_first_and_skips_banned():
+    scores = np.array([[0.1, 0.9, -np.inf, 0.5]], dtype=np.float32)
+    idx, best = top_k(scores, 3)
+    assert idx[0].tolist() == [1, 3, 0]
+    assert best[0].tolist() == pytest.approx([0.9, 0.5, 0.1])
+
+
+def test_excluded_and_unavailable_items_never_appear_and_ranks_are_consecutive(model):
+    history = pd.DataFrame({"user_id": ["u1"], "item_id": ["a"], "weight": [1.0]})
+    excluded = pd.DataFrame({"user_id": ["u1"], "item_id": ["b"]})
+    recs = recommend(model, np.array(["u1"], dtype=object), history, excluded,
+                     allowed_items=np.array(list("abcde"), dtype=object), k=10, batch_size=8)
+    assert "b" not in recs["item_id"].tolist() and "f" not in recs["item_id"].tolist()
+    assert recs["rank"].tolist() == list(range(1, len(recs) + 1))
+    assert recs["score"].is_monotonic_decreasing
+    assert recs["item_id"].iloc[0] == "c"  # a's only other neighbour once b is excluded
+
+
+def test_user_without_history_gets_the_fallback_list(model):
+    history = pd.DataFrame({"user_id": ["u1"], "item_id": ["a"], "weight": [1.0]})
+    recs = recommend(model, np.array(["stranger", "u1"], dtype=object), history, history.iloc[0:0][["user_id", "item_id"]],
+                     None, k=3, batch_size=1)
+    stranger = recs[recs["user_id"] == "stranger"]["item_id"].tolist()
+    assert stranger == ITEMS[np.argsort(-model.fallback_scores, kind="stable")][:3].tolist()
+
+
+def test_exclusions_take_only_the_configured_event_types():
+    interactions = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "event_type": ["purchase", "view"]})
+    assert exclusions(interactions, ("purchase",)).to_dict("records") == [{"user_id": "u", "item_id": "a"}]

@@ -1,0 +1,98 @@
+import shutil
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from pipelines.runner import run_pipeline
+from tasks.address_book import AddressBook
+from tasks.errors import RawDataInvalid
+from tasks.model_registry import ModelRegistry
+from tasks.validate_raw import validate_raw
+from tasks.warehouse import DuckDBWarehouse
+from tests.conftest import DS, make_config
+
+
+def test_good_batch_passes_and_keeps_a_report(shop_raw, tmp_path):
+    result = validate_raw(make_config(tmp_path / "var", shop_raw), DS, "r1")
+    assert result.rows["events"] > 0
+    assert result.report_html.endswith("index.html")
+    assert (tmp_path / "var" / "reports").is_dir()
+
+
+def _drop_event_type(e):
+    return e.drop(columns="event_type")
+
+
+def _null_user(e):
+    return e.assign(user_id=e["user_id"].where(e.index != 3, None))
+
+
+def _duplicate_event_id(e):
+    return e.assign(event_id=e["event_id"].where(e.index != 5, e["event_id"].iloc[0]))
+
+
+def _unknown_event_type(e):
+    return e.assign(event_type=e["event_type"].where(e.index != 2, "wishlist"))
+
+
+def _event_outside_day(e):
+    return e.assign(event_ts=e["event_ts"].where(e.index != 4, e["event_ts"].iloc[4] + timedelta(days=1)))
+
+
+BROKEN = {
+    "missing column": (_drop_event_type, "expect_column_to_exist", "event_type"),
+    "null user_id": (_null_user, "expect_column_values_to_not_be_null", "user_id"),
+    "duplicate event_id": (_duplicate_event_id, "expect_column_values_to_be_unique", "event_id"),
+    "unknown event_type": (_unknown_event_type, "expect_column_values_to_be_in_set", "event_type"),
+    "event outside its day": (_event_outside_day, "expect_column_values_to_be_between", "event_ts"),
+}
+
+
+@pytest.fixture
+def published_var(pipeline_run, tmp_path):
+    """A copy of a var dir that already holds a published table and a champion."""
+    config, _ = pipeline_run
+    var = tmp_path / "var"
+    shutil.copytree(config.paths.var, var)
+    return var
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_broken_batch_fails_naming_the_expectation_and_changes_nothing(case, published_var, raw_copy):
+    breaker, expectation, column = BROKEN[case]
+    partition = raw_copy / "events" / f"ds={DS}" / "part-0.parquet"
+    pd.read_parquet(partition).pipe(breaker).to_parquet(partition, index=False)
+    config = make_config(published_var, raw_copy)
+    book = AddressBook.from_config(config)
+    warehouse = DuckDBWarehouse(book.warehouse)
+    before = warehouse.query("SELECT * FROM recommendations ORDER BY ds, user_id, rank")
+    registry = ModelRegistry(book.mlflow_tracking_uri, config.register.model_name)
+    champion_before = registry.alias_version("champion")
+    features_before = sorted(p.stat().st_mtime_ns for p in book.features(DS).glob("*"))
+
+    with pytest.raises(RawDataInvalid) as failure:
+        run_pipeline(config, DS, "broken")
+
+    message = str(failure.value)
+    assert f"events: column {column} failed {expectation}" in message
+    assert str(raw_copy) in message
+    pd.testing.assert_frame_equal(warehouse.query("SELECT * FROM recommendations ORDER BY ds, user_id, rank"), before)
+    assert registry.alias_version("champion") == champion_before
+    assert sorted(p.stat().st_mtime_ns for p in book.features(DS).glob("*")) == features_before
+
+
+def test_row_count_far_below_trailing_mean_fails(raw_copy, tmp_path):
+    partition = raw_copy / "events" / f"ds={DS}" / "part-0.parquet"
+    pd.read_parquet(partition).head(5).to_parquet(partition, index=False)
+    with pytest.raises(RawDataInvalid, match="expect_table_row_count_to_be_between"):
+        validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
+
+
+def test_unknown_items_within_tolerance_pass(raw_copy, tmp_path):
+    partition = raw_copy / "events" / f"ds={DS}" / "part-0.parquet"
+    events = pd.read_parquet(partition)
+    events.assign(item_id=events["item_id"].where(events.index != 0, "never-seen")).to_parquet(partition, index=False)
+    validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
+    with pytest.raises(RawDataInvalid, match="item_id failed expect_column_values_to_be_in_set"):
+        validate_raw(make_config(tmp_path / "var", raw_copy, "validate_raw.unknown_item_tolerance=0"), DS, "r2")
