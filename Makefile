@@ -25,7 +25,8 @@ setup: $(VENV)/.installed
 demo: setup  ## generate data if missing, run the DAG through Airflow, print timings, metrics and a user's list
 	$(BIN)/python -m pipelines.demo
 
-test: setup  ## every test, the slow end-to-end ones included
+test: setup  ## lint, then every test, the slow end-to-end ones included
+	$(BIN)/ruff check .
 	$(BIN)/pytest -ra
 
 test-fast: setup

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated
 
@@ -34,7 +34,7 @@ def run(config: ConfigOption = None, set_: SetOption = None,
     configure_logging()
     cfg = load_config(config, tuple(set_ or ()))
     day = date.fromisoformat(ds) if ds else latest_event_day(AddressBook.from_config(cfg).raw)
-    run_pipeline(cfg, day, run_id or f"local__{datetime.now(timezone.utc):%Y-%m-%dT%H%M%S}")
+    run_pipeline(cfg, day, run_id or f"local__{datetime.now(UTC):%Y-%m-%dT%H%M%S}")
 
 
 @app.command()

@@ -34,11 +34,10 @@ def airflow(*args: str, log_file: Path) -> None:
 
 def step_timings(run_after_floor: float) -> tuple[str, list[tuple[str, str, float]]]:
     """The newest run's task states and durations, as Airflow recorded them."""
-    from sqlalchemy import select
-
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
+    from sqlalchemy import select
 
     with create_session() as session:
         run = session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID)
@@ -77,8 +76,10 @@ def main() -> None:
     subprocess.run([sys.executable, "-m", "pipelines.cli", "recs", "--user", user], check=True)
     print(f"""
 == Look around
-  Airflow UI: make airflow   -> http://127.0.0.1:8080 (user admin; password in {book.airflow_home}/simple_auth_manager_passwords.json.generated)
-  MLflow UI:  make mlflow    -> http://127.0.0.1:5000 (experiment {config.register.experiment}, model {config.register.model_name})
+  Airflow UI: make airflow   -> http://127.0.0.1:8080
+              user admin, password in {book.airflow_home}/simple_auth_manager_passwords.json.generated
+  MLflow UI:  make mlflow    -> http://127.0.0.1:5000
+              experiment {config.register.experiment}, registered model {config.register.model_name}
   Tables:     duckdb {book.warehouse} "SELECT * FROM recommendations_latest LIMIT 10"
 demo finished in {time.perf_counter() - started:.0f}s""")
 

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +171,7 @@ def generate_shop(spec: ShopSpec) -> Iterator[DayBatch]:
     counter = 0
     for d in range(spec.days):
         ds = spec.first_day + timedelta(days=d)
-        day_start = datetime(ds.year, ds.month, ds.day, tzinfo=timezone.utc)
+        day_start = datetime(ds.year, ds.month, ds.day, tzinfo=UTC)
         drifting = np.flatnonzero(rng.random(len(users)) < DRIFT_PER_DAY)
         users.loc[drifting, "_fav2"] = rng.integers(0, len(CATEGORIES), len(drifting))
         joined = (users["_joined"] <= d).to_numpy()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
@@ -81,7 +81,7 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
         raise RecommendationsInvalid(f"recommendations ds={ds} not published; the table keeps its previous rows:\n"
                                      + "\n".join(f"  - {p}" for p in problems))
     model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
-    generated_at = datetime.now(timezone.utc).replace(tzinfo=None)
+    generated_at = datetime.now(UTC).replace(tzinfo=None)
     with atomic_directory(book.recommendations(ds)) as staging:
         recs.assign(ds=ds, model_name=model_name, model_version=champion.version).to_parquet(
             staging / "part-0.parquet", index=False)

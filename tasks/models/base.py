@@ -54,7 +54,7 @@ class Recommender(ABC):
         np.save(directory / "fallback_scores.npy", self.fallback_scores)
         self._save_state(directory)
 
-    def _save_state(self, directory: Path) -> None:
+    def _save_state(self, directory: Path) -> None:  # noqa: B027 - a hook: most models need nothing more
         """Write what the subclass needs beyond ids and fallback scores."""
 
     @classmethod

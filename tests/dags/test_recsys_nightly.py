@@ -1,0 +1,65 @@
+"""DAG integrity: it loads, is scheduled and wired as `pipelines.nightly` says, and is cheap to parse."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.nightly import DAG_ID, KNOBS, STEPS
+from tests.conftest import REPO
+
+HEAVY = ("tensorflow", "pandas", "mlflow", "great_expectations", "duckdb", "scipy", "tasks")
+
+
+@pytest.fixture(scope="module")
+def dag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    return bag.dags[DAG_ID]
+
+
+def test_schedule_is_daily_at_two_utc_without_catchup(dag):
+    assert dag.timetable.summary == "0 2 * * *"
+    assert dag.catchup is False
+    assert dag.max_active_runs == 1
+
+
+def test_one_task_per_step_wired_as_the_pipeline_declares(dag):
+    expected = {step.name: {s.name for s in STEPS if step.name in s.upstream} for step in STEPS}
+    assert {task.task_id: set(task.downstream_task_ids) for task in dag.tasks} == expected
+    assert expected == {"validate_raw": {"build_features"}, "build_features": {"train"}, "train": {"evaluate"},
+                        "evaluate": {"register"}, "register": {"publish"}, "publish": set()}
+
+
+def test_tasks_retry_transient_failures(dag):
+    assert all(task.retries >= 1 for task in dag.tasks)
+
+
+def test_trigger_form_offers_ds_and_every_knob(dag):
+    assert set(dag.params) == {"ds", *KNOBS}
+
+
+def test_assets_mark_features_model_and_recommendations(dag):
+    outlets = {task.task_id: [a.name for a in task.outlets] for task in dag.tasks if task.outlets}
+    assert outlets == {"build_features": ["recsys_features"], "register": ["recsys_model"],
+                       "publish": ["recsys_recommendations"]}
+
+
+def test_parsing_the_dag_file_imports_nothing_heavy_and_is_fast():
+    probe = f"""
+import importlib.util, json, sys, time
+sys.path.insert(0, {str(REPO)!r})
+import airflow.sdk  # the authoring API itself is not counted
+started = time.perf_counter()
+spec = importlib.util.spec_from_file_location("dag_file", {str(REPO / 'dags' / 'recsys_nightly.py')!r})
+spec.loader.exec_module(importlib.util.module_from_spec(spec))
+print(json.dumps({{"seconds": time.perf_counter() - started,
+                   "heavy": [m for m in {HEAVY!r} if m in sys.modules]}}))
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    report = json.loads(out.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    assert report["seconds"] < 2.0

@@ -1,0 +1,31 @@
+from datetime import UTC, date, datetime
+
+import pytest
+
+from pipelines.nightly import STEPS, Step, data_date, knob_overrides, topological
+
+
+def test_scheduled_run_processes_the_previous_day():
+    assert data_date(datetime(2026, 11, 24, 2, 0, tzinfo=UTC)) == date(2026, 11, 23)
+
+
+def test_explicit_ds_wins():
+    assert data_date(datetime(2026, 11, 24, 2, 0, tzinfo=UTC), "2026-10-01") == date(2026, 10, 1)
+
+
+def test_knobs_become_overrides_and_unset_knobs_keep_the_config():
+    assert knob_overrides({"k": 50, "lookback_days": None, "models": ["popularity"]}) == [
+        "publish.k=50", 'train.models=["popularity"]']
+
+
+def test_steps_run_in_dependency_order():
+    order = [s.name for s in topological()]
+    assert order == ["validate_raw", "build_features", "train", "evaluate", "register", "publish"]
+    assert len(order) == len(STEPS)
+
+
+def test_cycles_and_unknown_upstreams_are_rejected():
+    with pytest.raises(ValueError, match="cycle"):
+        topological((Step("a", ("b",)), Step("b", ("a",))))
+    with pytest.raises(ValueError, match="unknown step"):
+        topological((Step("a", ("nope",)),))

@@ -1,0 +1,90 @@
+from datetime import date, datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.address_book import AddressBook
+from tasks.feature_set import FeatureSet
+from tasks.publish import check_recommendations
+from tasks.warehouse import DuckDBWarehouse
+from tests.conftest import DS
+
+GOOD = pd.DataFrame({"user_id": ["u", "u", "v"], "rank": [1, 2, 1], "item_id": ["a", "b", "a"],
+                     "score": [0.9, 0.5, 0.7]})
+NOTHING_EXCLUDED = pd.DataFrame({"user_id": pd.Series(dtype=str), "item_id": pd.Series(dtype=str)})
+
+
+def test_pipeline_publishes_k_rows_for_every_known_user(pipeline_run):
+    config, results = pipeline_run
+    book = AddressBook.from_config(config)
+    table = DuckDBWarehouse(book.warehouse).query("SELECT * FROM recommendations WHERE ds = ?", [DS])
+    users = FeatureSet.read(book.features(DS)).serving_users["user_id"]
+    assert set(table["user_id"]) == set(users)
+    assert (table.groupby("user_id").size() == config.publish.k).all()
+    assert results["publish"]["rows"] == len(table)
+    assert table["model_version"].eq(results["register"]["champion_version"]).all()
+    latest = DuckDBWarehouse(book.warehouse).query("SELECT count(*) AS n FROM recommendations_latest")
+    assert latest["n"].iloc[0] == len(table)
+
+
+def test_published_lists_hold_no_purchased_or_unavailable_item(pipeline_run):
+    config, _ = pipeline_run
+    book = AddressBook.from_config(config)
+    features = FeatureSet.read(book.features(DS))
+    table = DuckDBWarehouse(book.warehouse).query("SELECT user_id, item_id FROM recommendations WHERE ds = ?", [DS])
+    bought = features.interactions.query("event_type == 'purchase'")[["user_id", "item_id"]]
+    assert table.merge(bought).empty
+    available = features.serving_items.loc[features.serving_items["is_available"], "item_id"]
+    assert table["item_id"].isin(available).all()
+
+
+def test_parquet_copy_matches_the_table(pipeline_run):
+    config, _ = pipeline_run
+    book = AddressBook.from_config(config)
+    parquet = pd.read_parquet(book.recommendations(DS)).sort_values(["user_id", "rank"], ignore_index=True)
+    table = DuckDBWarehouse(book.warehouse).query(
+        "SELECT user_id, rank, item_id, score FROM recommendations WHERE ds = ? ORDER BY user_id, rank", [DS])
+    assert parquet[["user_id", "item_id"]].astype(str).equals(table[["user_id", "item_id"]].astype(str))
+    np.testing.assert_allclose(parquet["score"], table["score"])
+
+
+@pytest.mark.parametrize(("broken", "problem"), [
+    (GOOD.assign(rank=[1, 3, 1]), "ranks that are not 1..n"),
+    (GOOD.assign(item_id=["a", "a", "a"]), "repeated (user, item)"),
+    (GOOD.assign(score=[0.5, 0.9, 0.7]), "scores increase"),
+    (GOOD.assign(score=[np.inf, 0.5, 0.7]), "non-finite"),
+])
+def test_check_catches_each_broken_promise(broken, problem):
+    assert check_recommendations(GOOD, 2, NOTHING_EXCLUDED, None) == []
+    assert any(problem in p for p in check_recommendations(broken, 2, NOTHING_EXCLUDED, None))
+
+
+def test_check_catches_excluded_unavailable_and_too_many():
+    excluded = pd.DataFrame({"user_id": ["u"], "item_id": ["b"]})
+    problems = check_recommendations(GOOD, 1, excluded, np.array(["a"], dtype=object))
+    assert any("excluded" in p for p in problems)
+    assert any("unavailable" in p for p in problems)
+    assert any("more than k=1" in p for p in problems)
+
+
+def test_failed_write_leaves_the_previous_rows(tmp_path):
+    warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
+    day = date(2026, 11, 22)
+    warehouse.replace_partition(day, GOOD, "m", "1", datetime(2026, 11, 23))
+    clash = GOOD.assign(rank=[1, 1, 1])  # breaks the primary key (ds, user_id, rank) mid-insert
+    with pytest.raises(Exception, match="(?i)constraint|duplicate"):
+        warehouse.replace_partition(day, clash, "m", "2", datetime(2026, 11, 24))
+    kept = warehouse.query("SELECT user_id, rank, item_id, model_version FROM recommendations ORDER BY user_id, rank")
+    assert kept["model_version"].eq("1").all() and len(kept) == len(GOOD)
+
+
+def test_replacing_a_ds_replaces_rather_than_appends(tmp_path):
+    warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
+    for version in ("1", "2"):
+        warehouse.replace_partition(date(2026, 11, 22), GOOD, "m", version, datetime(2026, 11, 23))
+    warehouse.replace_partition(date(2026, 11, 21), GOOD.head(1), "m", "0", datetime(2026, 11, 22))
+    rows = warehouse.query("SELECT ds, model_version, count(*) AS n FROM recommendations GROUP BY ALL ORDER BY ds")
+    assert rows["n"].tolist() == [1, 3] and rows["model_version"].tolist() == ["0", "2"]
+    latest = warehouse.query("SELECT DISTINCT ds FROM recommendations_latest")
+    assert latest["ds"].astype(str).tolist() == ["2026-11-22"]
