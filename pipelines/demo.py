@@ -32,7 +32,7 @@ def airflow(*args: str, log_file: Path) -> None:
         sys.exit(f"`airflow {' '.join(args)}` failed (exit {proc.returncode}); full log: {log_file}")
 
 
-def step_timings(run_after_floor: float) -> tuple[str, list[tuple[str, str, float]]]:
+def step_timings() -> tuple[str, list[tuple[str, str, float]]]:
     """The newest run's task states and durations, as Airflow recorded them."""
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
@@ -61,7 +61,7 @@ def main() -> None:
     print(f"== Airflow: `airflow dags test {DAG_ID}` for ds={ds} (full log: {airflow_log})", flush=True)
     airflow("db", "migrate", log_file=airflow_log)
     airflow("dags", "test", DAG_ID, (ds + timedelta(days=1)).isoformat(), log_file=airflow_log)
-    run_id, timings = step_timings(started)
+    run_id, timings = step_timings()
     print(f"\n== Step wall times (Airflow run {run_id})")
     for name, state, seconds in timings:
         print(f"  {name:<15} {state:<8} {seconds:6.1f}s")

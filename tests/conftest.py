@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 from datetime import date
 from pathlib import Path
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# Airflow writes logs and metadata under AIRFLOW_HOME: the tests keep theirs out of the repository's var/.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recsys-tests-airflow-")
 
 import pytest  # noqa: E402
 
