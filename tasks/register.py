@@ -69,6 +69,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
+def model_key(ds: date, kind: str, fingerprints: dict[str, str], config: Config) -> str:
+    """What determines the trained model: ds, kind, data, and the config sections that shape training.
+
+    Publishing or gating settings (publish.k, register.margin) are left out, so changing them reuses the model.
+    """
+    shaping = {section: config.model_dump(mode="json")[section] for section in ("seed", "data", "build_features", "train")}
+    payload = {"ds": str(ds), "kind": kind, "data": fingerprints, "config": shaping}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+
 def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     """Log the run to MLflow, register the best candidate, and move `champion` only through the gate."""
     book = AddressBook.from_config(config)
@@ -79,9 +89,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     best_kind = str(candidates[gate.primary_metric].idxmax())
     features = FeatureSet.read(book.features(ds))
     resolved = config.model_dump(mode="json")
-    run_key = hashlib.sha256(json.dumps(
-        {"ds": str(ds), "kind": best_kind, "data": features.manifest["fingerprints"], "config": resolved},
-        sort_keys=True).encode()).hexdigest()[:20]
+    run_key = model_key(ds, best_kind, features.manifest["fingerprints"], config)
 
     registry = ModelRegistry(gate.tracking_uri or book.mlflow_tracking_uri, gate.model_name)
     if mlflow.get_experiment_by_name(gate.experiment) is None:

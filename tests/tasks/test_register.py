@@ -74,3 +74,16 @@ def test_evaluation_reports_every_model_on_the_same_users(pipeline_run, metric):
     assert set(overall["model"]) >= {"popularity", "cooccurrence"}
     assert overall["users"].nunique() == 1
     assert table.set_index(["model", "segment"]).loc[("cooccurrence", "all"), metric] > 0
+
+
+def test_model_key_ignores_publish_settings_but_not_training_ones():
+    from datetime import date
+
+    from configs import load_config
+    from tasks.register import model_key
+
+    base = model_key(date(2026, 1, 1), "cooccurrence", {"e": "x"}, load_config())
+    assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "x"}, load_config(None, ["publish.k=15"])) == base
+    assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "x"},
+                     load_config(None, ["train.cooccurrence.neighbours=5"])) != base
+    assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "y"}, load_config()) != base
