@@ -80,13 +80,30 @@ class CooccurrenceConfig(Section):
     shrinkage: float = Field(10.0, ge=0, description="Damps similarities resting on few shared users.")
 
 
-ModelKind = Literal["popularity", "cooccurrence"]
+ModelKind = Literal["popularity", "cooccurrence"]  # fitted by `train`; the TFRS models have steps of their own
 
 
 class TrainConfig(Section):
     models: tuple[ModelKind, ...] = ("popularity", "cooccurrence")
     popularity: PopularityConfig = PopularityConfig()
     cooccurrence: CooccurrenceConfig = CooccurrenceConfig()
+
+
+class TrainRetrievalConfig(Section):
+    """The TFRS two-tower retrieval model."""
+
+    enabled: bool = True
+    embedding_dim: int = Field(32, ge=4)
+    history_length: int = Field(20, ge=1, description="Items before each event that the user tower pools.")
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(1024, ge=8)
+    learning_rate: float = Field(0.1, gt=0)
+    temperature: float = Field(0.05, gt=0, description="Softmax temperature of the in-batch loss.")
+    normalize: bool = Field(True, description="L2-normalise both towers' outputs (cosine scores).")
+    user_id_embedding: bool = Field(
+        False, description="Give each known user a free embedding besides features and history (overfits here).")
+    validation_days: int = Field(1, ge=1, description="Last training days used for early stopping.")
+    patience: int = Field(2, ge=1)
 
 
 class EvaluateConfig(Section):
@@ -127,6 +144,7 @@ class Config(Section):
     validate_raw: ValidateRawConfig = ValidateRawConfig()
     build_features: BuildFeaturesConfig = BuildFeaturesConfig()
     train: TrainConfig = TrainConfig()
+    train_retrieval: TrainRetrievalConfig = TrainRetrievalConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     publish: PublishConfig = PublishConfig()

@@ -80,7 +80,8 @@ def main() -> None:
               user admin, password in {book.airflow_home}/simple_auth_manager_passwords.json.generated
   MLflow UI:  make mlflow    -> http://127.0.0.1:5000
               experiment {config.register.experiment}, registered model {config.register.model_name}
-  Tables:     duckdb {book.warehouse} "SELECT * FROM recommendations_latest LIMIT 10"
+  Tables:     {sys.executable} -c "import duckdb; print(duckdb.connect('{book.warehouse}', read_only=True)
+                  .sql('SELECT * FROM recommendations_latest LIMIT 10'))"
 demo finished in {time.perf_counter() - started:.0f}s""")
 
 

@@ -29,7 +29,8 @@ STEPS: tuple[Step, ...] = (
     Step("validate_raw", ()),
     Step("build_features", ("validate_raw",), ("recsys_features",)),
     Step("train", ("build_features",)),
-    Step("evaluate", ("train",)),
+    Step("train_retrieval", ("build_features",)),
+    Step("evaluate", ("train", "train_retrieval")),
     Step("register", ("evaluate",), ("recsys_model",)),
     Step("publish", ("register",), ("recsys_recommendations",)),
 )
@@ -52,6 +53,10 @@ KNOBS: dict[str, Knob] = {
     "cooccurrence_neighbours": Knob("train.cooccurrence.neighbours", "integer", "Neighbours kept per item."),
     "popularity_half_life_days": Knob("train.popularity.half_life_days", "number", "Popularity time decay."),
     "gate_margin": Knob("register.margin", "number", "Relative gain over the champion needed to promote."),
+    "retrieval_epochs": Knob("train_retrieval.epochs", "integer", "Two-tower training epochs (early stopping may end sooner)."),
+    "retrieval_batch_size": Knob("train_retrieval.batch_size", "integer", "Two-tower batch size."),
+    "retrieval_embedding_dim": Knob("train_retrieval.embedding_dim", "integer", "Two-tower embedding size."),
+    "retrieval_learning_rate": Knob("train_retrieval.learning_rate", "number", "Two-tower learning rate."),
 }
 
 

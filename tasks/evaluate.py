@@ -47,6 +47,7 @@ class HeldOutWindow:
     allowed_items: np.ndarray
     item_popularity: pd.Series
     warm_users: np.ndarray
+    user_features: pd.DataFrame
 
     @property
     def users(self) -> np.ndarray:
@@ -68,14 +69,14 @@ def held_out_window(features: FeatureSet, config: Config) -> HeldOutWindow:
     return HeldOutWindow(
         relevant=positives, history=train[["user_id", "item_id", "weight"]], excluded=excluded,
         allowed_items=allowed, item_popularity=items.set_index("item_id")["n_users"] / n_train_users,
-        warm_users=train["user_id"].unique())
+        warm_users=train["user_id"].unique(), user_features=features.train_users)
 
 
 def evaluate_model(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], batch_size: int,
                    name: str) -> list[dict]:
     """One row per segment (all, warm, cold) with the model's metrics on the held-out window."""
     recs = recommend(model, window.users, window.history, window.excluded, window.allowed_items, max(ks),
-                     batch_size, desc=f"evaluate {name}")
+                     batch_size, desc=f"evaluate {name}", user_features=window.user_features)
     per_user = per_user_metrics(recs, window.relevant, ks)
     warm = per_user["user_id"].isin(window.warm_users)
     rows = []
@@ -114,11 +115,12 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
     features = FeatureSet.read(book.features(ds))
     window = held_out_window(features, config)
     ks = tuple(sorted(config.evaluate.ks))
-    models: dict[str, Recommender] = {kind: load_recommender(book.model(ds, kind)) for kind in candidate_kinds(config)}
+    kinds = dict.fromkeys((config.evaluate.baseline, *candidate_kinds(config)))
+    models: dict[str, Recommender] = {kind: load_recommender(book.model(ds, kind)) for kind in kinds}
     champion = ModelRegistry(config.register.tracking_uri or book.mlflow_tracking_uri,
                              config.register.model_name).load()
     if champion is not None:
-        models[CHAMPION_ROW] = champion.recommender
+        models[CHAMPION_ROW] = champion.recommender.for_catalog(features.train_items)
     rows = [row for name, model in models.items()
             for row in evaluate_model(model, window, ks, config.evaluate.batch_size, name)]
     table = pd.DataFrame(rows)

@@ -31,9 +31,11 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         from tasks.recommend import recommend
 
-        history = model_input.assign(item_id=model_input["history"].str.split()).explode("item_id").dropna()
+        lists = model_input.assign(history=model_input["history"].str.split())
+        history = lists.explode("history").dropna().rename(columns={"history": "item_id"})
         recs = recommend(self.recommender, model_input["user_id"].to_numpy(dtype=object),
-                         history.assign(weight=1.0), history.iloc[0:0], None, SERVING_TOP_K, 1024, "pyfunc")
+                         history.assign(weight=1.0), history.iloc[0:0], None, SERVING_TOP_K, 1024, "pyfunc",
+                         user_features=lists)
         return recs
 
 

@@ -74,8 +74,9 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
     allowed = items.loc[items["is_available"], "item_id"].to_numpy(dtype=object) if config.publish.only_available \
         else None
     users = features.serving_users["user_id"].to_numpy(dtype=object)
-    recs = recommend(champion.recommender, users, interactions[["user_id", "item_id", "weight"]], excluded, allowed,
-                     config.publish.k, config.publish.batch_size, desc="publish")
+    model = champion.recommender.for_catalog(items)  # feature models embed items that arrived after training
+    recs = recommend(model, users, interactions[["user_id", "item_id", "weight"]], excluded, allowed,
+                     config.publish.k, config.publish.batch_size, desc="publish", user_features=features.serving_users)
     problems = check_recommendations(recs, config.publish.k, excluded, allowed)
     if problems:
         raise RecommendationsInvalid(f"recommendations ds={ds} not published; the table keeps its previous rows:\n"

@@ -31,7 +31,8 @@ def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, excluded: pd.DataFrame,
-              allowed_items: np.ndarray | None, k: int, batch_size: int, desc: str = "recommend") -> pd.DataFrame:
+              allowed_items: np.ndarray | None, k: int, batch_size: int, desc: str = "recommend",
+              user_features: pd.DataFrame | None = None) -> pd.DataFrame:
     """Rows (user_id, rank, item_id, score) with up to k items per user, best first.
 
     `history` (user_id, item_id, weight) is what the model scores from; users with none of the model's items
@@ -44,10 +45,12 @@ def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, e
     banned = user_item_matrix(excluded.assign(weight=1.0), user_ids, item_ids).astype(bool).tocsr()
     allowed = np.ones(len(item_ids), bool) if allowed_items is None else np.isin(item_ids, allowed_items)
     cold = np.diff(hist.indptr) == 0
+    by_user = None if user_features is None else user_features.drop_duplicates("user_id").set_index("user_id")
     out_users, out_items, out_scores, out_ranks = [], [], [], []
     for start in tqdm(range(0, len(user_ids), batch_size), desc=desc, unit="batch", mininterval=5):
         rows = slice(start, start + batch_size)
-        scores = model.score(UserBatch(user_ids[rows], hist[rows]))
+        features = None if by_user is None else by_user.reindex(user_ids[rows]).rename_axis("user_id").reset_index()
+        scores = model.score(UserBatch(user_ids[rows], hist[rows], features))
         scores[cold[rows]] = model.fallback_scores
         scores[:, ~allowed] = -np.inf
         ban = banned[rows].tocoo()

@@ -18,6 +18,7 @@ from tasks.evaluate import CHAMPION_ROW
 from tasks.feature_set import FeatureSet
 from tasks.model_registry import ModelRegistry
 from tasks.step_cli import step_main
+from tasks.train import candidate_kinds
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     gate = config.register
     table = pd.read_parquet(book.evaluation(ds) / "evaluation.parquet")
     overall = table[table["segment"] == "all"].set_index("model")
-    candidates = overall.loc[[m for m in config.train.models if m in overall.index]]
+    candidates = overall.loc[[m for m in candidate_kinds(config) if m in overall.index]]
     best_kind = str(candidates[gate.primary_metric].idxmax())
     features = FeatureSet.read(book.features(ds))
     resolved = config.model_dump(mode="json")

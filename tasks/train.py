@@ -41,9 +41,14 @@ def fit_model(kind: str, features: FeatureSet, config: TrainConfig) -> Recommend
     raise ValueError(f"unknown model kind {kind!r}; known: popularity, cooccurrence")
 
 
-def candidate_kinds(config: Config) -> tuple[str, ...]:
-    """The models trained each night: the configured candidates, and always the evaluation baseline."""
+def baseline_kinds(config: Config) -> tuple[str, ...]:
+    """What `train` fits each night: the configured baselines, and always the evaluation baseline."""
     return tuple(dict.fromkeys((config.evaluate.baseline, *config.train.models)))
+
+
+def candidate_kinds(config: Config) -> tuple[str, ...]:
+    """Every model that may become champion tonight: the configured baselines and the enabled TFRS models."""
+    return (*config.train.models, *(("two_tower",) if config.train_retrieval.enabled else ()))
 
 
 def train(config: Config, ds: date, run_id: str) -> TrainResult:
@@ -51,7 +56,7 @@ def train(config: Config, ds: date, run_id: str) -> TrainResult:
     book = AddressBook.from_config(config)
     features = FeatureSet.read(book.features(ds))
     paths, seconds = {}, {}
-    for kind in candidate_kinds(config):
+    for kind in baseline_kinds(config):
         started = time.perf_counter()
         model = fit_model(kind, features, config.train)
         with atomic_directory(book.model(ds, kind)) as staging:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import pandas as pd
 import scipy.sparse as sp
 
 from tasks.errors import MissingInput
@@ -19,15 +20,18 @@ MANIFEST = "recommender.json"
 KINDS = {
     "popularity": "tasks.models.popularity:PopularityModel",
     "cooccurrence": "tasks.models.cooccurrence:CooccurrenceModel",
+    "two_tower": "tasks.models.two_tower:TwoTowerModel",
 }
 
 
 @dataclass(frozen=True)
 class UserBatch:
-    """Users to score, with their interaction history as weights over the model's item vocabulary."""
+    """Users to score, with their interaction history as weights over the model's item vocabulary, and
+    optionally their feature rows (declared columns and `history`, most recent first) for feature models."""
 
     user_ids: np.ndarray
     history: sp.csr_matrix
+    features: pd.DataFrame | None = None
 
     def __len__(self) -> int:
         return len(self.user_ids)
@@ -46,6 +50,10 @@ class Recommender(ABC):
     @abstractmethod
     def score(self, batch: UserBatch) -> np.ndarray:
         """A dense (users x items) float32 matrix; higher is better."""
+
+    def for_catalog(self, items: pd.DataFrame) -> Recommender:
+        """This model over another catalogue; models that can embed unseen items from features override it."""
+        return self
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)

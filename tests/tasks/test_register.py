@@ -47,8 +47,9 @@ def test_worse_model_becomes_challenger_and_table_keeps_champions_rows(pipeline_
     config, results = pipeline_run
     var = tmp_path / "var"
     shutil.copytree(config.paths.var, var)
-    # Cripple the candidate: popularity only, against the co-occurrence champion.
-    crippled = make_config(var, config.paths.raw, "train.models=[popularity]")
+    # The only candidate is a two-tower model that barely trains: one epoch at a learning rate of 1e-6.
+    crippled = make_config(var, config.paths.raw, "train.models=[]", "train_retrieval.epochs=1",
+                           "train_retrieval.learning_rate=0.000001")
     book = AddressBook.from_config(crippled)
     before = DuckDBWarehouse(book.warehouse).query("SELECT * EXCLUDE generated_at FROM recommendations ORDER BY ALL")
     champion = results["register"]["champion_version"]
@@ -57,7 +58,7 @@ def test_worse_model_becomes_challenger_and_table_keeps_champions_rows(pipeline_
 
     registry = ModelRegistry(book.mlflow_tracking_uri, crippled.register.model_name)
     new = rerun["register"]["model_version"]
-    assert rerun["register"]["model_kind"] == "popularity" and new != champion
+    assert rerun["register"]["model_kind"] == "two_tower" and new != champion
     assert not rerun["register"]["promoted"]
     assert registry.alias_version("champion") == champion
     assert registry.alias_version("challenger") == new

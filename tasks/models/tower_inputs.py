@@ -1,0 +1,114 @@
+"""Turn user and item tables into the padded arrays the TFRS towers read, and describe their vocabularies.
+
+Pure numpy/pandas: no TensorFlow here, so the spec can be built, saved and tested cheaply.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from configs.schema import DataConfig
+from tasks.feature_set import FeatureSet
+
+PAD = ""  # the mask token of every string list
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    """What one tower reads: an id with its vocabulary, categorical, numeric, list and text columns."""
+
+    id_column: str
+    id_vocabulary: list[str]
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+    numeric: dict[str, tuple[float, float]] = field(default_factory=dict)  # column -> (mean, std) of log1p
+    lists: dict[str, tuple[list[str], int]] = field(default_factory=dict)  # column -> (vocabulary, length)
+    text: dict[str, int] = field(default_factory=dict)                     # column -> tokens kept
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TowerSpec:
+        return cls(data["id_column"], data["id_vocabulary"], data["categorical"],
+                   {k: tuple(v) for k, v in data["numeric"].items()},
+                   {k: (v[0], int(v[1])) for k, v in data["lists"].items()}, data["text"])
+
+
+def _vocab(frame: pd.DataFrame, feature: str) -> list[str]:
+    return frame.loc[frame["feature"] == feature, "token"].astype(str).tolist()
+
+
+def _log_stats(values: pd.Series) -> tuple[float, float]:
+    logged = np.log1p(pd.to_numeric(values, errors="coerce").clip(lower=0).fillna(0.0))
+    return float(logged.mean()), float(logged.std() or 1.0)
+
+
+def tower_specs(features: FeatureSet, data: DataConfig, history_length: int, tags_length: int = 8,
+                text_tokens: int = 8) -> tuple[TowerSpec, TowerSpec]:
+    """The query (user) and candidate (item) specs, vocabularies from training data only."""
+    vocab = features.vocabulary
+    items = features.train_items
+    item_ids = _vocab(vocab, "item_id")
+    tags = {c: (sorted({str(t) for row in items[c].dropna() for t in row}), tags_length) for c in data.items.tags
+            if c in items.columns}
+    query = TowerSpec(
+        id_column="user_id", id_vocabulary=_vocab(vocab, "user_id"),
+        categorical={c: _vocab(vocab, c) for c in data.users.categorical},
+        numeric={c: _log_stats(features.train_users[c]) for c in data.users.numeric},
+        lists={"history": (item_ids, history_length)})
+    candidate = TowerSpec(
+        id_column="item_id", id_vocabulary=item_ids,
+        categorical={c: _vocab(vocab, c) for c in data.items.categorical},
+        numeric={c: _log_stats(items[c]) for c in data.items.numeric},
+        lists=tags, text={c: text_tokens for c in data.items.text if c in items.columns})
+    return query, candidate
+
+
+def _pad(rows, length: int) -> np.ndarray:
+    out = np.full((len(rows), length), PAD, dtype=object)
+    for i, row in enumerate(rows):
+        values = [str(v) for v in (row if isinstance(row, list | tuple | np.ndarray) else [])][:length]
+        out[i, :len(values)] = values
+    return out
+
+
+def _tokens(text: pd.Series, length: int) -> np.ndarray:
+    return _pad([re.findall(r"[a-z0-9]+", str(t).lower()) if isinstance(t, str) else [] for t in text], length)
+
+
+def encode(frame: pd.DataFrame, spec: TowerSpec) -> dict[str, np.ndarray]:
+    """One tower's inputs for the rows of `frame` (missing columns become padding or zeros)."""
+    def column(name, default):
+        return frame[name] if name in frame.columns else pd.Series([default] * len(frame), index=frame.index)
+
+    inputs = {spec.id_column: column(spec.id_column, PAD).astype(str).to_numpy(dtype=object)}
+    for name in spec.categorical:
+        inputs[name] = column(name, PAD).fillna(PAD).astype(str).to_numpy(dtype=object)
+    for name, (mean, std) in spec.numeric.items():
+        raw = pd.to_numeric(column(name, 0.0), errors="coerce").clip(lower=0).fillna(0.0)
+        inputs[name] = ((np.log1p(raw) - mean) / std).to_numpy(dtype=np.float32)
+    for name, (_, length) in spec.lists.items():
+        inputs[name] = _pad(column(name, None).tolist(), length)
+    for name, length in spec.text.items():
+        inputs[name] = _tokens(column(name, None), length)
+    return inputs
+
+
+def histories_before_each_event(interactions: pd.DataFrame, length: int) -> list[list[str]]:
+    """For each interaction, the user's previous `length` items, most recent first (point in time per event)."""
+    ordered = interactions.sort_values(["user_id", "event_ts", "event_id"], kind="stable")
+    items = ordered["item_id"].to_numpy(dtype=object)
+    user_codes = pd.factorize(ordered["user_id"])[0]
+    starts = np.r_[0, np.flatnonzero(np.diff(user_codes)) + 1]
+    first_of_user = np.repeat(starts, np.diff(np.r_[starts, len(ordered)]))
+    positions = np.arange(len(ordered))
+    back = positions[:, None] - np.arange(1, length + 1)[None, :]
+    valid = back >= first_of_user[:, None]
+    padded = np.where(valid, items[np.clip(back, 0, None)], None)
+    histories = [[v for v in row if v is not None] for row in padded]
+    out = pd.Series(histories, index=ordered.index).reindex(interactions.index)
+    return out.tolist()

@@ -1,0 +1,233 @@
+"""Two-tower retrieval with TensorFlow Recommenders: a user tower and an item tower scored by dot product.
+
+Trained with in-batch sampled softmax (`tfrs.tasks.Retrieval`), corrected for sampling bias with each
+item's in-batch sampling probability (logQ), event-type weights as sample weights, early stopping on a
+validation window. Exported as SavedModel towers, an item-embedding Parquet table and a BruteForce index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from tasks.models.base import Recommender, UserBatch
+from tasks.models.tower_inputs import PAD, TowerSpec, encode
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf  # noqa: E402
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+log = logging.getLogger(__name__)
+TEXT_BINS = 4096
+
+
+class Tower(tf.keras.Model):
+    """Embeds every input of a TowerSpec, concatenates, and projects through a small MLP."""
+
+    def __init__(self, spec: TowerSpec, embedding_dim: int, hidden: int = 128, normalize: bool = True,
+                 use_id: bool = True):
+        super().__init__()
+        self.spec, self.normalize, self.use_id = spec, normalize, use_id
+        small = max(8, embedding_dim // 4)
+        # Layers live in flat dicts of layers (not tuples), so Keras tracks their lookup tables for export.
+        self.id_lookup = tf.keras.layers.StringLookup(vocabulary=spec.id_vocabulary or ["none"], mask_token=None)
+        self.id_embedding = tf.keras.layers.Embedding(self.id_lookup.vocabulary_size(), embedding_dim)
+        self.lookups, self.embeddings = {}, {}
+        for name, vocab in spec.categorical.items():
+            self.lookups[name] = tf.keras.layers.StringLookup(vocabulary=vocab or ["none"], mask_token=None)
+            self.embeddings[name] = tf.keras.layers.Embedding(self.lookups[name].vocabulary_size(), small)
+        for name, (vocab, _) in spec.lists.items():
+            self.lookups[name] = tf.keras.layers.StringLookup(
+                vocabulary=[v for v in vocab if v != PAD] or ["none"], mask_token=PAD)
+            width = embedding_dim if name == "history" else small
+            self.embeddings[name] = tf.keras.layers.Embedding(self.lookups[name].vocabulary_size(), width)
+        for name in spec.text:
+            self.lookups[name] = tf.keras.layers.Hashing(TEXT_BINS, mask_value=PAD)
+            self.embeddings[name] = tf.keras.layers.Embedding(TEXT_BINS, small)
+        self.hidden = tf.keras.layers.Dense(hidden, activation="relu")
+        self.output_layer = tf.keras.layers.Dense(embedding_dim)
+
+    @staticmethod
+    def _masked_mean(embedded, mask):
+        mask = tf.cast(mask, embedded.dtype)[..., None]
+        return tf.reduce_sum(embedded * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+
+    def call(self, inputs):
+        parts = [self.id_embedding(self.id_lookup(inputs[self.spec.id_column]))] if self.use_id else []
+        for name in self.spec.categorical:
+            parts.append(self.embeddings[name](self.lookups[name](inputs[name])))
+        for name in self.spec.numeric:
+            parts.append(tf.expand_dims(tf.cast(inputs[name], tf.float32), -1))
+        # Lists and text are mean-pooled over their real entries. With a mask value, StringLookup and
+        # Hashing keep index 0 for padding.
+        for name in (*self.spec.lists, *self.spec.text):
+            embedded = self.embeddings[name](self.lookups[name](inputs[name]))
+            parts.append(self._masked_mean(embedded, tf.not_equal(inputs[name], PAD)))
+        output = self.output_layer(self.hidden(tf.concat(parts, axis=-1)))
+        return tf.math.l2_normalize(output, axis=-1) if self.normalize else output
+
+
+class TwoTowerTrainer(tfrs.Model):
+    def __init__(self, query: Tower, candidate: Tower, temperature: float):
+        super().__init__()
+        self.query, self.candidate = query, candidate
+        self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
+
+    def compute_loss(self, features, training=False):
+        inputs, weight, probability = features
+        return self.task(self.query(inputs["query"]), self.candidate(inputs["candidate"]), sample_weight=weight,
+                         candidate_sampling_probability=probability,
+                         candidate_ids=inputs["candidate"][self.candidate.spec.id_column], compute_metrics=False)
+
+
+def _signature(spec: TowerSpec) -> dict[str, tf.TensorSpec]:
+    sig = {spec.id_column: tf.TensorSpec([None], tf.string, name=spec.id_column)}
+    sig |= {n: tf.TensorSpec([None], tf.string, name=n) for n in spec.categorical}
+    sig |= {n: tf.TensorSpec([None], tf.float32, name=n) for n in spec.numeric}
+    sig |= {n: tf.TensorSpec([None, length], tf.string, name=n) for n, (_, length) in spec.lists.items()}
+    sig |= {n: tf.TensorSpec([None, length], tf.string, name=n) for n, length in spec.text.items()}
+    return sig
+
+
+class ExportedTower(tf.Module):
+    """A tower as a SavedModel with one serving signature over named inputs."""
+
+    def __init__(self, tower: Tower):
+        super().__init__()
+        self.tower = tower
+        self.serve = tf.function(lambda inputs: tower(inputs), input_signature=[_signature(tower.spec)])
+
+
+def _to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
+    return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
+
+
+def examples_dataset(path: Path, query: TowerSpec, candidate: TowerSpec, user_table: pd.DataFrame,
+                     item_table: pd.DataFrame, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Stream training examples from Parquet in record batches, joining user and item features per batch."""
+    users = user_table.set_index("user_id")
+    items = item_table.set_index("item_id")
+
+    def batches():
+        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size * 4):
+            frame = record_batch.to_pandas()
+            user_side = users.reindex(frame["user_id"]).reset_index().assign(history=frame["history"].to_numpy())
+            item_side = items.reindex(frame["item_id"]).reset_index()
+            yield ({"query": encode(user_side, query), "candidate": encode(item_side, candidate)},
+                   frame["weight"].to_numpy(np.float32), frame["probability"].to_numpy(np.float32))
+
+    signature = ({"query": _signature(query), "candidate": _signature(candidate)},
+                 tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
+    data = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
+    if shuffle:
+        data = data.shuffle(batch_size * 8, seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size).prefetch(2)
+
+
+class TwoTowerModel(Recommender):
+    """Loaded from its exports: the user tower embeds queries; scores are dot products with item embeddings."""
+
+    kind = "two_tower"
+
+    def __init__(self, item_ids, fallback_scores, params, query_tower=None, candidate_tower=None,
+                 item_embeddings: np.ndarray | None = None, specs: tuple[TowerSpec, TowerSpec] | None = None):
+        super().__init__(item_ids, fallback_scores, params)
+        self.query_tower, self.candidate_tower = query_tower, candidate_tower
+        self.item_embeddings = item_embeddings
+        self.specs = specs
+
+    def embed_users(self, frame: pd.DataFrame) -> np.ndarray:
+        return self.query_tower.serve(_to_tensors(encode(frame, self.specs[0]))).numpy()
+
+    def embed_items(self, frame: pd.DataFrame) -> np.ndarray:
+        out = [self.candidate_tower.serve(_to_tensors(encode(frame.iloc[s:s + 4096], self.specs[1]))).numpy()
+               for s in range(0, len(frame), 4096)]
+        return np.concatenate(out) if out else np.zeros((0, self.item_embeddings.shape[1]), np.float32)
+
+    def for_catalog(self, items: pd.DataFrame) -> TwoTowerModel:
+        """The same towers over another catalogue: new items get embeddings from their features."""
+        popularity = pd.Series(self.fallback_scores, index=self.item_ids).reindex(items["item_id"]).fillna(0.0)
+        return TwoTowerModel(items["item_id"].to_numpy(dtype=object), popularity.to_numpy(np.float32), self.params,
+                             self.query_tower, self.candidate_tower, self.embed_items(items), self.specs)
+
+    def score(self, batch: UserBatch) -> np.ndarray:
+        frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
+        return self.embed_users(frame) @ self.item_embeddings.T
+
+    def _save_state(self, directory: Path) -> None:
+        tf.saved_model.save(self.query_tower, str(directory / "query_tower"))
+        tf.saved_model.save(self.candidate_tower, str(directory / "candidate_tower"))
+        pd.DataFrame({"item_id": self.item_ids.astype(str), "embedding": list(self.item_embeddings)}).to_parquet(
+            directory / "item_embeddings.parquet", index=False)
+        (directory / "tower_specs.json").write_text(json.dumps([s.to_dict() for s in self.specs]))
+        index = tfrs.layers.factorized_top_k.BruteForce(self.query_tower.serve, k=min(100, len(self.item_ids)))
+        index.index(tf.constant(self.item_embeddings), tf.constant(self.item_ids.astype(str)))
+        tf.saved_model.save(_ExportedIndex(index, self.query_tower, self.specs[0]), str(directory / "index"))
+
+    @classmethod
+    def _load(cls, directory, item_ids, fallback, params):
+        specs = tuple(TowerSpec.from_dict(d) for d in json.loads((directory / "tower_specs.json").read_text()))
+        embeddings = np.stack(pd.read_parquet(directory / "item_embeddings.parquet")["embedding"].to_numpy())
+        return cls(item_ids, fallback, params, tf.saved_model.load(str(directory / "query_tower")),
+                   tf.saved_model.load(str(directory / "candidate_tower")), embeddings.astype(np.float32), specs)
+
+
+class _ExportedIndex(tf.Module):
+    """The exact BruteForce top-K index over the training items, for serving outside this project."""
+
+    def __init__(self, index, query_tower: ExportedTower, query_spec: TowerSpec):
+        super().__init__()
+        self.index = index
+        self.query_tower = query_tower  # tracked, so the index's SavedModel carries the tower's tables
+        self.serve = tf.function(lambda inputs: index(inputs), input_signature=[_signature(query_spec)])
+
+
+def fit_two_tower(features, data, config, seed: int, workdir: Path) -> TwoTowerModel:
+    """Train on the feature set's training interactions; the last `validation_days` drive early stopping."""
+    from tasks.models.tower_inputs import histories_before_each_event, tower_specs
+
+    tf.keras.utils.set_random_seed(seed)
+    train = features.train_interactions
+    query_spec, candidate_spec = tower_specs(features, data, config.history_length)
+    counts = train["item_id"].value_counts()
+    examples = train.assign(
+        history=histories_before_each_event(train, config.history_length),
+        weight=(train["weight"] / train["weight"].mean()).astype(np.float32),
+        # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples.
+        probability=train["item_id"].map(counts / len(train)).astype(np.float32),
+    )[["user_id", "item_id", "history", "weight", "probability", "event_ts"]]
+    start = pd.Timestamp(features.window.cutoff.isoformat(), tz="UTC") - pd.Timedelta(days=config.validation_days)
+    is_validation = examples["event_ts"] >= start
+    paths = {}
+    for name, part in (("train", examples[~is_validation].sample(frac=1.0, random_state=seed)),
+                       ("validation", examples[is_validation])):
+        paths[name] = workdir / f"{name}_examples.parquet"
+        part.drop(columns="event_ts").to_parquet(paths[name], index=False)
+    users, items = features.train_users, features.train_items
+    train_data = examples_dataset(paths["train"], query_spec, candidate_spec, users, items, config.batch_size, True, seed)
+    validation_data = examples_dataset(paths["validation"], query_spec, candidate_spec, users, items,
+                                       config.batch_size, False, seed)
+    query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding)
+    candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
+    trainer = TwoTowerTrainer(query, candidate, config.temperature)
+    trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+    stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    history = trainer.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=[stop],
+                          verbose=0)
+    losses = history.history
+    log.info("two_tower: %d training / %d validation examples, %d epochs, loss %.4f -> %.4f, val_loss %s",
+             int((~is_validation).sum()), int(is_validation.sum()), len(losses["loss"]), losses["loss"][0],
+             losses["loss"][-1], [round(v, 4) for v in losses.get("val_loss", [])])
+    popularity = counts.reindex(items["item_id"]).fillna(0).to_numpy(np.float32)
+    model = TwoTowerModel(items["item_id"].to_numpy(dtype=object), popularity / max(popularity.max(), 1.0),
+                          {**config.model_dump(), "epochs_run": len(losses["loss"]),
+                           "val_loss": [float(v) for v in losses.get("val_loss", [])]},
+                          ExportedTower(query), ExportedTower(candidate), None, (query_spec, candidate_spec))
+    model.item_embeddings = model.embed_items(items)
+    return model

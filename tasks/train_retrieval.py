@@ -1,0 +1,55 @@
+"""train_retrieval: fit the TFRS two-tower model and export its towers, item embeddings and top-K index."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from configs.schema import Config
+from tasks.address_book import AddressBook
+from tasks.atomic_write import atomic_directory
+from tasks.feature_set import FeatureSet
+from tasks.step_cli import step_main
+
+log = logging.getLogger(__name__)
+KIND = "two_tower"
+
+
+class TrainRetrievalResult(BaseModel):
+    ds: date
+    path: str | None
+    epochs_run: int
+    val_loss: list[float]
+    seconds: float
+
+
+def train_retrieval(config: Config, ds: date, run_id: str) -> TrainRetrievalResult:
+    """Fit the two-tower model on the features of ds; skipped (no model) when disabled in config."""
+    if not config.train_retrieval.enabled:
+        log.info("train_retrieval ds=%s: disabled in config, nothing trained", ds)
+        return TrainRetrievalResult(ds=ds, path=None, epochs_run=0, val_loss=[], seconds=0.0)
+    from tasks.models.two_tower import fit_two_tower  # TensorFlow loads only when this step runs
+
+    started = time.perf_counter()
+    book = AddressBook.from_config(config)
+    features = FeatureSet.read(book.features(ds))
+    target = book.model(ds, KIND)
+    with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="two_tower-") as scratch:
+        model = fit_two_tower(features, config.data, config.train_retrieval, config.seed, Path(scratch))
+        model.save(staging)
+    seconds = time.perf_counter() - started
+    log.info("train_retrieval ds=%s: %d items embedded, %d epochs in %.1fs -> %s", ds, len(model.item_ids),
+             model.params["epochs_run"], seconds, target)
+    return TrainRetrievalResult(ds=ds, path=str(target), epochs_run=model.params["epochs_run"],
+                                val_loss=model.params["val_loss"], seconds=round(seconds, 2))
+
+
+run = train_retrieval
+
+if __name__ == "__main__":
+    step_main(train_retrieval)

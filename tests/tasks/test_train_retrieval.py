@@ -1,0 +1,53 @@
+import numpy as np
+import pandas as pd
+
+from tasks.address_book import AddressBook
+from tasks.feature_set import FeatureSet
+from tasks.models import load_recommender
+from tasks.models.tower_inputs import encode, histories_before_each_event
+from tests.conftest import DS
+
+
+def test_history_of_an_event_holds_only_earlier_items():
+    events = pd.DataFrame({"event_id": list("12345"), "user_id": list("aabab"), "item_id": list("xyzwq"),
+                           "event_ts": pd.to_datetime([1, 2, 3, 4, 5])})
+    assert histories_before_each_event(events, 2) == [[], ["x"], [], ["y", "x"], ["z"]]
+
+
+def test_two_tower_beats_popularity_on_recall(pipeline_run):
+    config, _ = pipeline_run
+    table = pd.read_parquet(AddressBook.from_config(config).evaluation(DS) / "evaluation.parquet")
+    overall = table[table["segment"] == "all"].set_index("model")
+    k = max(config.evaluate.ks)
+    assert overall.loc["two_tower", f"recall_at_{k}"] > 1.15 * overall.loc["popularity", f"recall_at_{k}"]
+
+
+def test_exported_index_and_towers_reload_and_agree(pipeline_run):
+    import tensorflow as tf
+
+    config, _ = pipeline_run
+    book = AddressBook.from_config(config)
+    folder = book.model(DS, "two_tower")
+    model = load_recommender(folder)
+    users = FeatureSet.read(book.features(DS)).train_users.head(5)
+    ours = model.embed_users(users) @ model.item_embeddings.T
+    inputs = {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in encode(users, model.specs[0]).items()}
+    index = tf.saved_model.load(str(folder / "index"))  # kept referenced: its variables die with it
+    index_scores, index_ids = index.serve(inputs)
+    top = np.argsort(-ours, axis=1)[:, :10]
+    np.testing.assert_allclose(index_scores.numpy()[:, :10], np.take_along_axis(ours, top, axis=1), rtol=1e-4, atol=1e-5)
+    assert (index_ids.numpy()[:, 0].astype(str) == model.item_ids[top[:, 0]].astype(str)).all()
+    embeddings = pd.read_parquet(folder / "item_embeddings.parquet")
+    np.testing.assert_allclose(np.stack(embeddings["embedding"]), model.item_embeddings)
+
+
+def test_new_items_get_embeddings_from_their_features(pipeline_run):
+    config, _ = pipeline_run
+    book = AddressBook.from_config(config)
+    model = load_recommender(book.model(DS, "two_tower"))
+    items = FeatureSet.read(book.features(DS)).serving_items
+    unseen = items.assign(item_id="brand-new-" + items["item_id"]).head(3)
+    widened = model.for_catalog(pd.concat([items, unseen], ignore_index=True))
+    assert len(widened.item_ids) == len(items) + 3
+    vectors = widened.item_embeddings[-3:]
+    assert np.isfinite(vectors).all() and (np.abs(vectors).sum(axis=1) > 0).all()
