@@ -106,6 +106,22 @@ class TrainRetrievalConfig(Section):
     patience: int = Field(2, ge=1)
 
 
+class TrainRankingConfig(Section):
+    """The TFRS DCN-v2 ranker that re-scores the retrieval model's candidates."""
+
+    enabled: bool = True
+    candidates: int = Field(500, ge=1, description="Candidates retrieved per user before ranking.")
+    hard_negatives: int = Field(4, ge=0, description="Negatives per positive from the retrieval model's top items.")
+    popular_negatives: int = Field(2, ge=0, description="Negatives per positive drawn by popularity.")
+    embedding_dim: int = Field(16, ge=4)
+    deep_layers: tuple[int, ...] = (64, 32)
+    epochs: int = Field(5, ge=1)
+    batch_size: int = Field(2048, ge=8)
+    learning_rate: float = Field(0.005, gt=0)
+    validation_days: int = Field(1, ge=1)
+    patience: int = Field(2, ge=1)
+
+
 class EvaluateConfig(Section):
     ks: tuple[int, ...] = (10, 50, 100)
     positive_event_types: tuple[str, ...] = ("add_to_cart", "purchase")
@@ -145,6 +161,7 @@ class Config(Section):
     build_features: BuildFeaturesConfig = BuildFeaturesConfig()
     train: TrainConfig = TrainConfig()
     train_retrieval: TrainRetrievalConfig = TrainRetrievalConfig()
+    train_ranking: TrainRankingConfig = TrainRankingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     publish: PublishConfig = PublishConfig()
@@ -152,6 +169,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _event_types_known(self) -> Config:
         known = set(self.data.event_types)
+        if self.train_ranking.enabled and not self.train_retrieval.enabled:
+            raise ValueError("train_ranking needs train_retrieval: enable it or set train_ranking.enabled=false")
         for section, types in (("evaluate.positive_event_types", self.evaluate.positive_event_types),
                                ("publish.exclude_event_types", self.publish.exclude_event_types)):
             unknown = sorted(set(types) - known)

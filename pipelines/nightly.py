@@ -30,7 +30,8 @@ STEPS: tuple[Step, ...] = (
     Step("build_features", ("validate_raw",), ("recsys_features",)),
     Step("train", ("build_features",)),
     Step("train_retrieval", ("build_features",)),
-    Step("evaluate", ("train", "train_retrieval")),
+    Step("train_ranking", ("train_retrieval",)),
+    Step("evaluate", ("train", "train_ranking")),
     Step("register", ("evaluate",), ("recsys_model",)),
     Step("publish", ("register",), ("recsys_recommendations",)),
 )
@@ -57,6 +58,8 @@ KNOBS: dict[str, Knob] = {
     "retrieval_batch_size": Knob("train_retrieval.batch_size", "integer", "Two-tower batch size."),
     "retrieval_embedding_dim": Knob("train_retrieval.embedding_dim", "integer", "Two-tower embedding size."),
     "retrieval_learning_rate": Knob("train_retrieval.learning_rate", "number", "Two-tower learning rate."),
+    "ranking_candidates": Knob("train_ranking.candidates", "integer", "Candidates retrieved per user for ranking."),
+    "ranking_epochs": Knob("train_ranking.epochs", "integer", "Ranker training epochs."),
 }
 
 

@@ -105,6 +105,10 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
         mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
                             for k, v in row.items() if k != "segment" and pd.notna(v)})
         mlflow.log_artifacts(str(book.evaluation(ds)), "evaluation")
+        ranking_report = book.model(ds, "two_stage") / "ranking_validation.json"
+        if ranking_report.is_file():
+            mlflow.log_metrics({f"two_stage.validation.{k}": float(v)
+                                for k, v in json.loads(ranking_report.read_text()).items()})
         for step in ("validate_raw", "build_features"):
             reports = book.reports(ds, run_id, step)
             if reports.is_dir():

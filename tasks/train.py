@@ -48,7 +48,8 @@ def baseline_kinds(config: Config) -> tuple[str, ...]:
 
 def candidate_kinds(config: Config) -> tuple[str, ...]:
     """Every model that may become champion tonight: the configured baselines and the enabled TFRS models."""
-    return (*config.train.models, *(("two_tower",) if config.train_retrieval.enabled else ()))
+    return (*config.train.models, *(("two_tower",) if config.train_retrieval.enabled else ()),
+            *(("two_stage",) if config.train_ranking.enabled else ()))
 
 
 def train(config: Config, ds: date, run_id: str) -> TrainResult:

@@ -21,6 +21,7 @@ KINDS = {
     "popularity": "tasks.models.popularity:PopularityModel",
     "cooccurrence": "tasks.models.cooccurrence:CooccurrenceModel",
     "two_tower": "tasks.models.two_tower:TwoTowerModel",
+    "two_stage": "tasks.models.two_stage:TwoStageModel",
 }
 
 

@@ -31,8 +31,8 @@ def test_one_task_per_step_wired_as_the_pipeline_declares(dag):
     expected = {step.name: {s.name for s in STEPS if step.name in s.upstream} for step in STEPS}
     assert {task.task_id: set(task.downstream_task_ids) for task in dag.tasks} == expected
     assert expected == {"validate_raw": {"build_features"}, "build_features": {"train", "train_retrieval"},
-                        "train": {"evaluate"}, "train_retrieval": {"evaluate"}, "evaluate": {"register"},
-                        "register": {"publish"}, "publish": set()}
+                        "train": {"evaluate"}, "train_retrieval": {"train_ranking"}, "train_ranking": {"evaluate"},
+                        "evaluate": {"register"}, "register": {"publish"}, "publish": set()}
 
 
 def test_tasks_retry_transient_failures(dag):

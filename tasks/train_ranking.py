@@ -1,0 +1,59 @@
+"""train_ranking: fit the TFRS DCN-v2 ranker over the retrieval model's candidates (retrieval then ranking)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from configs.schema import Config
+from tasks.address_book import AddressBook
+from tasks.atomic_write import atomic_directory
+from tasks.errors import MissingInput
+from tasks.feature_set import FeatureSet
+from tasks.step_cli import step_main
+
+log = logging.getLogger(__name__)
+KIND = "two_stage"
+REPORT = "ranking_validation.json"
+
+
+class TrainRankingResult(BaseModel):
+    ds: date
+    path: str | None
+    validation: dict[str, float]
+    seconds: float
+
+
+def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
+    """Fit the ranker on the features of ds over this ds's two-tower model; skipped when disabled."""
+    if not config.train_ranking.enabled:
+        log.info("train_ranking ds=%s: disabled in config, nothing trained", ds)
+        return TrainRankingResult(ds=ds, path=None, validation={}, seconds=0.0)
+    from tasks.models.two_stage import fit_two_stage  # TensorFlow loads only when this step runs
+
+    started = time.perf_counter()
+    book = AddressBook.from_config(config)
+    retrieval_dir = book.model(ds, "two_tower")
+    if not retrieval_dir.is_dir():
+        raise MissingInput(f"train_ranking ds={ds}: no retrieval model at {retrieval_dir}; run train_retrieval first")
+    features = FeatureSet.read(book.features(ds))
+    target = book.model(ds, KIND)
+    with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="two_stage-") as scratch:
+        model = fit_two_stage(features, config.data, config.train_ranking, retrieval_dir, config.seed, Path(scratch))
+        model.save(staging)
+        (staging / REPORT).write_text(json.dumps(model.params["validation"], indent=2))
+    seconds = time.perf_counter() - started
+    log.info("train_ranking ds=%s: validation %s in %.1fs -> %s", ds, model.params["validation"], seconds, target)
+    return TrainRankingResult(ds=ds, path=str(target), validation=model.params["validation"], seconds=round(seconds, 2))
+
+
+run = train_ranking
+
+if __name__ == "__main__":
+    step_main(train_ranking)
