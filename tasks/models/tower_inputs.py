@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
+from datetime import date, timedelta
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -112,3 +114,17 @@ def histories_before_each_event(interactions: pd.DataFrame, length: int) -> list
     histories = [[v for v in row if v is not None] for row in padded]
     out = pd.Series(histories, index=ordered.index).reindex(interactions.index)
     return out.tolist()
+
+
+def write_example_splits(examples: pd.DataFrame, cutoff: date, validation_days: int, seed: int, workdir: Path,
+                         prefix: str) -> tuple[dict[str, Path], pd.Series]:
+    """Hold out the last `validation_days` before the cutoff for early stopping; write both splits as Parquet
+    (training rows shuffled once, so streaming them in record batches still mixes users)."""
+    start = pd.Timestamp((cutoff - timedelta(days=validation_days)).isoformat(), tz="UTC")
+    is_validation = examples["event_ts"] >= start
+    paths = {}
+    for name, part in (("train", examples[~is_validation].sample(frac=1.0, random_state=seed)),
+                       ("validation", examples[is_validation])):
+        paths[name] = workdir / f"{prefix}_{name}.parquet"
+        part.drop(columns="event_ts").to_parquet(paths[name], index=False)
+    return paths, is_validation

@@ -18,8 +18,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks.models.base import Recommender, UserBatch
-from tasks.models.tower_inputs import TowerSpec, encode, histories_before_each_event
-from tasks.models.two_tower import Tower, TwoTowerModel, _signature, _to_tensors, tf, tfrs
+from tasks.models.tower_inputs import TowerSpec, encode, histories_before_each_event, write_example_splits
+from tasks.models.two_tower import Tower, TwoTowerModel, tf, tfrs, to_tensors, tower_signature
 
 log = logging.getLogger(__name__)
 USERS_PER_CHUNK = 256   # users re-ranked at once, bounding memory to chunk x candidates rows
@@ -68,8 +68,8 @@ class ExportedRanker(tf.Module):
         super().__init__()
         self.ranker = ranker
         width = 3 * dim + 2
-        self.embed_user = tf.function(lambda x: ranker.user(x), input_signature=[_signature(ranker.user.spec)])
-        self.embed_item = tf.function(lambda x: ranker.item(x), input_signature=[_signature(ranker.item.spec)])
+        self.embed_user = tf.function(lambda x: ranker.user(x), input_signature=[tower_signature(ranker.user.spec)])
+        self.embed_item = tf.function(lambda x: ranker.item(x), input_signature=[tower_signature(ranker.item.spec)])
         self.score_pairs = tf.function(lambda x: tf.sigmoid(ranker.head(x)),
                                        input_signature=[tf.TensorSpec([None, width], tf.float32)])
 
@@ -88,7 +88,7 @@ class TwoStageModel(Recommender):
     def item_vectors(self) -> np.ndarray:
         if self._item_vectors is None:
             spec = self.retrieval.specs[1]
-            parts = [self.ranker.embed_item(_to_tensors(encode(self.items.iloc[s:s + 4096], spec))).numpy()
+            parts = [self.ranker.embed_item(to_tensors(encode(self.items.iloc[s:s + 4096], spec))).numpy()
                      for s in range(0, len(self.items), 4096)]
             self._item_vectors = np.concatenate(parts)
         return self._item_vectors
@@ -108,7 +108,7 @@ class TwoStageModel(Recommender):
             part = frame.iloc[start:start + USERS_PER_CHUNK]
             retrieval = self.retrieval.embed_users(part) @ self.retrieval.item_embeddings.T
             candidates = np.argpartition(-retrieval, n - 1, axis=1)[:, :n]
-            users = self.ranker.embed_user(_to_tensors(encode(part, self.retrieval.specs[0]))).numpy()
+            users = self.ranker.embed_user(to_tensors(encode(part, self.retrieval.specs[0]))).numpy()
             pairs = np.concatenate([
                 np.repeat(users, n, axis=0), self.item_vectors[candidates.ravel()],
                 np.repeat(users, n, axis=0) * self.item_vectors[candidates.ravel()],
@@ -189,7 +189,7 @@ def _dataset(path: Path, user_spec: TowerSpec, item_spec: TowerSpec, users: pd.D
                       "popularity": frame["popularity"].to_numpy(np.float32)}
             yield inputs, frame["label"].to_numpy(np.float32), np.ones(len(frame), np.float32)
 
-    signature = ({"user": _signature(user_spec), "item": _signature(item_spec),
+    signature = ({"user": tower_signature(user_spec), "item": tower_signature(item_spec),
                   "retrieval_score": tf.TensorSpec([None], tf.float32), "popularity": tf.TensorSpec([None], tf.float32)},
                  tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
     data = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
@@ -221,13 +221,8 @@ def fit_two_stage(features, data, config, retrieval_dir: Path, seed: int, workdi
     examples = ranking_examples(features.train_interactions, retrieval, items, users, max(data.event_weights.values()),
                                 config.hard_negatives, config.popular_negatives, retrieval.specs[0].lists["history"][1],
                                 config.candidates, seed)
-    start = pd.Timestamp(features.window.cutoff.isoformat(), tz="UTC") - pd.Timedelta(days=config.validation_days)
-    is_validation = examples["event_ts"] >= start
-    paths = {}
-    for name, part in (("train", examples[~is_validation].sample(frac=1.0, random_state=seed)),
-                       ("validation", examples[is_validation])):
-        paths[name] = workdir / f"ranking_{name}.parquet"
-        part.drop(columns="event_ts").to_parquet(paths[name], index=False)
+    paths, is_validation = write_example_splits(examples, features.window.cutoff, config.validation_days, seed,
+                                                workdir, "ranking")
     user_spec, item_spec = retrieval.specs
     train_data = _dataset(paths["train"], user_spec, item_spec, users, items, config.batch_size, True, seed)
     validation_data = _dataset(paths["validation"], user_spec, item_spec, users, items, config.batch_size, False, seed)

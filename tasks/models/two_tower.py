@@ -86,7 +86,7 @@ class TwoTowerTrainer(tfrs.Model):
                          candidate_ids=inputs["candidate"][self.candidate.spec.id_column], compute_metrics=False)
 
 
-def _signature(spec: TowerSpec) -> dict[str, tf.TensorSpec]:
+def tower_signature(spec: TowerSpec) -> dict[str, tf.TensorSpec]:
     sig = {spec.id_column: tf.TensorSpec([None], tf.string, name=spec.id_column)}
     sig |= {n: tf.TensorSpec([None], tf.string, name=n) for n in spec.categorical}
     sig |= {n: tf.TensorSpec([None], tf.float32, name=n) for n in spec.numeric}
@@ -101,10 +101,10 @@ class ExportedTower(tf.Module):
     def __init__(self, tower: Tower):
         super().__init__()
         self.tower = tower
-        self.serve = tf.function(lambda inputs: tower(inputs), input_signature=[_signature(tower.spec)])
+        self.serve = tf.function(lambda inputs: tower(inputs), input_signature=[tower_signature(tower.spec)])
 
 
-def _to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
+def to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
     return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
 
 
@@ -122,7 +122,7 @@ def examples_dataset(path: Path, query: TowerSpec, candidate: TowerSpec, user_ta
             yield ({"query": encode(user_side, query), "candidate": encode(item_side, candidate)},
                    frame["weight"].to_numpy(np.float32), frame["probability"].to_numpy(np.float32))
 
-    signature = ({"query": _signature(query), "candidate": _signature(candidate)},
+    signature = ({"query": tower_signature(query), "candidate": tower_signature(candidate)},
                  tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
     data = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
     if shuffle:
@@ -143,10 +143,10 @@ class TwoTowerModel(Recommender):
         self.specs = specs
 
     def embed_users(self, frame: pd.DataFrame) -> np.ndarray:
-        return self.query_tower.serve(_to_tensors(encode(frame, self.specs[0]))).numpy()
+        return self.query_tower.serve(to_tensors(encode(frame, self.specs[0]))).numpy()
 
     def embed_items(self, frame: pd.DataFrame) -> np.ndarray:
-        out = [self.candidate_tower.serve(_to_tensors(encode(frame.iloc[s:s + 4096], self.specs[1]))).numpy()
+        out = [self.candidate_tower.serve(to_tensors(encode(frame.iloc[s:s + 4096], self.specs[1]))).numpy()
                for s in range(0, len(frame), 4096)]
         return np.concatenate(out) if out else np.zeros((0, self.item_embeddings.shape[1]), np.float32)
 
@@ -185,12 +185,12 @@ class _ExportedIndex(tf.Module):
         super().__init__()
         self.index = index
         self.query_tower = query_tower  # tracked, so the index's SavedModel carries the tower's tables
-        self.serve = tf.function(lambda inputs: index(inputs), input_signature=[_signature(query_spec)])
+        self.serve = tf.function(lambda inputs: index(inputs), input_signature=[tower_signature(query_spec)])
 
 
 def fit_two_tower(features, data, config, seed: int, workdir: Path) -> TwoTowerModel:
     """Train on the feature set's training interactions; the last `validation_days` drive early stopping."""
-    from tasks.models.tower_inputs import histories_before_each_event, tower_specs
+    from tasks.models.tower_inputs import histories_before_each_event, tower_specs, write_example_splits
 
     tf.keras.utils.set_random_seed(seed)
     train = features.train_interactions
@@ -202,13 +202,8 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path) -> TwoTowerM
         # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples.
         probability=train["item_id"].map(counts / len(train)).astype(np.float32),
     )[["user_id", "item_id", "history", "weight", "probability", "event_ts"]]
-    start = pd.Timestamp(features.window.cutoff.isoformat(), tz="UTC") - pd.Timedelta(days=config.validation_days)
-    is_validation = examples["event_ts"] >= start
-    paths = {}
-    for name, part in (("train", examples[~is_validation].sample(frac=1.0, random_state=seed)),
-                       ("validation", examples[is_validation])):
-        paths[name] = workdir / f"{name}_examples.parquet"
-        part.drop(columns="event_ts").to_parquet(paths[name], index=False)
+    paths, is_validation = write_example_splits(examples, features.window.cutoff, config.validation_days, seed,
+                                                workdir, "retrieval")
     users, items = features.train_users, features.train_items
     train_data = examples_dataset(paths["train"], query_spec, candidate_spec, users, items, config.batch_size, True, seed)
     validation_data = examples_dataset(paths["validation"], query_spec, candidate_spec, users, items,
