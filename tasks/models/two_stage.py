@@ -155,6 +155,10 @@ def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, items
         own = item_index.get_indexer(part["item_id"])
         size = min(pool, scores.shape[1] - 1)
         top = np.argpartition(-scores, size, axis=1)[:, :size]
+        # The ranker only ever orders this pool: learn from positives that made it in, as serving will.
+        threshold = np.take_along_axis(scores, top, axis=1).min(axis=1)
+        in_pool = (own >= 0) & (scores[np.arange(len(part)), np.maximum(own, 0)] >= threshold)
+        part, scores, own, top = part[in_pool], scores[in_pool], own[in_pool], top[in_pool]
         hard_pick = np.take_along_axis(top, rng.integers(0, size, (len(part), hard)), axis=1)
         popular_pick = rng.choice(len(counts), (len(part), popular), p=popular_p)
         picks = np.concatenate([own[:, None], hard_pick, popular_pick], axis=1)
