@@ -8,6 +8,7 @@ import time
 from datetime import date
 from pathlib import Path
 
+import pandas as pd
 from pydantic import BaseModel
 
 from configs.schema import Config
@@ -15,6 +16,7 @@ from tasks.address_book import AddressBook
 from tasks.atomic_write import atomic_directory
 from tasks.feature_set import FeatureSet
 from tasks.step_cli import step_main
+from tasks.train import fit_model
 
 log = logging.getLogger(__name__)
 KIND = "two_tower"
@@ -40,7 +42,9 @@ def train_retrieval(config: Config, ds: date, run_id: str) -> TrainRetrievalResu
     features = FeatureSet.read(book.features(ds))
     target = book.model(ds, KIND)
     with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="two_tower-") as scratch:
-        model = fit_two_tower(features, config.data, config.train_retrieval, config.seed, Path(scratch))
+        popularity = fit_model("popularity", features, config.train)
+        fallback = pd.Series(popularity.fallback_scores, index=popularity.item_ids)
+        model = fit_two_tower(features, config.data, config.train_retrieval, config.seed, Path(scratch), fallback)
         model.save(staging)
     seconds = time.perf_counter() - started
     log.info("train_retrieval ds=%s: %d items embedded, %d epochs in %.1fs -> %s", ds, len(model.item_ids),

@@ -188,8 +188,11 @@ class _ExportedIndex(tf.Module):
         self.serve = tf.function(lambda inputs: index(inputs), input_signature=[tower_signature(query_spec)])
 
 
-def fit_two_tower(features, data, config, seed: int, workdir: Path) -> TwoTowerModel:
-    """Train on the feature set's training interactions; the last `validation_days` drive early stopping."""
+def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd.Series) -> TwoTowerModel:
+    """Train on the feature set's training interactions; the last `validation_days` drive early stopping.
+
+    `fallback` (popularity by item id) serves users without history, the same list every model falls back to.
+    """
     from tasks.models.tower_inputs import histories_before_each_event, tower_specs, write_example_splits
 
     tf.keras.utils.set_random_seed(seed)
@@ -219,8 +222,8 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path) -> TwoTowerM
     log.info("two_tower: %d training / %d validation examples, %d epochs, loss %.4f -> %.4f, val_loss %s",
              int((~is_validation).sum()), int(is_validation.sum()), len(losses["loss"]), losses["loss"][0],
              losses["loss"][-1], [round(v, 4) for v in losses.get("val_loss", [])])
-    popularity = counts.reindex(items["item_id"]).fillna(0).to_numpy(np.float32)
-    model = TwoTowerModel(items["item_id"].to_numpy(dtype=object), popularity / max(popularity.max(), 1.0),
+    model = TwoTowerModel(items["item_id"].to_numpy(dtype=object),
+                          fallback.reindex(items["item_id"]).fillna(0.0).to_numpy(np.float32),
                           {**config.model_dump(), "epochs_run": len(losses["loss"]),
                            "val_loss": [float(v) for v in losses.get("val_loss", [])]},
                           ExportedTower(query), ExportedTower(candidate), None, (query_spec, candidate_spec))
