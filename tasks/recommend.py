@@ -37,6 +37,7 @@ def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, e
 
     `history` (user_id, item_id, weight) is what the model scores from; users with none of the model's items
     in it get the model's fallback scores. `excluded` pairs and items outside `allowed_items` never appear.
+    `user_features` (one row per user: declared columns and `history`) feeds models that read features.
     """
     started = time.perf_counter()
     user_ids = np.asarray(user_ids, dtype=object)
@@ -71,10 +72,6 @@ def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, e
     log.info("%s: %s top-%d for %d users (%d cold) -> %d rows in %.1fs", desc, model.kind, k, len(user_ids),
              int(cold.sum()), len(frame), time.perf_counter() - started)
     return frame
-
-
-def as_history(interactions: pd.DataFrame) -> pd.DataFrame:
-    return interactions[["user_id", "item_id", "weight"]]
 
 
 
