@@ -55,12 +55,17 @@ class FeatureSet:
             getattr(self, table).to_parquet(directory / f"{table}.parquet", index=False)
         (directory / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
 
-    @classmethod
-    def read(cls, directory: Path) -> FeatureSet:
+    @staticmethod
+    def read_manifest(directory: Path) -> dict:
+        """The manifest alone (window, row counts, data fingerprints), without loading any table."""
         manifest_path = directory / "manifest.json"
         if not manifest_path.is_file():
             raise MissingInput(f"no feature set at {directory}: run build_features for this ds first")
-        manifest = json.loads(manifest_path.read_text())
+        return json.loads(manifest_path.read_text())
+
+    @classmethod
+    def read(cls, directory: Path) -> FeatureSet:
+        manifest = cls.read_manifest(directory)
         window = Window(*(date.fromisoformat(manifest["window"][k]) for k in ("first", "cutoff", "last")))
         tables = {t: pd.read_parquet(directory / f"{t}.parquet") for t in TABLES}
         return cls(window=window, manifest=manifest, **tables)

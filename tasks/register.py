@@ -88,9 +88,9 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     overall = table[table["segment"] == "all"].set_index("model")
     candidates = overall.loc[[m for m in candidate_kinds(config) if m in overall.index]]
     best_kind = str(candidates[gate.primary_metric].idxmax())
-    features = FeatureSet.read(book.features(ds))
+    manifest = FeatureSet.read_manifest(book.features(ds))
     resolved = config.model_dump(mode="json")
-    run_key = model_key(ds, best_kind, features.manifest["fingerprints"], config)
+    run_key = model_key(ds, best_kind, manifest["fingerprints"], config)
 
     registry = ModelRegistry(gate.tracking_uri or book.mlflow_tracking_uri, gate.model_name)
     if mlflow.get_experiment_by_name(gate.experiment) is None:
@@ -100,7 +100,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
                                                          "best_candidate": best_kind}) as run:
         mlflow.log_params(flatten(resolved))
         mlflow.log_dict(resolved, "config/resolved_config.json")
-        mlflow.log_dict(features.manifest, "data/features_manifest.json")
+        mlflow.log_dict(manifest, "data/features_manifest.json")
         mlflow.log_metrics({k: float(v) for k, v in overall.loc[best_kind].items() if k != "segment"})
         mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
                             for k, v in row.items() if k != "segment" and pd.notna(v)})
@@ -121,7 +121,8 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
             decision = GateDecision(registry.alias_version("champion") == version,
                                     tags.get("rejected_reason", f"rerun of run_key {run_key}: version {version} reused"))
         else:
-            sample = features.train_users.loc[features.train_users["n_events"] > 0].head(2)
+            users = pd.read_parquet(book.features(ds) / "train_users.parquet", columns=["user_id", "n_events", "history"])
+            sample = users.loc[users["n_events"] > 0].head(2)
             example = pd.DataFrame({"user_id": sample["user_id"].astype(str).to_list(),
                                     "history": [" ".join(h[:5]) for h in sample["history"]]})
             version = registry.log_and_register(book.model(ds, best_kind), example, {
