@@ -8,6 +8,7 @@ from pathlib import Path
 import great_expectations as gx
 import great_expectations.expectations as gxe
 import pandas as pd
+from great_expectations.data_context.types.base import ProgressBarsConfig
 
 # GX 1.24 does not recognise pandas 3's `str` dtype in type expectations, but checks object columns value by
 # value; `as_checked_frame` hands it object columns, so these are Python type names.
@@ -39,6 +40,8 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, list[gxe.Expec
                report_dir: Path) -> tuple[list[Failure], Path, dict]:
     """Validate each table with its suite in a file-backed GX context under `report_dir`, building Data Docs."""
     context = gx.get_context(mode="file", project_root_dir=report_dir)
+    # One progress bar per expectation drowns the task log; our own log lines give the counts instead.
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
     source = context.data_sources.add_or_update_pandas(name="raw")
     definitions = []
     for table, expectations in suites.items():

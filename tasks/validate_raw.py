@@ -99,8 +99,10 @@ def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
                  len(suites[table]), verdict, files)
     if failures:
         lines = "\n".join(f"  - {f}" for f in failures)
+        broken = sorted({f.table for f in failures})
+        files = "\n".join(f"  {t}: {', '.join(str(p) for p in raw.partition_files(t, ds))}" for t in broken)
         raise RawDataInvalid(f"raw data ds={ds} failed validation ({len(failures)} expectations):\n{lines}\n"
-                             f"files: {book.raw_partition('events', ds).parent.parent}\nreport: {html}")
+                             f"files:\n{files}\nreport: {html}")
     log.info("validate_raw ds=%s: all passed in %.1fs; report %s", ds, time.perf_counter() - started, html)
     return ValidateRawResult(ds=ds, rows=rows, report_html=str(html),
                              fingerprints={t: raw.fingerprint(t, ds) for t in RAW_TABLES})

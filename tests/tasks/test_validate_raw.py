@@ -76,7 +76,7 @@ def test_broken_batch_fails_naming_the_expectation_and_changes_nothing(case, pub
 
     message = str(failure.value)
     assert f"events: column {column} failed {expectation}" in message
-    assert str(raw_copy) in message
+    assert str(partition) in message  # names the very file to fix
     pd.testing.assert_frame_equal(warehouse.query("SELECT * FROM recommendations ORDER BY ds, user_id, rank"), before)
     assert registry.alias_version("champion") == champion_before
     assert sorted(p.stat().st_mtime_ns for p in book.features(DS).glob("*")) == features_before
