@@ -19,6 +19,8 @@ from tasks.feature_set import FeatureSet
 from tasks.model_registry import ModelRegistry
 from tasks.step_cli import step_main
 from tasks.train import candidate_kinds
+from tasks.train_ranking import KIND as RANKING_KIND
+from tasks.train_ranking import REPORT as RANKING_REPORT
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,9 @@ def model_key(ds: date, kind: str, fingerprints: dict[str, str], config: Config)
 
     Publishing or gating settings (publish.k, register.margin) are left out, so changing them reuses the model.
     """
-    shaping = {section: config.model_dump(mode="json")[section] for section in ("seed", "data", "build_features", "train")}
+    resolved = config.model_dump(mode="json")
+    shaping = {section: resolved[section]
+               for section in ("seed", "data", "build_features", "train", "train_retrieval", "train_ranking")}
     payload = {"ds": str(ds), "kind": kind, "data": fingerprints, "config": shaping}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
@@ -105,7 +109,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
         mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
                             for k, v in row.items() if k != "segment" and pd.notna(v)})
         mlflow.log_artifacts(str(book.evaluation(ds)), "evaluation")
-        ranking_report = book.model(ds, "two_stage") / "ranking_validation.json"
+        ranking_report = book.model(ds, RANKING_KIND) / RANKING_REPORT
         if ranking_report.is_file():
             mlflow.log_metrics({f"two_stage.validation.{k}": float(v)
                                 for k, v in json.loads(ranking_report.read_text()).items()})

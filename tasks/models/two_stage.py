@@ -15,11 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.tower_inputs import TowerSpec, encode, histories_before_each_event, write_example_splits
-from tasks.models.two_tower import Tower, TwoTowerModel, tf, tfrs, to_tensors, tower_signature
+from tasks.models.two_tower import (
+    Tower,
+    TwoTowerModel,
+    feature_sides,
+    stream_examples,
+    tf,
+    tfrs,
+    to_tensors,
+    tower_signature,
+)
 
 log = logging.getLogger(__name__)
 USERS_PER_CHUNK = 256   # users re-ranked at once, bounding memory to chunk x candidates rows
@@ -67,11 +75,12 @@ class ExportedRanker(tf.Module):
     def __init__(self, ranker: Ranker, dim: int):
         super().__init__()
         self.ranker = ranker
-        width = 3 * dim + 2
+        vector, column = tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.float32)
         self.embed_user = tf.function(lambda x: ranker.user(x), input_signature=[tower_signature(ranker.user.spec)])
         self.embed_item = tf.function(lambda x: ranker.item(x), input_signature=[tower_signature(ranker.item.spec)])
-        self.score_pairs = tf.function(lambda x: tf.sigmoid(ranker.head(x)),
-                                       input_signature=[tf.TensorSpec([None, width], tf.float32)])
+        self.score_pairs = tf.function(lambda user, item, retrieval_score, popularity: tf.sigmoid(
+            ranker.head(Ranker.join(user, item, retrieval_score, popularity))),
+            input_signature=[vector, vector, column, column])
 
 
 class TwoStageModel(Recommender):
@@ -109,12 +118,10 @@ class TwoStageModel(Recommender):
             retrieval = self.retrieval.embed_users(part) @ self.retrieval.item_embeddings.T
             candidates = np.argpartition(-retrieval, n - 1, axis=1)[:, :n]
             users = self.ranker.embed_user(to_tensors(encode(part, self.retrieval.specs[0]))).numpy()
-            pairs = np.concatenate([
-                np.repeat(users, n, axis=0), self.item_vectors[candidates.ravel()],
-                np.repeat(users, n, axis=0) * self.item_vectors[candidates.ravel()],
-                np.take_along_axis(retrieval, candidates, axis=1).reshape(-1, 1),
-                popularity[candidates.ravel()].reshape(-1, 1)], axis=1).astype(np.float32)
-            probabilities = self.ranker.score_pairs(tf.constant(pairs)).numpy().reshape(len(part), n)
+            probabilities = self.ranker.score_pairs(
+                tf.constant(np.repeat(users, n, axis=0)), tf.constant(self.item_vectors[candidates.ravel()]),
+                tf.constant(np.take_along_axis(retrieval, candidates, axis=1).ravel().astype(np.float32)),
+                tf.constant(popularity[candidates.ravel()])).numpy().reshape(len(part), n)
             np.put_along_axis(out[start:start + len(part)], candidates, probabilities, axis=1)
         return out
 
@@ -147,10 +154,11 @@ def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, items
     item_index = pd.Index(retrieval.item_ids)
     counts = items.set_index("item_id")["n_events"].reindex(retrieval.item_ids).fillna(0).to_numpy(float)
     popular_p = counts / counts.sum() if counts.sum() else None
+    by_user = users.set_index("user_id")
     rows = []
     for start in range(0, len(positives), 4096):
         part = positives.iloc[start:start + 4096]
-        side = users.set_index("user_id").reindex(part["user_id"]).reset_index().assign(history=part["history"].to_numpy())
+        side = by_user.reindex(part["user_id"]).reset_index().assign(history=part["history"].to_numpy())
         scores = retrieval.embed_users(side) @ retrieval.item_embeddings.T
         own = item_index.get_indexer(part["item_id"])
         size = min(pool, scores.shape[1] - 1)
@@ -162,9 +170,9 @@ def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, items
         hard_pick = np.take_along_axis(top, rng.integers(0, size, (len(part), hard)), axis=1)
         popular_pick = rng.choice(len(counts), (len(part), popular), p=popular_p)
         picks = np.concatenate([own[:, None], hard_pick, popular_pick], axis=1)
-        labels = np.zeros(picks.shape, np.float32)
-        labels[:, 0] = np.clip(part["weight"].to_numpy() / max_weight, 0.0, 1.0)
-        labels[picks == own[:, None]] = labels[:, :1].repeat(picks.shape[1], axis=1)[picks == own[:, None]]
+        # The positive's soft label goes to every pick of its own item (a negative draw may hit it too).
+        own_label = np.clip(part["weight"].to_numpy(np.float32) / max_weight, 0.0, 1.0)
+        labels = np.where(picks == own[:, None], own_label[:, None], 0.0).astype(np.float32)
         width = picks.shape[1]
         rows.append(pd.DataFrame({
             "user_id": np.repeat(part["user_id"].to_numpy(), width),
@@ -181,25 +189,20 @@ def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, items
 
 def _dataset(path: Path, user_spec: TowerSpec, item_spec: TowerSpec, users: pd.DataFrame, items: pd.DataFrame,
              batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Ranking examples: (user and item inputs with the retrieval score and popularity, label, weight)."""
     by_user, by_item = users.set_index("user_id"), items.set_index("item_id")
 
-    def batches():
-        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size * 4):
-            frame = record_batch.to_pandas()
-            user_side = by_user.reindex(frame["user_id"]).reset_index().assign(history=frame["history"].to_numpy())
-            item_side = by_item.reindex(frame["item_id"]).reset_index()
-            inputs = {"user": encode(user_side, user_spec), "item": encode(item_side, item_spec),
-                      "retrieval_score": frame["retrieval_score"].to_numpy(np.float32),
-                      "popularity": frame["popularity"].to_numpy(np.float32)}
-            yield inputs, frame["label"].to_numpy(np.float32), np.ones(len(frame), np.float32)
+    def to_batch(frame):
+        user_side, item_side = feature_sides(frame, by_user, by_item)
+        inputs = {"user": encode(user_side, user_spec), "item": encode(item_side, item_spec),
+                  "retrieval_score": frame["retrieval_score"].to_numpy(np.float32),
+                  "popularity": frame["popularity"].to_numpy(np.float32)}
+        return inputs, frame["label"].to_numpy(np.float32), np.ones(len(frame), np.float32)
 
     signature = ({"user": tower_signature(user_spec), "item": tower_signature(item_spec),
                   "retrieval_score": tf.TensorSpec([None], tf.float32), "popularity": tf.TensorSpec([None], tf.float32)},
                  tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
-    data = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
-    if shuffle:
-        data = data.shuffle(batch_size * 8, seed=seed)
-    return data.batch(batch_size).prefetch(2)
+    return stream_examples(path, to_batch, signature, batch_size, shuffle, seed)
 
 
 def classification_report(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:

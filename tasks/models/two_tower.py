@@ -17,7 +17,14 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from tasks.models.base import Recommender, UserBatch
-from tasks.models.tower_inputs import PAD, TowerSpec, encode
+from tasks.models.tower_inputs import (
+    PAD,
+    TowerSpec,
+    encode,
+    histories_before_each_event,
+    tower_specs,
+    write_example_splits,
+)
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
@@ -108,26 +115,40 @@ def to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
     return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
 
 
-def examples_dataset(path: Path, query: TowerSpec, candidate: TowerSpec, user_table: pd.DataFrame,
-                     item_table: pd.DataFrame, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Stream training examples from Parquet in record batches, joining user and item features per batch."""
-    users = user_table.set_index("user_id")
-    items = item_table.set_index("item_id")
+def feature_sides(frame: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The user rows (with each example's own `history`) and item rows of a batch of examples.
 
+    `users` and `items` are indexed by user_id and item_id.
+    """
+    user_side = users.reindex(frame["user_id"]).reset_index().assign(history=frame["history"].to_numpy())
+    return user_side, items.reindex(frame["item_id"]).reset_index()
+
+
+def stream_examples(path: Path, to_batch, signature, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Stream examples from Parquet in record batches through `to_batch(frame)`, never all in memory at once."""
     def batches():
         for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size * 4):
-            frame = record_batch.to_pandas()
-            user_side = users.reindex(frame["user_id"]).reset_index().assign(history=frame["history"].to_numpy())
-            item_side = items.reindex(frame["item_id"]).reset_index()
-            yield ({"query": encode(user_side, query), "candidate": encode(item_side, candidate)},
-                   frame["weight"].to_numpy(np.float32), frame["probability"].to_numpy(np.float32))
+            yield to_batch(record_batch.to_pandas())
 
-    signature = ({"query": tower_signature(query), "candidate": tower_signature(candidate)},
-                 tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
     data = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
     if shuffle:
         data = data.shuffle(batch_size * 8, seed=seed, reshuffle_each_iteration=True)
     return data.batch(batch_size).prefetch(2)
+
+
+def examples_dataset(path: Path, query: TowerSpec, candidate: TowerSpec, user_table: pd.DataFrame,
+                     item_table: pd.DataFrame, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    """Retrieval examples: (query and candidate inputs, sample weight, sampling probability)."""
+    users, items = user_table.set_index("user_id"), item_table.set_index("item_id")
+
+    def to_batch(frame):
+        user_side, item_side = feature_sides(frame, users, items)
+        return ({"query": encode(user_side, query), "candidate": encode(item_side, candidate)},
+                frame["weight"].to_numpy(np.float32), frame["probability"].to_numpy(np.float32))
+
+    signature = ({"query": tower_signature(query), "candidate": tower_signature(candidate)},
+                 tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
+    return stream_examples(path, to_batch, signature, batch_size, shuffle, seed)
 
 
 class TwoTowerModel(Recommender):
@@ -193,8 +214,6 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
 
     `fallback` (popularity by item id) serves users without history, the same list every model falls back to.
     """
-    from tasks.models.tower_inputs import histories_before_each_event, tower_specs, write_example_splits
-
     tf.keras.utils.set_random_seed(seed)
     train = features.train_interactions
     query_spec, candidate_spec = tower_specs(features, data, config.history_length)

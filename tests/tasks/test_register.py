@@ -88,3 +88,4 @@ def test_model_key_ignores_publish_settings_but_not_training_ones():
     assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "x"},
                      load_config(None, ["train.cooccurrence.neighbours=5"])) != base
     assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "y"}, load_config()) != base
+    assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "x"}, load_config(None, ["train_retrieval.epochs=3"])) != base
