@@ -96,8 +96,8 @@ class TrainRetrievalConfig(Section):
     embedding_dim: int = Field(32, ge=4)
     history_length: int = Field(20, ge=1, description="Items before each event that the user tower pools.")
     epochs: int = Field(10, ge=1)
-    batch_size: int = Field(1024, ge=8)
-    learning_rate: float = Field(0.1, gt=0)
+    batch_size: int = Field(256, ge=8)
+    learning_rate: float = Field(0.03, gt=0)
     temperature: float = Field(0.05, gt=0, description="Softmax temperature of the in-batch loss.")
     normalize: bool = Field(True, description="L2-normalise both towers' outputs (cosine scores).")
     user_id_embedding: bool = Field(
@@ -111,12 +111,17 @@ class TrainRankingConfig(Section):
 
     enabled: bool = True
     candidates: int = Field(500, ge=1, description="Candidates retrieved per user before ranking.")
-    hard_negatives: int = Field(4, ge=0, description="Negatives per positive from the retrieval model's top items.")
-    popular_negatives: int = Field(2, ge=0, description="Negatives per positive drawn by popularity.")
+    positive_event_types: tuple[str, ...] = Field(
+        ("click", "add_to_cart", "purchase", "rating"), min_length=1,
+        description="The ranker learns to pick items the user went on to engage with: each list is built "
+                    "around an interaction whose strongest event is of these types (views teach retrieval).")
+    hard_negatives: int = Field(
+        31, ge=1, description="Negatives in each positive's list, drawn uniformly from the retrieval candidates.")
+    popular_negatives: int = Field(0, ge=0, description="Negatives in each list drawn from the catalogue by popularity.")
     embedding_dim: int = Field(16, ge=4)
     deep_layers: tuple[int, ...] = (64, 32)
     epochs: int = Field(5, ge=1)
-    batch_size: int = Field(2048, ge=8)
+    batch_size: int = Field(256, ge=8, description="Lists (positives) per training step.")
     learning_rate: float = Field(0.005, gt=0)
     validation_days: int = Field(1, ge=1)
     patience: int = Field(2, ge=1)

@@ -32,6 +32,7 @@ PRICE_BANDS = 4
 # Odds of going on in the funnel: base, and extra when the item matches the user's brand and price band.
 FUNNEL = {"click": (0.20, 0.25), "add_to_cart": (0.15, 0.30), "purchase": (0.35, 0.35)}
 PREFERENCE_SHARE = 0.8  # visits driven by taste; the rest follow global popularity
+FAVOURITE_SHARES = (0.6, 0.3, 0.1)  # of taste-driven visits, to the first, second and third favourite category
 DRIFT_PER_DAY = 0.02    # chance a user swaps one favourite category for another each day
 
 
@@ -55,6 +56,7 @@ class DayBatch:
     events: pd.DataFrame
     items: pd.DataFrame
     users: pd.DataFrame
+    taste: tuple[pd.DataFrame, pd.DataFrame] | None = None  # the hidden (catalogue, users) frames, if asked for
 
 
 def _catalog(spec: ShopSpec, rng: np.random.Generator) -> pd.DataFrame:
@@ -83,16 +85,20 @@ def _catalog(spec: ShopSpec, rng: np.random.Generator) -> pd.DataFrame:
     })
 
 
-def _people(spec: ShopSpec, rng: np.random.Generator, n_brands: int) -> pd.DataFrame:
+def _people(spec: ShopSpec, rng: np.random.Generator, catalog: pd.DataFrame) -> pd.DataFrame:
     n = spec.users
     age = rng.integers(0, len(AGE_BANDS), n)
     favourites = np.stack([rng.choice(len(CATEGORIES), 3, replace=False) for _ in range(n)])
+    # A user's favourite brands are brands of their two favourite categories: loyalty shows where they shop.
+    brands_in = catalog.groupby("_category")["_brand"].unique().reindex(range(len(CATEGORIES)))
+    brands_in = [b if isinstance(b, np.ndarray) else catalog["_brand"].unique() for b in brands_in]
     return pd.DataFrame({
         "user_id": [f"u{u:06d}" for u in range(n)],
         "country": np.array(COUNTRIES)[np.minimum(rng.geometric(0.45, n) - 1, len(COUNTRIES) - 1)],
         "age_band": np.array(AGE_BANDS)[age],
         "_fav0": favourites[:, 0], "_fav1": favourites[:, 1], "_fav2": favourites[:, 2],
-        "_brand0": rng.integers(0, n_brands, n), "_brand1": rng.integers(0, n_brands, n),
+        "_brand0": [rng.choice(brands_in[c]) for c in favourites[:, 0]],
+        "_brand1": [rng.choice(brands_in[c]) for c in favourites[:, 1]],
         # The planted side feature: the preferred price band follows the age band (with some noise).
         "_band": np.clip(np.round(age * (PRICE_BANDS - 1) / (len(AGE_BANDS) - 1) + rng.normal(0, 0.5, n)),
                          0, PRICE_BANDS - 1).astype(int),
@@ -112,7 +118,7 @@ def _pick_items(rng: np.random.Generator, users: pd.DataFrame, catalog: pd.DataF
     by_taste = rng.random(n) < PREFERENCE_SHARE
     chosen[~by_taste] = rng.choice(live_idx, (~by_taste).sum(), p=global_p)
     fav = users[["_fav0", "_fav1", "_fav2"]].to_numpy()[visitors]
-    slot = rng.choice(3, n, p=[0.6, 0.3, 0.1])
+    slot = rng.choice(3, n, p=FAVOURITE_SHARES)
     category = fav[np.arange(n), slot]
     item_cat = catalog["_category"].to_numpy()
     item_brand, item_band = catalog["_brand"].to_numpy(), catalog["_band"].to_numpy()
@@ -162,11 +168,15 @@ def _funnel(rng: np.random.Generator, users: pd.DataFrame, catalog: pd.DataFrame
     return frame.sort_values(["event_ts", "user_id"], kind="stable").reset_index(drop=True)
 
 
-def generate_shop(spec: ShopSpec) -> Iterator[DayBatch]:
-    """Yield one day of events with that day's item and user snapshots; deterministic for `spec`."""
+def generate_shop(spec: ShopSpec, with_taste: bool = False) -> Iterator[DayBatch]:
+    """Yield one day of events with that day's item and user snapshots; deterministic for `spec`.
+
+    `with_taste` adds the hidden catalogue and user frames (favourites, brands, price bands) as they were
+    that day, for `planted_scores`.
+    """
     rng = np.random.default_rng(spec.seed)
     catalog = _catalog(spec, rng)
-    users = _people(spec, rng, n_brands=int(catalog["_brand"].max()) + 1)
+    users = _people(spec, rng, catalog)
     per_day = spec.events / spec.days / (1 + 0.3 * (1 + 0.3 * (1 + 0.5)))  # visits per day, ~1.4 events each
     counter = 0
     for d in range(spec.days):
@@ -184,7 +194,31 @@ def generate_shop(spec: ShopSpec) -> Iterator[DayBatch]:
         items = catalog.loc[live, ["item_id", "category", "brand", "price", "title", "tags"]].assign(
             is_available=rng.random(int(live.sum())) > 0.03)
         yield DayBatch(ds, events, items.reset_index(drop=True),
-                       users.loc[joined, ["user_id", "country", "age_band"]].reset_index(drop=True))
+                       users.loc[joined, ["user_id", "country", "age_band"]].reset_index(drop=True),
+                       (catalog, users.copy()) if with_taste else None)
+
+
+def planted_scores(catalog: pd.DataFrame, users: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> np.ndarray:
+    """The generator's own chance that each user visits each item and goes on to add it to the cart.
+
+    Ranking by it is the best any model can do on this data (a Bayes ceiling): `benchmarks/ceiling.py`
+    reports it beside the trained models. It mirrors `_pick_items` and `_funnel`.
+    """
+    item = catalog.set_index("item_id").reindex(item_ids)
+    known = item["_category"].notna().to_numpy()
+    category, brand, band = (item[c].fillna(-1).to_numpy(int) for c in ("_category", "_brand", "_band"))
+    pop = item["_pop"].fillna(0.0).to_numpy()
+    user = users.set_index("user_id").loc[user_ids]
+    brand_hit = (brand[None] == user["_brand0"].to_numpy()[:, None]) | (brand[None] == user["_brand1"].to_numpy()[:, None])
+    band_hit = band[None] == user["_band"].to_numpy()[:, None]
+    weight = pop[None] * (1 + 3 * brand_hit) * (1 + 2 * band_hit)
+    visit = (1 - PREFERENCE_SHARE) * np.broadcast_to(pop / pop.sum(), weight.shape)
+    for slot, share in zip(("_fav0", "_fav1", "_fav2"), FAVOURITE_SHARES, strict=True):
+        in_category = np.where(category[None] == user[slot].to_numpy()[:, None], weight, 0.0)
+        visit = visit + PREFERENCE_SHARE * share * in_category / np.maximum(in_category.sum(axis=1, keepdims=True), 1e-12)
+    match = 0.5 * brand_hit + 0.5 * band_hit
+    reach_cart = (FUNNEL["click"][0] + FUNNEL["click"][1] * match) * (FUNNEL["add_to_cart"][0] + FUNNEL["add_to_cart"][1] * match)
+    return np.where(known[None], visit * reach_cart, 0.0).astype(np.float32)
 
 
 def write_day(batch: DayBatch, out: Path) -> None:

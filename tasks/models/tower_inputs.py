@@ -70,6 +70,28 @@ def tower_specs(features: FeatureSet, data: DataConfig, history_length: int, tag
     return query, candidate
 
 
+@dataclass(frozen=True)
+class HistoryAttributes:
+    """What the user tower knows of each history item besides its id: its categorical codes (1-based in the
+    candidate spec's vocabulary, 0 unknown) and normalised numerics, row-aligned with `item_ids`.
+
+    Pooled over the history, they carry taste (favourite categories, brands, price level) that generalises
+    across items, where the history's id embeddings must each be learnt from that item's own few examples.
+    """
+
+    item_ids: np.ndarray
+    categorical: dict[str, tuple[np.ndarray, int]]  # column -> (codes, vocabulary size)
+    numeric: dict[str, np.ndarray]
+
+
+def history_attributes(items: pd.DataFrame, candidate: TowerSpec) -> HistoryAttributes:
+    encoded = encode(items, candidate)
+    categorical = {name: (pd.Index(vocab).get_indexer(pd.Index(encoded[name])).astype(np.int64) + 1, len(vocab))
+                   for name, vocab in candidate.categorical.items()}
+    return HistoryAttributes(encoded[candidate.id_column].astype(str), categorical,
+                             {name: encoded[name] for name in candidate.numeric})
+
+
 def _pad(rows, length: int) -> np.ndarray:
     out = np.full((len(rows), length), PAD, dtype=object)
     for i, row in enumerate(rows):
@@ -100,8 +122,25 @@ def encode(frame: pd.DataFrame, spec: TowerSpec) -> dict[str, np.ndarray]:
     return inputs
 
 
+def first_touches(interactions: pd.DataFrame) -> pd.DataFrame:
+    """One row per (user, item): when the user first touched the item, with the strongest event they gave it
+    (its `event_type` and `weight`).
+
+    A visit's funnel (view, click, add_to_cart, purchase) is one choice, not four: as separate examples, the
+    view would sit in the click's history and teach the towers to recommend what the user just saw.
+    """
+    ordered = interactions.sort_values(["event_ts", "event_id"], kind="stable").reset_index(drop=True)
+    keys = ["user_id", "item_id"]
+    strongest = ordered.loc[ordered.groupby(keys, sort=False)["weight"].idxmax(), [*keys, "event_type", "weight"]]
+    first = ordered.drop(columns=["event_type", "weight"]).drop_duplicates(keys, keep="first")
+    return first.merge(strongest, on=keys, how="left")
+
+
 def histories_before_each_event(interactions: pd.DataFrame, length: int) -> list[list[str]]:
-    """For each interaction, the user's previous `length` items, most recent first (point in time per event)."""
+    """For each interaction, the user's previous `length` items, most recent first (point in time per event).
+
+    Fed `first_touches`, these are distinct items, as the serving history built by `build_features` is.
+    """
     ordered = interactions.sort_values(["user_id", "event_ts", "event_id"], kind="stable")
     items = ordered["item_id"].to_numpy(dtype=object)
     user_codes = pd.factorize(ordered["user_id"])[0]

@@ -1,10 +1,11 @@
 """Retrieval then ranking: the two-tower model proposes candidates, a TFRS DCN-v2 ranker re-scores them.
 
 The ranker sees the user's and the item's features (ids, categorical, numeric, tags, history), the
-retrieval score and the item's popularity, crosses them with `tfrs.layers.dcn.Cross`, then a deep part.
-Labels are soft: an interaction's event weight over the largest weight (purchase > add_to_cart > click >
-view; ratings by value), against hard negatives drawn from the retrieval model's own top candidates and
-negatives drawn by popularity.
+affinities between the user's history and the item, the retrieval score and the item's popularity, crosses
+them with `tfrs.layers.dcn.Cross`, then a deep part, and adds the result to the retrieval logit. It is
+trained listwise: each engaged interaction (`positive_event_types`, weighted by its event weight: purchase >
+add_to_cart > click; ratings by value) against negatives drawn from the retrieval model's own candidates
+and, optionally, by popularity.
 """
 
 from __future__ import annotations
@@ -17,11 +18,18 @@ import numpy as np
 import pandas as pd
 
 from tasks.models.base import Recommender, UserBatch
-from tasks.models.tower_inputs import TowerSpec, encode, histories_before_each_event, write_example_splits
+from tasks.models.tower_inputs import (
+    HistoryAttributes,
+    TowerSpec,
+    encode,
+    first_touches,
+    histories_before_each_event,
+    history_attributes,
+    write_example_splits,
+)
 from tasks.models.two_tower import (
     Tower,
     TwoTowerModel,
-    feature_sides,
     stream_examples,
     tf,
     tfrs,
@@ -34,53 +42,101 @@ USERS_PER_CHUNK = 256   # users re-ranked at once, bounding memory to chunk x ca
 
 
 class Ranker(tf.keras.Model):
-    def __init__(self, user_spec: TowerSpec, item_spec: TowerSpec, dim: int, deep: tuple[int, ...]):
+    """DCN-v2 over both sides' embeddings, their affinities, the retrieval score and popularity.
+
+    Affinities are explicit crosses of the user's history with the item: for each item attribute the user
+    tower pools (category, brand, ...), the share of the history that has the item's value; for each numeric
+    one, the distance between the item's value and the history's mean. A user vector is the user embedding
+    followed by the history's attribute profile; an item vector, the item embedding followed by its own.
+    """
+
+    def __init__(self, user_spec: TowerSpec, item_spec: TowerSpec, dim: int, deep: tuple[int, ...],
+                 history: HistoryAttributes | None = None, retrieval_weight: float = 1.0):
         super().__init__()
-        self.user = Tower(user_spec, dim, normalize=False, use_id=False)  # free user ids overfit (as in retrieval)
+        self.dim = dim
+        # Free user ids overfit (as in retrieval); the user is their features and history.
+        self.user = Tower(user_spec, dim, normalize=False, use_id=False, history_attributes=history)
         self.item = Tower(item_spec, dim, normalize=False)
         self.cross = tfrs.layers.dcn.Cross()
         self.deep = [tf.keras.layers.Dense(width, activation="relu") for width in deep]
-        self.logit = tf.keras.layers.Dense(1)
+        self.logit = tf.keras.layers.Dense(1, kernel_initializer="zeros")
+        self.retrieval_weight = tf.Variable(retrieval_weight, dtype=tf.float32, name="retrieval_weight")
 
-    def head(self, crossed_inputs):
-        x = self.cross(crossed_inputs)
+    def user_vector(self, inputs):
+        return tf.concat([self.user(inputs), self.user.history_profile(inputs)], axis=-1)
+
+    def item_vector(self, inputs):
+        return tf.concat([self.item(inputs), self.item.attribute_profile(inputs, self.user.profile_layout())], axis=-1)
+
+    def affinities(self, user_profile, item_profile) -> list:
+        out, offset = [], 0
+        for _, width, categorical in self.user.profile_layout():
+            a, b = user_profile[:, offset:offset + width], item_profile[:, offset:offset + width]
+            out.append(tf.reduce_sum(a * b, axis=-1, keepdims=True) if categorical else -tf.abs(a - b))
+            offset += width
+        return out
+
+    def pair_logits(self, user, item, retrieval_score, popularity):
+        """The retrieval logit plus a learnt correction from the crossed features of both sides.
+
+        Starting from retrieval's own order (the residual's weight starts at 1 / its temperature and the
+        correction at zero), the ranker only has to learn where the features say retrieval is wrong.
+        """
+        u, i = user[:, :self.dim], item[:, :self.dim]
+        x = self.cross(tf.concat([u, i, u * i, retrieval_score[:, None], popularity[:, None],
+                                  *self.affinities(user[:, self.dim:], item[:, self.dim:])], axis=-1))
         for layer in self.deep:
             x = layer(x)
-        return self.logit(x)[:, 0]
-
-    @staticmethod
-    def join(user, item, retrieval_score, popularity):
-        return tf.concat([user, item, user * item, retrieval_score[:, None], popularity[:, None]], axis=-1)
+        return self.logit(x)[:, 0] + self.retrieval_weight * retrieval_score
 
     def call(self, inputs):
-        return self.head(self.join(self.user(inputs["user"]), self.item(inputs["item"]),
-                                   inputs["retrieval_score"], inputs["popularity"]))
+        return self.pair_logits(self.user_vector(inputs["user"]), self.item_vector(inputs["item"]),
+                                inputs["retrieval_score"], inputs["popularity"])
 
 
 class RankingTrainer(tfrs.Model):
-    def __init__(self, ranker: Ranker):
+    """Trains the ranker listwise: each example is one positive among negatives from the serving pool.
+
+    The item side of every list is gathered in-graph from the encoded catalogue, so a list of W items costs
+    W table lookups, not W rows of pandas encoding.
+    """
+
+    def __init__(self, ranker: Ranker, item_inputs: dict[str, np.ndarray], popularity: np.ndarray):
         super().__init__()
         self.ranker = ranker
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.BinaryCrossentropy(from_logits=True))
+        self.catalogue = [(name, tf.constant(values.astype(str) if values.dtype == object else values))
+                          for name, values in item_inputs.items()]
+        self.popularity = tf.constant(popularity.astype(np.float32))
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+
+    def list_logits(self, inputs):
+        """Logits of shape (users, list width) for the item indices in `inputs["items"]`."""
+        shape = tf.shape(inputs["items"])
+        flat = tf.reshape(inputs["items"], [-1])
+        users = tf.repeat(self.ranker.user_vector(inputs["user"]), shape[1], axis=0)
+        items = self.ranker.item_vector({name: tf.gather(values, flat) for name, values in self.catalogue})
+        logits = self.ranker.pair_logits(users, items, tf.reshape(inputs["retrieval_score"], [-1]),
+                                         tf.gather(self.popularity, flat))
+        return tf.reshape(logits, shape)
 
     def compute_loss(self, features, training=False):
-        inputs, label, weight = features
-        # Keras losses reduce the last axis: give each example its own row.
-        return self.task(labels=label[:, None], predictions=self.ranker(inputs)[:, None], sample_weight=weight)
+        inputs, labels, weight = features
+        return self.task(labels=labels, predictions=self.list_logits(inputs), sample_weight=weight)
 
 
 class ExportedRanker(tf.Module):
     """The ranker as three serving functions, so users and items are encoded once, not once per pair."""
 
-    def __init__(self, ranker: Ranker, dim: int):
+    def __init__(self, ranker: Ranker):
         super().__init__()
         self.ranker = ranker
-        vector, column = tf.TensorSpec([None, dim], tf.float32), tf.TensorSpec([None], tf.float32)
-        self.embed_user = tf.function(lambda x: ranker.user(x), input_signature=[tower_signature(ranker.user.spec)])
-        self.embed_item = tf.function(lambda x: ranker.item(x), input_signature=[tower_signature(ranker.item.spec)])
-        self.score_pairs = tf.function(lambda user, item, retrieval_score, popularity: tf.sigmoid(
-            ranker.head(Ranker.join(user, item, retrieval_score, popularity))),
-            input_signature=[vector, vector, column, column])
+        width = ranker.dim + sum(w for _, w, _ in ranker.user.profile_layout())
+        vector, column = tf.TensorSpec([None, width], tf.float32), tf.TensorSpec([None], tf.float32)
+        # Lambdas, not bound methods: tf.function keeps only a weak reference to what it wraps.
+        self.embed_user = tf.function(lambda x: ranker.user_vector(x), input_signature=[tower_signature(ranker.user.spec)])
+        self.embed_item = tf.function(lambda x: ranker.item_vector(x), input_signature=[tower_signature(ranker.item.spec)])
+        self.score_pairs = tf.function(lambda user, item, retrieval_score, popularity: ranker.pair_logits(
+            user, item, retrieval_score, popularity), input_signature=[vector, vector, column, column])
 
 
 class TwoStageModel(Recommender):
@@ -108,7 +164,7 @@ class TwoStageModel(Recommender):
                              items.reset_index(drop=True), self.source)
 
     def score(self, batch: UserBatch) -> np.ndarray:
-        """-inf everywhere but the retrieval model's top candidates, which get the ranker's probability."""
+        """-inf everywhere but the retrieval model's top candidates, which get the ranker's logit."""
         frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
         out = np.full((len(batch), len(self.item_ids)), -np.inf, dtype=np.float32)
         n = min(int(self.params["candidates"]), len(self.item_ids))
@@ -118,11 +174,11 @@ class TwoStageModel(Recommender):
             retrieval = self.retrieval.embed_users(part) @ self.retrieval.item_embeddings.T
             candidates = np.argpartition(-retrieval, n - 1, axis=1)[:, :n]
             users = self.ranker.embed_user(to_tensors(encode(part, self.retrieval.specs[0]))).numpy()
-            probabilities = self.ranker.score_pairs(
+            logits = self.ranker.score_pairs(
                 tf.constant(np.repeat(users, n, axis=0)), tf.constant(self.item_vectors[candidates.ravel()]),
                 tf.constant(np.take_along_axis(retrieval, candidates, axis=1).ravel().astype(np.float32)),
                 tf.constant(popularity[candidates.ravel()])).numpy().reshape(len(part), n)
-            np.put_along_axis(out[start:start + len(part)], candidates, probabilities, axis=1)
+            np.put_along_axis(out[start:start + len(part)], candidates, logits, axis=1)
         return out
 
     def _save_state(self, directory: Path) -> None:
@@ -139,23 +195,25 @@ class TwoStageModel(Recommender):
                    pd.read_parquet(directory / "items.parquet"), directory / "retrieval")
 
 
-def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, items: pd.DataFrame,
-                     users: pd.DataFrame, max_weight: float, hard: int, popular: int, history_length: int,
+def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, users: pd.DataFrame,
+                     popularity: np.ndarray, max_weight: float, hard: int, popular: int, history_length: int,
                      pool: int, seed: int) -> pd.DataFrame:
-    """Positives with soft labels, plus hard and popularity negatives, each with its retrieval score.
+    """One list per positive: the positive first, then `hard` negatives drawn uniformly from the retrieval
+    model's top `pool` (the candidates the ranker re-orders when serving) and `popular` drawn by popularity.
 
-    Hard negatives come from the same pool the ranker re-scores when serving (the retrieval model's top
-    `pool`); drawn from a narrower top they would all score high, and the ranker would learn to distrust
-    a high retrieval score.
+    Uniform draws from the pool make the list softmax a sampled estimate of the softmax over the whole pool:
+    drawn from its very top instead, negatives would outscore positives on retrieval score by construction,
+    and the ranker would learn to distrust it. Positives that retrieval leaves out of the pool are skipped,
+    since serving never shows them to the ranker. Items are indices into `retrieval.item_ids`; the weight
+    is the positive's event weight over the largest.
     """
     rng = np.random.default_rng(seed)
     positives = interactions.assign(history=histories_before_each_event(interactions, history_length))
     positives = positives[positives["item_id"].isin(set(retrieval.item_ids))].reset_index(drop=True)
     item_index = pd.Index(retrieval.item_ids)
-    counts = items.set_index("item_id")["n_events"].reindex(retrieval.item_ids).fillna(0).to_numpy(float)
-    popular_p = counts / counts.sum() if counts.sum() else None
+    popular_p = popularity / popularity.sum() if popularity.sum() else None
     by_user = users.set_index("user_id")
-    rows = []
+    lists = []
     for start in range(0, len(positives), 4096):
         part = positives.iloc[start:start + 4096]
         side = by_user.reindex(part["user_id"]).reset_index().assign(history=part["history"].to_numpy())
@@ -163,58 +221,64 @@ def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, items
         own = item_index.get_indexer(part["item_id"])
         size = min(pool, scores.shape[1] - 1)
         top = np.argpartition(-scores, size, axis=1)[:, :size]
-        # The ranker only ever orders this pool: learn from positives that made it in, as serving will.
         threshold = np.take_along_axis(scores, top, axis=1).min(axis=1)
-        in_pool = (own >= 0) & (scores[np.arange(len(part)), np.maximum(own, 0)] >= threshold)
+        in_pool = scores[np.arange(len(part)), own] >= threshold
         part, scores, own, top = part[in_pool], scores[in_pool], own[in_pool], top[in_pool]
-        hard_pick = np.take_along_axis(top, rng.integers(0, size, (len(part), hard)), axis=1)
-        popular_pick = rng.choice(len(counts), (len(part), popular), p=popular_p)
-        picks = np.concatenate([own[:, None], hard_pick, popular_pick], axis=1)
-        # The positive's soft label goes to every pick of its own item (a negative draw may hit it too).
-        own_label = np.clip(part["weight"].to_numpy(np.float32) / max_weight, 0.0, 1.0)
-        labels = np.where(picks == own[:, None], own_label[:, None], 0.0).astype(np.float32)
-        width = picks.shape[1]
-        rows.append(pd.DataFrame({
-            "user_id": np.repeat(part["user_id"].to_numpy(), width),
-            "history": np.repeat(part["history"].to_numpy(), width),
-            "item_id": retrieval.item_ids[picks.ravel()],
-            "label": labels.ravel(),
-            "retrieval_score": np.take_along_axis(scores, picks, axis=1).ravel().astype(np.float32),
-            "event_ts": np.repeat(part["event_ts"].to_numpy(), width),
+        picks = np.concatenate([own[:, None], np.take_along_axis(top, rng.integers(0, size, (len(part), hard)), axis=1),
+                                rng.choice(len(popularity), (len(part), popular), p=popular_p)], axis=1)
+        # A negative draw that hits the positive's own item shares its label.
+        labels = (picks == own[:, None]).astype(np.float32)
+        lists.append(pd.DataFrame({
+            "user_id": part["user_id"].to_numpy(), "history": part["history"].to_numpy(),
+            "items": list(picks.astype(np.int32)),
+            "labels": list(labels / labels.sum(axis=1, keepdims=True)),
+            "retrieval_score": list(np.take_along_axis(scores, picks, axis=1).astype(np.float32)),
+            "weight": np.clip(part["weight"].to_numpy(np.float32) / max_weight, 0.0, 1.0),
+            "event_ts": part["event_ts"].to_numpy(),
         }))
-    examples = pd.concat(rows, ignore_index=True)
-    popularity = np.log1p(items.set_index("item_id")["n_events"].reindex(examples["item_id"]).fillna(0).to_numpy())
-    return examples.assign(popularity=popularity.astype(np.float32))
+    return pd.concat(lists, ignore_index=True)
 
 
-def _dataset(path: Path, user_spec: TowerSpec, item_spec: TowerSpec, users: pd.DataFrame, items: pd.DataFrame,
-             batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Ranking examples: (user and item inputs with the retrieval score and popularity, label, weight)."""
-    by_user, by_item = users.set_index("user_id"), items.set_index("item_id")
+def _dataset(path: Path, user_spec: TowerSpec, users: pd.DataFrame, width: int, batch_size: int, shuffle: bool,
+             seed: int) -> tf.data.Dataset:
+    """Ranking lists: (user inputs, item indices and retrieval scores, labels, weight)."""
+    by_user = users.set_index("user_id")
 
     def to_batch(frame):
-        user_side, item_side = feature_sides(frame, by_user, by_item)
-        inputs = {"user": encode(user_side, user_spec), "item": encode(item_side, item_spec),
-                  "retrieval_score": frame["retrieval_score"].to_numpy(np.float32),
-                  "popularity": frame["popularity"].to_numpy(np.float32)}
-        return inputs, frame["label"].to_numpy(np.float32), np.ones(len(frame), np.float32)
+        user_side = by_user.reindex(frame["user_id"]).reset_index().assign(history=frame["history"].to_numpy())
+        inputs = {"user": encode(user_side, user_spec), "items": np.stack(frame["items"]).astype(np.int32),
+                  "retrieval_score": np.stack(frame["retrieval_score"]).astype(np.float32)}
+        return inputs, np.stack(frame["labels"]).astype(np.float32), frame["weight"].to_numpy(np.float32)
 
-    signature = ({"user": tower_signature(user_spec), "item": tower_signature(item_spec),
-                  "retrieval_score": tf.TensorSpec([None], tf.float32), "popularity": tf.TensorSpec([None], tf.float32)},
-                 tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
+    matrix = tf.TensorSpec([None, width], tf.float32)
+    signature = ({"user": tower_signature(user_spec), "items": tf.TensorSpec([None, width], tf.int32),
+                  "retrieval_score": matrix}, matrix, tf.TensorSpec([None], tf.float32))
     return stream_examples(path, to_batch, signature, batch_size, shuffle, seed)
 
 
-def classification_report(labels: np.ndarray, probabilities: np.ndarray) -> dict[str, float]:
-    """AUC (any interaction vs none), log loss against the soft labels, and calibration (mean p / mean label)."""
-    from sklearn.metrics import roc_auc_score
+def list_report(labels: np.ndarray, logits: np.ndarray, retrieval_scores: np.ndarray) -> dict[str, float]:
+    """How the ranker orders validation lists (one positive among pool negatives each).
 
-    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
-    positive = labels > 0
+    auc: the chance a positive outscores a negative of its own list; retrieval_auc: the same for the
+    retrieval score alone; log_loss: the list softmax cross-entropy; calibration: mean top-1 probability over
+    top-1 accuracy (1.0 when the ranker is as sure as it is right).
+    """
+    def pairwise_auc(scores):
+        positive = labels > 0
+        own = np.where(positive, scores, np.nan)
+        best_positive = np.nanmax(own, axis=1, keepdims=True)
+        negatives = ~positive
+        wins = (best_positive > scores) + 0.5 * (best_positive == scores)
+        return float((wins * negatives).sum() / max(negatives.sum(), 1))
+
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
+    top_is_positive = labels[np.arange(len(labels)), p.argmax(axis=1)] > 0
     return {
-        "auc": float(roc_auc_score(positive, p)) if 0 < positive.sum() < len(labels) else float("nan"),
-        "log_loss": float(-np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))),
-        "calibration": float(p.mean() / max(labels.mean(), 1e-9)),
+        "auc": pairwise_auc(logits),
+        "retrieval_auc": pairwise_auc(retrieval_scores),
+        "log_loss": float(-np.mean(np.sum(labels * np.log(np.clip(p, 1e-12, 1.0)), axis=1))),
+        "calibration": float(p.max(axis=1).mean() / max(top_is_positive.mean(), 1e-9)),
     }
 
 
@@ -224,28 +288,34 @@ def fit_two_stage(features, data, config, retrieval_dir: Path, seed: int, workdi
 
     tf.keras.utils.set_random_seed(seed)
     retrieval = load_recommender(retrieval_dir)
-    users, items = features.train_users, features.train_items
-    examples = ranking_examples(features.train_interactions, retrieval, items, users, max(data.event_weights.values()),
-                                config.hard_negatives, config.popular_negatives, retrieval.specs[0].lists["history"][1],
-                                config.candidates, seed)
+    users = features.train_users
+    items = features.train_items.set_index("item_id").reindex(retrieval.item_ids).rename_axis("item_id").reset_index()
+    popularity = np.log1p(items["n_events"].fillna(0).to_numpy(np.float32))
+    user_spec, item_spec = retrieval.specs
+    touches = first_touches(features.train_interactions)
+    touches = touches[touches["event_type"].isin(config.positive_event_types)]
+    if touches.empty:
+        raise ValueError(f"train_ranking: no training interactions of types {list(config.positive_event_types)} "
+                         "(train_ranking.positive_event_types); nothing to learn from")
+    examples = ranking_examples(touches, retrieval, users, np.expm1(popularity),
+                                max(data.event_weights.values()), config.hard_negatives, config.popular_negatives,
+                                user_spec.lists["history"][1], config.candidates, seed)
     paths, is_validation = write_example_splits(examples, features.window.cutoff, config.validation_days, seed,
                                                 workdir, "ranking")
-    user_spec, item_spec = retrieval.specs
-    train_data = _dataset(paths["train"], user_spec, item_spec, users, items, config.batch_size, True, seed)
-    validation_data = _dataset(paths["validation"], user_spec, item_spec, users, items, config.batch_size, False, seed)
-    ranker = Ranker(user_spec, item_spec, config.embedding_dim, tuple(config.deep_layers))
-    trainer = RankingTrainer(ranker)
+    width = 1 + config.hard_negatives + config.popular_negatives
+    train_data = _dataset(paths["train"], user_spec, users, width, config.batch_size, True, seed)
+    validation_data = _dataset(paths["validation"], user_spec, users, width, config.batch_size, False, seed)
+    ranker = Ranker(user_spec, item_spec, config.embedding_dim, tuple(config.deep_layers),
+                    history_attributes(items, item_spec), 1.0 / retrieval.params["temperature"])
+    trainer = RankingTrainer(ranker, encode(items, item_spec), popularity)
     trainer.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     history = trainer.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=[stop], verbose=0)
-    logits = np.concatenate([ranker(inputs).numpy() for inputs, _, _ in validation_data])
-    report = classification_report(examples.loc[is_validation, "label"].to_numpy(), 1 / (1 + np.exp(-logits)))
-    log.info("two_stage: %d training / %d validation pairs, %d epochs, validation %s", int((~is_validation).sum()),
-             int(is_validation.sum()), len(history.history["loss"]), {k: round(v, 4) for k, v in report.items()})
-    model = TwoStageModel(retrieval.item_ids, retrieval.fallback_scores,
-                          {**config.model_dump(), "epochs_run": len(history.history["loss"]), "validation": report},
-                          retrieval, ExportedRanker(ranker, config.embedding_dim), items.reset_index(drop=True),
-                          retrieval_dir)
-    return model
-
-
+    logits = np.concatenate([trainer.list_logits(inputs).numpy() for inputs, _, _ in validation_data])
+    validation = examples[is_validation.to_numpy()]
+    report = list_report(np.stack(validation["labels"]), logits, np.stack(validation["retrieval_score"]))
+    log.info("two_stage: %d training / %d validation lists of %d, %d epochs, validation %s", int((~is_validation).sum()),
+             int(is_validation.sum()), width, len(history.history["loss"]), {k: round(v, 4) for k, v in report.items()})
+    return TwoStageModel(retrieval.item_ids, retrieval.fallback_scores,
+                         {**config.model_dump(), "epochs_run": len(history.history["loss"]), "validation": report},
+                         retrieval, ExportedRanker(ranker), items, retrieval_dir)

@@ -19,9 +19,12 @@ import pyarrow.parquet as pq
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.tower_inputs import (
     PAD,
+    HistoryAttributes,
     TowerSpec,
     encode,
+    first_touches,
     histories_before_each_event,
+    history_attributes,
     tower_specs,
     write_example_splits,
 )
@@ -35,10 +38,14 @@ TEXT_BINS = 4096
 
 
 class Tower(tf.keras.Model):
-    """Embeds every input of a TowerSpec, concatenates, and projects through a small MLP."""
+    """Embeds every input of a TowerSpec, concatenates, and projects through a small MLP.
+
+    Given `history_attributes`, a user tower also pools the attributes of its history items; the item-to-
+    attribute tables are constants inside the tower, so the SavedModel still takes only item ids.
+    """
 
     def __init__(self, spec: TowerSpec, embedding_dim: int, hidden: int = 128, normalize: bool = True,
-                 use_id: bool = True):
+                 use_id: bool = True, history_attributes: HistoryAttributes | None = None):
         super().__init__()
         self.spec, self.normalize, self.use_id = spec, normalize, use_id
         small = max(8, embedding_dim // 4)
@@ -57,8 +64,50 @@ class Tower(tf.keras.Model):
         for name in spec.text:
             self.lookups[name] = tf.keras.layers.Hashing(TEXT_BINS, mask_value=PAD)
             self.embeddings[name] = tf.keras.layers.Embedding(TEXT_BINS, small)
+        self.history_tables, self.history_embeddings = {}, {}
+        if history_attributes is not None and "history" in spec.lists:
+            rows = self.lookups["history"](tf.constant(history_attributes.item_ids)).numpy()
+            size = self.lookups["history"].vocabulary_size()
+            for name, (codes, vocabulary_size) in history_attributes.categorical.items():
+                self.history_tables[name] = self._table(size, rows, codes, f"history_{name}")
+                self.history_embeddings[name] = tf.keras.layers.Embedding(vocabulary_size + 1, small)
+            for name, values in history_attributes.numeric.items():
+                self.history_tables[name] = self._table(size, rows, values, f"history_{name}")
         self.hidden = tf.keras.layers.Dense(hidden, activation="relu")
         self.output_layer = tf.keras.layers.Dense(embedding_dim)
+
+    def profile_layout(self) -> list[tuple[str, int, bool]]:
+        """(name, width, categorical) of each pooled history attribute, in `history_profile` order."""
+        return [(name, self.history_embeddings[name].input_dim, True) if name in self.history_embeddings
+                else (name, 1, False) for name in self.history_tables]
+
+    def history_profile(self, inputs):
+        """The history's attribute profile: per categorical attribute, the share of each value (a histogram
+        over its codes); per numeric one, the mean."""
+        rows, mask = self.lookups["history"](inputs["history"]), tf.not_equal(inputs["history"], PAD)
+        parts = [tf.zeros([tf.shape(rows)[0], 0])]
+        for name, width, categorical in self.profile_layout():
+            values = tf.gather(self.history_tables[name], rows)
+            parts.append(self._masked_mean(tf.one_hot(values, width) if categorical else values[..., None], mask))
+        return tf.concat(parts, axis=-1)
+
+    def attribute_profile(self, inputs, layout):
+        """An item's own attribute values, laid out as `history_profile` lays out a user's (`layout` is the
+        user tower's `profile_layout`)."""
+        parts = [tf.zeros([tf.shape(inputs[self.spec.id_column])[0], 0])]
+        for name, width, categorical in layout:
+            if categorical:
+                parts.append(tf.one_hot(self.lookups[name](inputs[name]), width))
+            else:
+                parts.append(tf.cast(inputs[name], tf.float32)[:, None])
+        return tf.concat(parts, axis=-1)
+
+    @staticmethod
+    def _table(size: int, rows: np.ndarray, values: np.ndarray, name: str) -> tf.Variable:
+        """A constant lookup from history vocabulary index to an attribute (padding and unknown ids: 0)."""
+        table = np.zeros(size, dtype=values.dtype)
+        table[rows] = values
+        return tf.Variable(table, trainable=False, name=name)
 
     @staticmethod
     def _masked_mean(embedded, mask):
@@ -76,6 +125,13 @@ class Tower(tf.keras.Model):
         for name in (*self.spec.lists, *self.spec.text):
             embedded = self.embeddings[name](self.lookups[name](inputs[name]))
             parts.append(self._masked_mean(embedded, tf.not_equal(inputs[name], PAD)))
+        if self.history_tables:
+            rows, mask = self.lookups["history"](inputs["history"]), tf.not_equal(inputs["history"], PAD)
+            for name, table in self.history_tables.items():
+                values = tf.gather(table, rows)
+                embedded = self.history_embeddings[name](values) if name in self.history_embeddings \
+                    else tf.expand_dims(values, -1)
+                parts.append(self._masked_mean(embedded, mask))
         output = self.output_layer(self.hidden(tf.concat(parts, axis=-1)))
         return tf.math.l2_normalize(output, axis=-1) if self.normalize else output
 
@@ -215,7 +271,7 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     `fallback` (popularity by item id) serves users without history, the same list every model falls back to.
     """
     tf.keras.utils.set_random_seed(seed)
-    train = features.train_interactions
+    train = first_touches(features.train_interactions)
     query_spec, candidate_spec = tower_specs(features, data, config.history_length)
     counts = train["item_id"].value_counts()
     examples = train.assign(
@@ -230,7 +286,8 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     train_data = examples_dataset(paths["train"], query_spec, candidate_spec, users, items, config.batch_size, True, seed)
     validation_data = examples_dataset(paths["validation"], query_spec, candidate_spec, users, items,
                                        config.batch_size, False, seed)
-    query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding)
+    query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
+                  history_attributes=history_attributes(items, candidate_spec))
     candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
     trainer = TwoTowerTrainer(query, candidate, config.temperature)
     trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))

@@ -4,7 +4,7 @@ import pandas as pd
 from tasks.address_book import AddressBook
 from tasks.feature_set import FeatureSet
 from tasks.models import load_recommender
-from tasks.models.tower_inputs import encode, histories_before_each_event
+from tasks.models.tower_inputs import encode, first_touches, histories_before_each_event
 from tests.conftest import DS
 
 
@@ -12,6 +12,17 @@ def test_history_of_an_event_holds_only_earlier_items():
     events = pd.DataFrame({"event_id": list("12345"), "user_id": list("aabab"), "item_id": list("xyzwq"),
                            "event_ts": pd.to_datetime([1, 2, 3, 4, 5])})
     assert histories_before_each_event(events, 2) == [[], ["x"], [], ["y", "x"], ["z"]]
+
+
+def test_a_visit_funnel_is_one_touch_with_its_strongest_event():
+    events = pd.DataFrame({"event_id": list("12345"), "user_id": list("aaaab"), "item_id": list("xxyxx"),
+                           "event_type": ["view", "click", "view", "purchase", "view"],
+                           "weight": [1.0, 2.0, 1.0, 8.0, 1.0], "event_ts": pd.to_datetime([1, 2, 3, 4, 5])})
+    touches = first_touches(events)
+    assert touches[["event_id", "user_id", "item_id", "event_type", "weight"]].values.tolist() == [
+        ["1", "a", "x", "purchase", 8.0], ["3", "a", "y", "view", 1.0], ["5", "b", "x", "view", 1.0]]
+    # Histories over touches are distinct items: the click of x no longer has x's view before it.
+    assert histories_before_each_event(touches, 3) == [[], ["x"], []]
 
 
 def test_two_tower_beats_popularity_on_recall(pipeline_run):
