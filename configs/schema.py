@@ -99,6 +99,9 @@ class TrainRetrievalConfig(Section):
     batch_size: int = Field(256, ge=8)
     learning_rate: float = Field(0.03, gt=0)
     temperature: float = Field(0.05, gt=0, description="Softmax temperature of the in-batch loss.")
+    extra_negatives: int = Field(
+        0, ge=0, description="Items drawn uniformly from the catalogue per batch as extra negatives for every "
+                             "query (mixed negative sampling), so rarely bought items are pushed down too.")
     normalize: bool = Field(True, description="L2-normalise both towers' outputs (cosine scores).")
     user_id_embedding: bool = Field(
         False, description="Give each known user a free embedding besides features and history (overfits here).")

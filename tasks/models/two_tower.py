@@ -1,7 +1,7 @@
 """Two-tower retrieval with TensorFlow Recommenders: a user tower and an item tower scored by dot product.
 
-Trained with in-batch sampled softmax (`tfrs.tasks.Retrieval`), corrected for sampling bias with each
-item's in-batch sampling probability (logQ), event-type weights as sample weights, early stopping on a
+Trained with in-batch sampled softmax (`tfrs.tasks.Retrieval`), optionally mixed with uniform random
+negatives, corrected for sampling bias with each candidate's sampling probability (logQ), event-type weights as sample weights, early stopping on a
 validation window. Exported as SavedModel towers, an item-embedding Parquet table and a BruteForce index.
 """
 
@@ -136,17 +136,42 @@ class Tower(tf.keras.Model):
         return tf.math.l2_normalize(output, axis=-1) if self.normalize else output
 
 
+def with_random_negatives(candidates: dict, probability, catalog: dict, count: int, seed: int | None = None):
+    """The batch's candidate inputs followed by `count` items drawn uniformly from `catalog` (mixed negative
+    sampling), with each candidate's sampling probability on one scale.
+
+    An in-batch candidate's probability is its share of examples, so a batch of B holds it B*p times on
+    average; a uniform draw holds an item count/N times, recorded as count/(N*B) to keep the two comparable.
+    """
+    if count == 0:
+        return candidates, probability
+    size = tf.shape(next(iter(catalog.values())), out_type=tf.int64)[0]
+    drawn = tf.random.uniform([count], 0, size, dtype=tf.int64, seed=seed)
+    batch = tf.cast(tf.shape(probability)[0], tf.float32)
+    extra = tf.fill([count], count / (tf.cast(size, tf.float32) * batch))
+    return ({name: tf.concat([value, tf.gather(catalog[name], drawn)], axis=0) for name, value in candidates.items()},
+            tf.concat([probability, extra], axis=0))
+
+
 class TwoTowerTrainer(tfrs.Model):
-    def __init__(self, query: Tower, candidate: Tower, temperature: float):
+    """In-batch softmax over the batch's items, plus `extra_negatives` uniform draws from `catalog`."""
+
+    def __init__(self, query: Tower, candidate: Tower, temperature: float, catalog: dict | None = None,
+                 extra_negatives: int = 0):
         super().__init__()
         self.query, self.candidate = query, candidate
+        self.catalog = {name: tf.constant(value) for name, value in (catalog or {}).items()}
+        self.extra_negatives = extra_negatives if self.catalog else 0
         self.task = tfrs.tasks.Retrieval(temperature=temperature, remove_accidental_hits=True)
 
     def compute_loss(self, features, training=False):
         inputs, weight, probability = features
-        return self.task(self.query(inputs["query"]), self.candidate(inputs["candidate"]), sample_weight=weight,
+        candidates, probability = with_random_negatives(inputs["candidate"], probability, self.catalog,
+                                                        self.extra_negatives if training else 0)
+        # Labels pair query i with candidate i; the extra candidates are negatives for every query.
+        return self.task(self.query(inputs["query"]), self.candidate(candidates), sample_weight=weight,
                          candidate_sampling_probability=probability,
-                         candidate_ids=inputs["candidate"][self.candidate.spec.id_column], compute_metrics=False)
+                         candidate_ids=candidates[self.candidate.spec.id_column], compute_metrics=False)
 
 
 def tower_signature(spec: TowerSpec) -> dict[str, tf.TensorSpec]:
@@ -289,7 +314,8 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
                   history_attributes=history_attributes(items, candidate_spec))
     candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
-    trainer = TwoTowerTrainer(query, candidate, config.temperature)
+    catalog = to_tensors(encode(items, candidate_spec)) if config.extra_negatives else None
+    trainer = TwoTowerTrainer(query, candidate, config.temperature, catalog, config.extra_negatives)
     trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     history = trainer.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=[stop],

@@ -25,6 +25,22 @@ def test_a_visit_funnel_is_one_touch_with_its_strongest_event():
     assert histories_before_each_event(touches, 3) == [[], ["x"], []]
 
 
+def test_random_negatives_follow_the_batch_on_one_probability_scale():
+    from tasks.models.two_tower import tf, with_random_negatives
+
+    catalog = {"item_id": tf.constant(list("abcdefgh")), "price": tf.constant(np.arange(8, dtype=np.float32))}
+    batch = {"item_id": tf.constant(["c", "a"]), "price": tf.constant([2.0, 0.0])}
+    candidates, probability = with_random_negatives(batch, tf.constant([0.5, 0.25]), catalog, 3, seed=1)
+    ids = candidates["item_id"].numpy().astype(str)
+    assert ids[:2].tolist() == ["c", "a"] and len(ids) == 5
+    # Each drawn item keeps its own inputs: the price of catalogue item "a"+n is n.
+    assert [ord(i) - ord("a") for i in ids] == candidates["price"].numpy().tolist()
+    # A batch of 2 holds an in-batch item 2p times; 3 uniform draws from 8 hold one 3/8 times: p = 3/(8*2).
+    np.testing.assert_allclose(probability.numpy(), [0.5, 0.25, 3 / 16, 3 / 16, 3 / 16])
+    unchanged, same = with_random_negatives(batch, tf.constant([0.5, 0.25]), catalog, 0)
+    assert unchanged is batch and same.shape == (2,)
+
+
 def test_two_tower_beats_popularity_on_recall(pipeline_run):
     config, _ = pipeline_run
     table = pd.read_parquet(AddressBook.from_config(config).evaluation(DS) / "evaluation.parquet")
