@@ -1,8 +1,9 @@
 """Two-tower retrieval with TensorFlow Recommenders: a user tower and an item tower scored by dot product.
 
 Trained with in-batch sampled softmax (`tfrs.tasks.Retrieval`), optionally mixed with uniform random
-negatives, corrected for sampling bias with each candidate's sampling probability (logQ), event-type weights as sample weights, early stopping on a
-validation window. Exported as SavedModel towers, an item-embedding Parquet table and a BruteForce index.
+negatives, corrected for sampling bias with each candidate's sampling probability (logQ), event-type
+weights as sample weights, early stopping on a validation window. Exported as SavedModel towers, an
+item-embedding Parquet table and a BruteForce index.
 """
 
 from __future__ import annotations
