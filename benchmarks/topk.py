@@ -1,0 +1,157 @@
+"""Exact top-K scoring against the machine's limit: the project's scorer beside faiss, TensorFlow and numpy.
+
+    python -m benchmarks.topk [--users 65536] [--items 20000] [--dim 64] [--k 100] [--approximate]
+
+Every method gets the same random float32 embeddings and must return each user's exact top-k item ids.
+Throughput is quoted as GFLOP/s-equivalent (2*U*I*d / seconds) beside this machine's float32 GEMM peak,
+measured in the same run as numpy's product of two 4096 x 4096 matrices. Times are medians of `--repeats`.
+Writes the table as JSON and Markdown under var/bench/.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import typer  # noqa: E402
+
+from tasks.topk import exact_top_k  # noqa: E402
+
+Method = Callable[[np.ndarray, np.ndarray, int], np.ndarray]  # (queries, items, k) -> ids [users, k]
+BLOCK = 4096  # users per block for the methods that score a whole block against the catalogue at once
+
+
+def median_seconds(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    times, out = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times), out
+
+
+def gemm_peak(repeats: int) -> float:
+    """This machine's float32 GEMM throughput in GFLOP/s: numpy (BLAS) on two 4096 x 4096 matrices."""
+    rng = np.random.default_rng(1)
+    a, b = (rng.standard_normal((4096, 4096), dtype=np.float32) for _ in range(2))
+    a @ b  # warm up: threads started, pages touched
+    seconds, _ = median_seconds(lambda: a @ b, repeats)
+    return 2 * 4096 ** 3 / seconds / 1e9
+
+
+def project_scorer(queries, items, k):
+    return exact_top_k(queries, items, k).ids
+
+
+def numpy_argpartition(queries, items, k):
+    out = []
+    for start in range(0, len(queries), BLOCK):
+        scores = queries[start:start + BLOCK] @ items.T
+        part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, part, axis=1), axis=1, kind="stable")
+        out.append(np.take_along_axis(part, order, axis=1))
+    return np.concatenate(out)
+
+
+def tensorflow_blocks(queries, items, k):
+    import tensorflow as tf
+
+    items_t = tf.constant(items)
+    return np.concatenate([
+        tf.math.top_k(tf.matmul(tf.constant(queries[s:s + BLOCK]), items_t, transpose_b=True), k).indices.numpy()
+        for s in range(0, len(queries), BLOCK)])
+
+
+def faiss_flat(queries, items, k):
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    index = faiss.IndexFlatIP(items.shape[1])
+    index.add(items)
+    return index.search(queries, k)[1]
+
+
+def faiss_ivf(queries, items, k, nlist: int = 256, nprobe: int = 16):
+    """Approximate (inverted lists over k-means cells): fast, but misses some true neighbours."""
+    import faiss
+
+    faiss.omp_set_num_threads(os.cpu_count() or 1)
+    quantizer = faiss.IndexFlatIP(items.shape[1])
+    index = faiss.IndexIVFFlat(quantizer, items.shape[1], nlist, faiss.METRIC_INNER_PRODUCT)
+    index.train(items)
+    index.add(items)
+    index.nprobe = nprobe
+    return index.search(queries, k)[1]
+
+
+def agreement(ids: np.ndarray, reference: np.ndarray, queries: np.ndarray, items: np.ndarray,
+              tolerance: float = 1e-4) -> tuple[float, bool]:
+    """(recall of the reference ids, whether every difference is a tie at the k-th score).
+
+    Different but valid orders of summation move scores by float32 rounding, so where two exact methods
+    disagree the items they swap must score within `tolerance` of the reference's k-th score (in float64).
+    """
+    hits = sum(len(np.intersect1d(a, b)) for a, b in zip(ids, reference, strict=True))
+    exact = True
+    for row in np.flatnonzero((np.sort(ids, axis=1) != np.sort(reference, axis=1)).any(axis=1)):
+        swapped = np.setxor1d(ids[row], reference[row])
+        scores = items[swapped].astype(np.float64) @ queries[row].astype(np.float64)
+        kth = items[reference[row][-1]].astype(np.float64) @ queries[row].astype(np.float64)
+        exact &= bool(np.all(np.abs(scores - kth) <= tolerance))
+    return hits / reference.size, exact
+
+
+def main(users: Annotated[int, typer.Option(help="Users (query embeddings).")] = 65_536,
+         items: Annotated[int, typer.Option(help="Items (catalogue embeddings).")] = 20_000,
+         dim: Annotated[int, typer.Option(help="Embedding size.")] = 64,
+         k: Annotated[int, typer.Option(help="Items per user.")] = 100,
+         repeats: Annotated[int, typer.Option(help="Timed runs per method; the median is reported.")] = 3,
+         approximate: Annotated[bool, typer.Option(help="Also time faiss IVF (approximate) and its recall.")] = False,
+         out: Annotated[Path, typer.Option(help="Folder for topk.json and topk.md.")] = Path("var/bench")) -> None:
+    rng = np.random.default_rng(0)
+    queries = rng.standard_normal((users, dim), dtype=np.float32)
+    catalogue = rng.standard_normal((items, dim), dtype=np.float32)
+    flops = 2 * users * items * dim
+    peak = gemm_peak(repeats)
+    print(f"{users} x {dim} users against {items} x {dim} items, exact top-{k}; "
+          f"{flops / 1e9:.1f} GFLOP per pass; GEMM peak {peak:.1f} GFLOP/s (numpy 4096 x 4096)", flush=True)
+    methods: dict[str, Method] = {
+        "project scorer (tasks.topk: BLAS tiles + compiled threshold fold)": project_scorer,
+        "faiss-cpu IndexFlatIP": faiss_flat,
+        "TensorFlow matmul + top_k, 4096-user blocks": tensorflow_blocks,
+        "numpy matmul + argpartition, 4096-user blocks": numpy_argpartition,
+    }
+    if approximate:
+        methods["faiss-cpu IndexIVFFlat (approximate: nlist 256, nprobe 16)"] = faiss_ivf
+    reference = numpy_argpartition(queries, catalogue, min(k, items))
+    rows = []
+    for name, method in methods.items():
+        method(queries[:BLOCK], catalogue, k)  # warm up: compile kernels, start thread pools
+        seconds, ids = median_seconds(functools.partial(method, queries, catalogue, k), repeats)
+        recall, exact = agreement(np.asarray(ids), reference, queries, catalogue)
+        rows.append({"method": name, "seconds": round(seconds, 3), "gflops": round(flops / seconds / 1e9, 1),
+                     "share_of_gemm_peak": round(flops / seconds / 1e9 / peak, 3),
+                     "recall_vs_reference": round(recall, 5), "same_ids": exact})
+        print(f"  {name}: {seconds:.2f}s, {rows[-1]['gflops']} GFLOP/s, {rows[-1]['share_of_gemm_peak']:.0%} "
+              f"of peak, recall {recall:.4f}, same ids: {exact}", flush=True)
+    table = pd.DataFrame(rows)
+    out.mkdir(parents=True, exist_ok=True)
+    setup = {"users": users, "items": items, "dim": dim, "k": k, "repeats": repeats, "cpus": os.cpu_count(),
+             "gemm_peak_gflops": round(peak, 1)}
+    (out / "topk.json").write_text(json.dumps({"setup": setup, "methods": rows}, indent=2))
+    (out / "topk.md").write_text(f"{setup}\n\n{table.to_markdown(index=False)}\n")
+    print("\n" + table.to_markdown(index=False))
+
+
+if __name__ == "__main__":
+    typer.run(main)

@@ -1,0 +1,49 @@
+import numpy as np
+import pytest
+from scipy import sparse
+
+from tasks.topk import exact_top_k
+
+
+def reference(queries, items, k, banned=None):
+    """Best first by a stable sort of -score: among equal scores, the lower item index first."""
+    scores = queries.astype(np.float64) @ items.T.astype(np.float64)
+    if banned is not None:
+        scores[banned.toarray() > 0] = -np.inf
+    ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return ids, np.take_along_axis(scores, ids, axis=1)
+
+
+@pytest.mark.parametrize("user_block, item_block", [(256, 4096), (7, 13), (1, 1000)])
+def test_exact_top_k_matches_a_full_sort_ties_included(user_block, item_block):
+    rng = np.random.default_rng(3)
+    # Small integer embeddings: every product is exact in float32 and many scores tie.
+    queries = rng.integers(-2, 3, (300, 8)).astype(np.float32)
+    items = rng.integers(-2, 3, (500, 8)).astype(np.float32)
+    got = exact_top_k(queries, items, 40, user_block=user_block, item_block=item_block)
+    ids, scores = reference(queries, items, 40)
+    np.testing.assert_array_equal(got.ids, ids)
+    np.testing.assert_array_equal(got.scores, scores.astype(np.float32))
+
+
+def test_banned_items_never_appear_and_short_lists_are_padded():
+    rng = np.random.default_rng(4)
+    queries = rng.standard_normal((50, 16), dtype=np.float32)
+    items = rng.standard_normal((120, 16), dtype=np.float32)
+    dense = rng.random((50, 120)) < 0.3
+    dense[0] = True  # user 0 may get nothing
+    dense[1] = np.arange(120) >= 5  # user 1 may get items 0..4 only
+    banned = sparse.csr_matrix(dense)
+    got = exact_top_k(queries, items, 10, banned, user_block=16, item_block=32)
+    ids, scores = reference(queries, items, 10, banned)
+    allowed = np.isfinite(scores)
+    np.testing.assert_array_equal(np.where(allowed, got.ids, -1), np.where(allowed, ids, -1))
+    assert (got.ids[0] == -1).all() and np.isneginf(got.scores[0]).all()
+    assert sorted(got.ids[1, :5]) == [0, 1, 2, 3, 4] and (got.ids[1, 5:] == -1).all()
+    assert not banned[np.arange(50)[:, None], np.maximum(got.ids, 0)][got.ids >= 0].any()
+
+
+def test_k_beyond_the_catalogue_returns_every_item():
+    items = np.eye(3, dtype=np.float32)
+    got = exact_top_k(np.array([[0.0, 2.0, 1.0]], np.float32), items, 10)
+    assert got.ids.tolist() == [[1, 2, 0]] and got.scores.tolist() == [[2.0, 1.0, 0.0]]
