@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.cooccurrence import user_item_matrix
+from tasks.topk import TopK, dense_top_k
 
 log = logging.getLogger(__name__)
 
@@ -19,15 +20,6 @@ def exclusions(interactions: pd.DataFrame, event_types: tuple[str, ...]) -> pd.D
     """The (user_id, item_id) pairs never to recommend: items the user already had one of these events on."""
     mask = interactions["event_type"].isin(event_types)
     return interactions.loc[mask, ["user_id", "item_id"]].drop_duplicates(ignore_index=True)
-
-
-def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Column indices and scores of each row's k best finite scores, best first (-inf marks a banned item)."""
-    k = min(k, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    part_scores = np.take_along_axis(scores, part, axis=1)
-    order = np.argsort(-part_scores, axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
 
 
 def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, excluded: pd.DataFrame,
@@ -51,18 +43,21 @@ def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, e
     for start in tqdm(range(0, len(user_ids), batch_size), desc=desc, unit="batch", mininterval=5):
         rows = slice(start, start + batch_size)
         features = None if by_user is None else by_user.reindex(user_ids[rows]).rename_axis("user_id").reset_index()
-        scores = model.score(UserBatch(user_ids[rows], hist[rows], features))
-        scores[cold[rows]] = model.fallback_scores
-        scores[:, ~allowed] = -np.inf
-        ban = banned[rows].tocoo()
-        scores[ban.row, ban.col] = -np.inf
-        idx, best = top_k(scores, k)
-        keep = np.isfinite(best)
-        ranks = np.cumsum(keep, axis=1)
+        batch = UserBatch(user_ids[rows], hist[rows], features)
+        found = model.top_k(batch, k, banned[rows], allowed)
+        if found is None:  # the model only scores densely
+            found = _dense_top_k(model.score(batch), cold[rows], model.fallback_scores, banned[rows], allowed, k)
+        elif cold[rows].any():  # users without history get the fallback list, as with dense scores
+            fallback = _dense_top_k(np.zeros((int(cold[rows].sum()), len(item_ids)), np.float32),
+                                    np.ones(int(cold[rows].sum()), bool), model.fallback_scores,
+                                    banned[rows][cold[rows]], allowed, k)
+            width = found.ids.shape[1]  # never more than the fallback's: beyond it, the fallback has no items
+            found.ids[cold[rows]], found.scores[cold[rows]] = fallback.ids[:, :width], fallback.scores[:, :width]
+        keep = found.ids >= 0
         out_users.append(np.repeat(user_ids[rows], keep.sum(axis=1)))
-        out_items.append(item_ids[idx[keep]])
-        out_scores.append(best[keep])
-        out_ranks.append(ranks[keep])
+        out_items.append(item_ids[found.ids[keep]])
+        out_scores.append(found.scores[keep])
+        out_ranks.append(np.cumsum(keep, axis=1)[keep])
     frame = pd.DataFrame({
         "user_id": pd.array(np.concatenate(out_users) if out_users else [], dtype="str"),
         "rank": np.concatenate(out_ranks).astype("int32") if out_ranks else np.array([], "int32"),
@@ -74,4 +69,12 @@ def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, e
     return frame
 
 
-
+def _dense_top_k(scores: np.ndarray, cold: np.ndarray, fallback: np.ndarray, banned, allowed: np.ndarray,
+                 k: int) -> TopK:
+    """Top-k of a dense score matrix, cold rows scored by `fallback`, banned and disallowed items removed."""
+    scores[cold] = fallback
+    scores[:, ~allowed] = -np.inf
+    ban = banned.tocoo()
+    scores[ban.row, ban.col] = -np.inf
+    ids, best = dense_top_k(scores, k)
+    return TopK(np.where(np.isfinite(best), ids, -1), best)

@@ -157,6 +157,15 @@ def _finish(buffers, sizes, k, out_scores, out_ids):
         out_scores[row, :size] = bits[:size].view(np.float32)
 
 
+def dense_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and scores of each row's k best scores of a dense matrix, best first (-inf: banned)."""
+    k = min(k, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.argsort(-part_scores, axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1), np.take_along_axis(part_scores, order, axis=1)
+
+
 @dataclass(frozen=True)
 class TopK:
     """Per user, the column indices of the k best items and their scores, best first.

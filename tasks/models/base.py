@@ -14,6 +14,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from tasks.errors import MissingInput
+from tasks.topk import TopK
 
 MANIFEST = "recommender.json"
 # Kinds are found by module path so that loading a baseline never imports TensorFlow.
@@ -51,6 +52,11 @@ class Recommender(ABC):
     @abstractmethod
     def score(self, batch: UserBatch) -> np.ndarray:
         """A dense (users x items) float32 matrix; higher is better."""
+
+    def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK | None:
+        """Each user's k best item columns among the `allowed` ones, none `banned` for that user, best first,
+        found without a dense score matrix; None where the model has no faster way than `score`."""
+        return None
 
     def for_catalog(self, items: pd.DataFrame) -> Recommender:
         """This model over another catalogue; models that can embed unseen items from features override it."""

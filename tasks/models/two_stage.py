@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.tower_inputs import (
@@ -30,12 +31,14 @@ from tasks.models.tower_inputs import (
 from tasks.models.two_tower import (
     Tower,
     TwoTowerModel,
+    batch_frame,
     stream_examples,
     tf,
     tfrs,
     to_tensors,
     tower_signature,
 )
+from tasks.topk import TopK, dense_top_k
 
 log = logging.getLogger(__name__)
 USERS_PER_CHUNK = 256   # users re-ranked at once, bounding memory to chunk x candidates rows
@@ -163,23 +166,51 @@ class TwoStageModel(Recommender):
         return TwoStageModel(retrieval.item_ids, retrieval.fallback_scores, self.params, retrieval, self.ranker,
                              items.reset_index(drop=True), self.source)
 
+    @property
+    def popularity(self) -> np.ndarray:
+        return np.log1p(self.items.get("n_events", pd.Series(0, index=self.items.index)).to_numpy(np.float32))
+
+    @property
+    def candidates(self) -> int:
+        return min(int(self.params["candidates"]), len(self.item_ids))
+
+    def rerank(self, frame: pd.DataFrame, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
+        """The ranker's logits (users x n) for each user's n candidate columns; -inf where a candidate is -1."""
+        n = candidates.shape[1]
+        users = self.ranker.embed_user(to_tensors(encode(frame, self.retrieval.specs[0]))).numpy()
+        columns = np.maximum(candidates, 0).ravel()
+        logits = self.ranker.score_pairs(
+            tf.constant(np.repeat(users, n, axis=0)), tf.constant(self.item_vectors[columns]),
+            tf.constant(np.nan_to_num(retrieval_scores, neginf=0.0).ravel().astype(np.float32)),
+            tf.constant(self.popularity[columns])).numpy().reshape(len(frame), n)
+        return np.where(candidates >= 0, logits, -np.inf).astype(np.float32)
+
     def score(self, batch: UserBatch) -> np.ndarray:
         """-inf everywhere but the retrieval model's top candidates, which get the ranker's logit."""
-        frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
+        frame = batch_frame(batch)
         out = np.full((len(batch), len(self.item_ids)), -np.inf, dtype=np.float32)
-        n = min(int(self.params["candidates"]), len(self.item_ids))
-        popularity = np.log1p(self.items.get("n_events", pd.Series(0, index=self.items.index)).to_numpy(np.float32))
+        n = self.candidates
         for start in range(0, len(batch), USERS_PER_CHUNK):
             part = frame.iloc[start:start + USERS_PER_CHUNK]
             retrieval = self.retrieval.embed_users(part) @ self.retrieval.item_embeddings.T
             candidates = np.argpartition(-retrieval, n - 1, axis=1)[:, :n]
-            users = self.ranker.embed_user(to_tensors(encode(part, self.retrieval.specs[0]))).numpy()
-            logits = self.ranker.score_pairs(
-                tf.constant(np.repeat(users, n, axis=0)), tf.constant(self.item_vectors[candidates.ravel()]),
-                tf.constant(np.take_along_axis(retrieval, candidates, axis=1).ravel().astype(np.float32)),
-                tf.constant(popularity[candidates.ravel()])).numpy().reshape(len(part), n)
+            logits = self.rerank(part, candidates, np.take_along_axis(retrieval, candidates, axis=1))
             np.put_along_axis(out[start:start + len(part)], candidates, logits, axis=1)
         return out
+
+    def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
+        """Retrieve the top candidates among the allowed, unbanned items exactly, re-rank them, keep k."""
+        frame = batch_frame(batch)
+        ids, scores = [], []
+        for start in range(0, len(batch), USERS_PER_CHUNK):
+            part = frame.iloc[start:start + USERS_PER_CHUNK]
+            found = self.retrieval.retrieve(self.retrieval.embed_users(part), self.candidates,
+                                            banned[start:start + len(part)], allowed)
+            logits = self.rerank(part, found.ids, found.scores)
+            order, best = dense_top_k(logits, k)
+            ids.append(np.where(np.isfinite(best), np.take_along_axis(found.ids, order, axis=1), -1))
+            scores.append(best)
+        return TopK(np.concatenate(ids), np.concatenate(scores))
 
     def _save_state(self, directory: Path) -> None:
         shutil.copytree(self.source, directory / "retrieval")

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import scipy.sparse as sp
 
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.tower_inputs import (
@@ -29,6 +30,7 @@ from tasks.models.tower_inputs import (
     tower_specs,
     write_example_splits,
 )
+from tasks.topk import TopK, exact_top_k
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
@@ -193,6 +195,11 @@ class ExportedTower(tf.Module):
         self.serve = tf.function(lambda inputs: tower(inputs), input_signature=[tower_signature(tower.spec)])
 
 
+def batch_frame(batch: UserBatch) -> pd.DataFrame:
+    """The users' feature rows, or just their ids where the batch carries no features."""
+    return batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
+
+
 def to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
     return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
 
@@ -260,8 +267,20 @@ class TwoTowerModel(Recommender):
                              self.query_tower, self.candidate_tower, self.embed_items(items), self.specs)
 
     def score(self, batch: UserBatch) -> np.ndarray:
-        frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
-        return self.embed_users(frame) @ self.item_embeddings.T
+        return self.embed_users(batch_frame(batch)) @ self.item_embeddings.T
+
+    def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
+        return self.retrieve(self.embed_users(batch_frame(batch)), k, banned, allowed)
+
+    def retrieve(self, user_embeddings: np.ndarray, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
+        """Exact top-k by dot product over the allowed, unbanned items (`tasks.topk`); ids are item columns."""
+        key = allowed.tobytes()
+        if getattr(self, "_allowed", (None,))[0] != key:  # the allowed slice is cut once, not per batch
+            columns = np.flatnonzero(allowed)
+            self._allowed = (key, columns, np.ascontiguousarray(self.item_embeddings[columns]))
+        _, columns, embeddings = self._allowed
+        found = exact_top_k(user_embeddings, embeddings, k, banned[:, columns])
+        return TopK(np.where(found.ids >= 0, columns[np.maximum(found.ids, 0)], -1), found.scores)
 
     def _save_state(self, directory: Path) -> None:
         tf.saved_model.save(self.query_tower, str(directory / "query_tower"))

@@ -5,7 +5,8 @@ import pytest
 from configs.schema import CooccurrenceConfig, PopularityConfig
 from tasks.models.cooccurrence import fit_cooccurrence
 from tasks.models.popularity import fit_popularity
-from tasks.recommend import exclusions, recommend, top_k
+from tasks.recommend import exclusions, recommend
+from tasks.topk import dense_top_k
 
 AS_OF = pd.Timestamp("2026-11-20", tz="UTC")
 ITEMS = np.array(list("abcdef"), dtype=object)
@@ -20,9 +21,9 @@ def model():
     return fit_cooccurrence(events, ITEMS, popularity.fallback_scores, CooccurrenceConfig(shrinkage=0))
 
 
-def test_top_k_orders_best_first_and_skips_banned():
+def test_dense_top_k_orders_best_first_and_skips_banned():
     scores = np.array([[0.1, 0.9, -np.inf, 0.5]], dtype=np.float32)
-    idx, best = top_k(scores, 3)
+    idx, best = dense_top_k(scores, 3)
     assert idx[0].tolist() == [1, 3, 0]
     assert best[0].tolist() == pytest.approx([0.9, 0.5, 0.1])
 
