@@ -11,7 +11,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TF_USE_LEGACY_KERAS        := 1
 export PATH                       := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-fast lint airflow mlflow clean
+.PHONY: setup demo test test-fast lint bench bench-topk airflow mlflow clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ test-fast: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+SCALE ?= S
+bench: setup  ## per-step wall time, peak RSS and throughput at SCALE=S|M|L -> var/bench/
+	$(BIN)/python -m benchmarks.pipeline --scale $(SCALE) --out $(VAR)/bench
+
+bench-topk: setup  ## exact top-K scorer against the GEMM peak, faiss, TensorFlow and numpy -> var/bench/
+	$(BIN)/python -m benchmarks.topk --approximate --out $(VAR)/bench
 
 airflow: setup  ## Airflow UI on :8080 with this DAG folder; the password is printed and kept in $(AIRFLOW_HOME)
 	$(BIN)/airflow standalone

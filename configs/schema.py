@@ -152,6 +152,8 @@ class PublishConfig(Section):
     exclude_event_types: tuple[str, ...] = ("purchase",)
     only_available: bool = True
     batch_size: int = Field(2048, ge=1)
+    shards: int = Field(2, ge=1, description="User shards scored in parallel (Airflow maps one task per shard); "
+                                             "the table changes only when all have succeeded.")
     warehouse: Path | None = Field(None, description="DuckDB file; defaults to <var>/warehouse.duckdb.")
 
 

@@ -1,4 +1,5 @@
-"""The nightly recommender DAG: one Airflow task per pipeline step, as `pipelines.nightly` declares them.
+"""The nightly recommender DAG: one Airflow task per pipeline step, as `pipelines.nightly` declares them;
+a sharded step (publish_shard) is a planning task and one dynamically mapped task instance per shard.
 
 Thin on purpose: nothing heavy is imported and no config is read at parse time; the work happens in
 `pipelines.airflow_step.execute`, imported when a task runs.
@@ -16,10 +17,16 @@ from airflow.timetables.trigger import CronTriggerTimetable
 from pipelines.nightly import DAG_ID, KNOBS, SCHEDULE, STEPS
 
 
-def run_step(step_name: str, **context) -> dict:
+def run_step(step_name: str, shard: int | None = None, **context) -> dict:
     from pipelines.airflow_step import execute
 
-    return execute(step_name, context)
+    return execute(step_name, context, shard)
+
+
+def plan_shards(step_name: str, **context) -> list[dict]:
+    from pipelines.airflow_step import plan_shards
+
+    return plan_shards(step_name, context)
 
 
 with DAG(
@@ -39,11 +46,18 @@ with DAG(
     tags=["recsys"],
     doc_md=__doc__,
 ) as dag:
-    tasks = {
-        step.name: PythonOperator(task_id=step.name, python_callable=run_step, op_kwargs={"step_name": step.name},
-                                  outlets=[Asset(name) for name in step.produces])
-        for step in STEPS
-    }
+    tasks, entries = {}, {}
+    for step in STEPS:
+        outlets = [Asset(name) for name in step.produces]
+        if step.sharded:  # a planning task lists the shards; Airflow maps one task instance per shard
+            plan = PythonOperator(task_id=f"plan_{step.name}", python_callable=plan_shards,
+                                  op_kwargs={"step_name": step.name})
+            tasks[step.name] = PythonOperator.partial(task_id=step.name, python_callable=run_step,
+                                                      outlets=outlets).expand(op_kwargs=plan.output)
+            entries[step.name] = plan
+        else:
+            tasks[step.name] = entries[step.name] = PythonOperator(
+                task_id=step.name, python_callable=run_step, op_kwargs={"step_name": step.name}, outlets=outlets)
     for step in STEPS:
         for upstream in step.upstream:
-            tasks[upstream] >> tasks[step.name]
+            tasks[upstream] >> entries[step.name]

@@ -10,7 +10,7 @@ import os
 
 from configs import load_config
 from pipelines.nightly import data_date, knob_overrides
-from pipelines.runner import run_step
+from pipelines.runner import run_step, shards
 from tasks.errors import DataContractError
 
 CONFIG_VARIABLE = "recsys_config"   # Airflow Variable holding a config file path
@@ -25,16 +25,28 @@ def config_path() -> str | None:
     return Variable.get(CONFIG_VARIABLE, default=None) or os.environ.get(CONFIG_ENV) or None
 
 
-def execute(step_name: str, context: dict) -> dict:
-    """Run `step_name` for this DAG run; bad data fails the task at once instead of being retried."""
+def resolve(context: dict):
+    """The config (with the run's knobs) and ds of this DAG run."""
+    params = context["params"]
+    config = load_config(config_path(), knob_overrides(params))
+    return config, data_date(context["logical_date"], params.get("ds"))
+
+
+def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
+    """Run `step_name` (one shard of it, if sharded) for this DAG run; bad data fails the task at once
+    instead of being retried."""
     from airflow.exceptions import AirflowFailException
 
-    params = context["params"]
-    path = config_path()
-    config = load_config(path, knob_overrides(params))
-    ds = data_date(context["logical_date"], params.get("ds"))
-    log.info("%s: ds=%s, config %s, knobs %s", step_name, ds, path or "embedded default", knob_overrides(params))
+    config, ds = resolve(context)
+    log.info("%s%s: ds=%s, config %s, knobs %s", step_name, "" if shard is None else f" shard {shard}", ds,
+             config_path() or "embedded default", knob_overrides(context["params"]))
     try:
-        return run_step(step_name, config, ds, context["run_id"])
+        return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
         raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+
+
+def plan_shards(step_name: str, context: dict) -> list[dict]:
+    """The keyword arguments of each mapped task of a sharded step: one per shard."""
+    config, _ = resolve(context)
+    return [{"step_name": step_name, "shard": shard} for shard in shards(step_name, config)]

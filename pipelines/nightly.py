@@ -16,9 +16,10 @@ SCHEDULE = "0 2 * * *"  # 02:00 UTC, for the previous day's data
 
 @dataclass(frozen=True)
 class Step:
-    name: str          # the Airflow task id, the config section, the module under tasks/, the output folder
+    name: str          # the Airflow task id and the module under tasks/ (and, mostly, the config section)
     upstream: tuple[str, ...]
     produces: tuple[str, ...] = ()  # Airflow Asset names a successful run updates
+    sharded: bool = False  # runs once per shard (its module's `shard_count(config)`): Airflow maps it
 
     @property
     def module(self) -> str:
@@ -33,7 +34,8 @@ STEPS: tuple[Step, ...] = (
     Step("train_ranking", ("train_retrieval",)),
     Step("evaluate", ("train", "train_ranking")),
     Step("register", ("evaluate",), ("recsys_model",)),
-    Step("publish", ("register",), ("recsys_recommendations",)),
+    Step("publish_shard", ("register",), sharded=True),
+    Step("publish", ("publish_shard",), ("recsys_recommendations",)),
 )
 
 
@@ -48,6 +50,7 @@ class Knob:
 
 KNOBS: dict[str, Knob] = {
     "k": Knob("publish.k", "integer", "Recommendations per user (top-K)."),
+    "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks."),
     "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds."),
     "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation."),
     "models": Knob("train.models", "array", "Candidate models, e.g. [\"popularity\", \"cooccurrence\"]."),

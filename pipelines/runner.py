@@ -13,10 +13,23 @@ from pipelines.nightly import STEPS, Step, topological
 log = logging.getLogger(__name__)
 
 
-def run_step(step: Step | str, config: Config, ds: date, run_id: str) -> dict:
-    """Run one step's entry point; its typed result comes back as JSON-ready data (what XCom carries)."""
-    step = step if isinstance(step, Step) else next(s for s in STEPS if s.name == step)
-    result = importlib.import_module(step.module).run(config, ds, run_id)
+def find_step(step: Step | str) -> Step:
+    return step if isinstance(step, Step) else next(s for s in STEPS if s.name == step)
+
+
+def shards(step: Step | str, config: Config) -> list[int]:
+    """The shard indices a sharded step runs for with this config."""
+    return list(range(importlib.import_module(find_step(step).module).shard_count(config)))
+
+
+def run_step(step: Step | str, config: Config, ds: date, run_id: str, shard: int | None = None) -> dict:
+    """Run one step's entry point (for one shard, if it is sharded); its typed result comes back as JSON-ready
+    data (what XCom carries)."""
+    step = find_step(step)
+    if step.sharded != (shard is not None):
+        raise ValueError(f"step {step.name} {'needs' if step.sharded else 'takes no'} shard")
+    extra = {"shard": shard} if step.sharded else {}
+    result = importlib.import_module(step.module).run(config, ds, run_id, **extra)
     return result.model_dump(mode="json")
 
 
@@ -26,7 +39,10 @@ def run_pipeline(config: Config, ds: date, run_id: str) -> dict[str, dict]:
     for step in topological():
         started = time.perf_counter()
         log.info("step %s ds=%s: starting", step.name, ds)
-        results[step.name] = run_step(step, config, ds, run_id)
+        if step.sharded:  # one after another here; Airflow runs them as parallel mapped tasks
+            results[step.name] = [run_step(step, config, ds, run_id, shard) for shard in shards(step, config)]
+        else:
+            results[step.name] = run_step(step, config, ds, run_id)
         timings[step.name] = time.perf_counter() - started
         log.info("step %s ds=%s: done in %.1fs", step.name, ds, timings[step.name])
     log.info("pipeline ds=%s done in %.1fs: %s", ds, sum(timings.values()),

@@ -44,6 +44,10 @@ class AddressBook:
     def recommendations(self, ds: date) -> Path:
         return self.lake / "recommendations" / f"ds={ds.isoformat()}"
 
+    def publish_staging(self, ds: date, run_id: str) -> Path:
+        """Where a run's publish shards wait until `publish` commits them all at once."""
+        return self.var / "staging" / "recommendations" / f"ds={ds.isoformat()}" / _safe(run_id)
+
     def reports(self, ds: date, run_id: str, step: str) -> Path:
         return self.var / "reports" / f"ds={ds.isoformat()}" / _safe(run_id) / step
 

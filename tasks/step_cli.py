@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from configs import Config, load_config
+from configs import load_config
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config; default: the embedded one.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override: dotted.key=value (repeatable).")]
@@ -24,15 +24,18 @@ def configure_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def step_main(run: Callable[[Config, date, str], BaseModel]) -> None:
-    """`python -m tasks.<step> --ds D [--config F] [--set k=v] [--run-id R]`: runs the step, prints its result."""
+def step_main(run: Callable[..., BaseModel]) -> None:
+    """`python -m tasks.<step> --ds D [--config F] [--set k=v] [--run-id R] [--shard N]`: runs the step, prints
+    its result. `--shard` is for sharded steps (publish_shard) only."""
 
     def command(ds: Annotated[str, typer.Option(help="Logical date YYYY-MM-DD.")],
                 config: ConfigOption = None, set_: SetOption = None,
                 run_id: Annotated[str, typer.Option(help="Pipeline run id; reports are kept under it.")] = "manual",
+                shard: Annotated[int | None, typer.Option(help="Shard index, for sharded steps.")] = None,
                 ) -> None:
         configure_logging()
-        result = run(load_config(config, tuple(set_ or ())), date.fromisoformat(ds), run_id)
+        extra = {} if shard is None else {"shard": shard}
+        result = run(load_config(config, tuple(set_ or ())), date.fromisoformat(ds), run_id, **extra)
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
 
     command.__doc__ = (run.__doc__ or "").strip()

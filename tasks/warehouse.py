@@ -45,28 +45,36 @@ class DuckDBWarehouse:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         return duckdb.connect(str(self.path), read_only=read_only)
 
-    def replace_partition(self, ds: date, frame: pd.DataFrame, model_name: str, model_version: str,
-                          generated_at: datetime) -> int:
-        """Replace every row of `ds` with `frame` (user_id, rank, item_id, score) atomically; returns rows."""
-        rows = frame.assign(ds=ds, model_name=model_name, model_version=model_version,
-                            generated_at=generated_at)[list(COLUMNS)]
+    def replace_partition(self, ds: date, source: pd.DataFrame | list[Path], model_name: str, model_version: str,
+                          generated_at: datetime) -> tuple[int, int]:
+        """Replace every row of `ds` with `source` (user_id, rank, item_id, score), a frame or Parquet files,
+        atomically; returns (rows, users). Files are read by DuckDB itself, never whole into Python."""
         with self._connect() as con:
             con.execute(SCHEMA)
+            if isinstance(source, pd.DataFrame):
+                con.register("incoming", source[["user_id", "rank", "item_id", "score"]])
+            else:  # a session-only view: DuckDB streams the files during the insert
+                files = ", ".join("'" + str(path).replace("'", "''") + "'" for path in source)
+                con.execute(f"CREATE OR REPLACE TEMP VIEW incoming AS SELECT * FROM read_parquet([{files}])")
             con.execute("BEGIN TRANSACTION")
             try:
                 con.execute("DELETE FROM recommendations WHERE ds = ?", [ds])
-                con.register("incoming", rows)
-                con.execute(f"INSERT INTO recommendations SELECT {', '.join(COLUMNS)} FROM incoming")
+                con.execute(f"INSERT INTO recommendations SELECT {', '.join(COLUMNS)} FROM (SELECT ?::DATE AS ds, "
+                            "user_id, rank, item_id, score, ? AS model_name, ? AS model_version, "
+                            "?::TIMESTAMP AS generated_at FROM incoming)",
+                            [ds, model_name, model_version, generated_at])
+                rows, users = con.execute("SELECT count(*), count(DISTINCT user_id) FROM recommendations "
+                                          "WHERE ds = ?", [ds]).fetchone()
+                expected = con.execute("SELECT count(*) FROM incoming").fetchone()[0]
+                if rows != expected:
+                    raise RuntimeError(f"recommendations ds={ds}: wrote {rows} rows, expected {expected}")
                 con.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?, ?, ?)",
-                            [ds, model_name, model_version, int(rows["user_id"].nunique()), len(rows), generated_at])
-                written = con.execute("SELECT count(*) FROM recommendations WHERE ds = ?", [ds]).fetchall()[0][0]
-                if written != len(rows):
-                    raise RuntimeError(f"recommendations ds={ds}: wrote {written} rows, expected {len(rows)}")
+                            [ds, model_name, model_version, users, rows, generated_at])
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
-        return len(rows)
+        return rows, users
 
     def user_recommendations(self, user_id: str, ds: date | None = None) -> pd.DataFrame:
         """One user's list for ds, or from `recommendations_latest` when ds is None."""

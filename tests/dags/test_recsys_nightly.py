@@ -28,11 +28,22 @@ def test_schedule_is_daily_at_two_utc_without_catchup(dag):
 
 
 def test_one_task_per_step_wired_as_the_pipeline_declares(dag):
-    expected = {step.name: {s.name for s in STEPS if step.name in s.upstream} for step in STEPS}
-    assert {task.task_id: set(task.downstream_task_ids) for task in dag.tasks} == expected
-    assert expected == {"validate_raw": {"build_features"}, "build_features": {"train", "train_retrieval"},
-                        "train": {"evaluate"}, "train_retrieval": {"train_ranking"}, "train_ranking": {"evaluate"},
-                        "evaluate": {"register"}, "register": {"publish"}, "publish": set()}
+    wired = {task.task_id: set(task.downstream_task_ids) for task in dag.tasks}
+    assert wired == {"validate_raw": {"build_features"}, "build_features": {"train", "train_retrieval"},
+                     "train": {"evaluate"}, "train_retrieval": {"train_ranking"}, "train_ranking": {"evaluate"},
+                     "evaluate": {"register"}, "register": {"plan_publish_shard"},
+                     "plan_publish_shard": {"publish_shard"}, "publish_shard": {"publish"}, "publish": set()}
+    for step in STEPS:  # every step is a task, downstream of what it follows
+        assert all(step.name in wired[up] or f"plan_{step.name}" in wired[up] for up in step.upstream)
+
+
+def test_sharded_publish_is_dynamically_mapped_over_the_plan(dag):
+    from airflow.sdk.definitions.mappedoperator import MappedOperator
+
+    mapped = dag.get_task("publish_shard")
+    assert isinstance(mapped, MappedOperator)
+    assert "op_kwargs" in mapped.expand_input.value
+    assert [task.task_id for task in dag.tasks if isinstance(task, MappedOperator)] == ["publish_shard"]
 
 
 def test_tasks_retry_transient_failures(dag):

@@ -18,10 +18,12 @@ def test_each_step_runs_alone_and_recs_prints_a_users_list(shop_raw, tmp_path):
               "--set", "evaluate.ks=[5,10,20]"]
     outputs = {}
     for step in topological():
-        done = subprocess.run([sys.executable, "-m", step.module, *common], cwd=REPO, capture_output=True, text=True)
-        assert done.returncode == 0, f"{step.name}: {done.stderr[-2000:]}"
-        outputs[step.name] = json.loads(done.stdout[done.stdout.index("{"):])
-    assert outputs["publish"]["rows"] == 20 * outputs["publish"]["users"]
+        for extra in ([["--shard", "0"], ["--shard", "1"]] if step.sharded else [[]]):  # the default 2 shards
+            done = subprocess.run([sys.executable, "-m", step.module, *common, *extra], cwd=REPO, capture_output=True,
+                                  text=True)
+            assert done.returncode == 0, f"{step.name} {extra}: {done.stderr[-2000:]}"
+            outputs[step.name] = json.loads(done.stdout[done.stdout.index("{"):])
+    assert outputs["publish"]["rows"] == 20 * outputs["publish"]["users"] and outputs["publish"]["shards"] == 2
     user = "u000001"
     shown = subprocess.run([sys.executable, "-m", "pipelines.cli", "recs", "--user", user,
                             "--set", f"paths.var={tmp_path / 'var'}"], cwd=REPO, capture_output=True, text=True)

@@ -6,7 +6,7 @@ import pytest
 
 from tasks.address_book import AddressBook
 from tasks.feature_set import FeatureSet
-from tasks.publish import check_recommendations
+from tasks.publish_shard import check_recommendations
 from tasks.warehouse import DuckDBWarehouse
 from tests.conftest import DS
 
@@ -88,3 +88,47 @@ def test_replacing_a_ds_replaces_rather_than_appends(tmp_path):
     assert rows["n"].tolist() == [1, 3] and rows["model_version"].tolist() == ["0", "2"]
     latest = warehouse.query("SELECT DISTINCT ds FROM recommendations_latest")
     assert latest["ds"].astype(str).tolist() == ["2026-11-22"]
+
+
+def test_shards_split_users_without_overlap_or_gap():
+    from tasks.publish_shard import shard_users
+
+    users = np.array([f"u{i:03d}" for i in range(10)], dtype=object)[::-1]
+    parts = [shard_users(users, shard, 3) for shard in range(3)]
+    assert sorted(np.concatenate(parts)) == sorted(users) and [len(p) for p in parts] == [4, 3, 3]
+    with pytest.raises(ValueError, match="shard 3"):
+        shard_users(users, 3, 3)
+
+
+def test_publish_commits_only_a_complete_set_of_shards_from_one_model(pipeline_run, tmp_path):
+    import shutil
+
+    from configs import load_config
+    from tasks.errors import MissingInput, RecommendationsInvalid
+    from tasks.publish import publish
+    from tasks.publish_shard import publish_shard
+
+    config, results = pipeline_run
+    var = tmp_path / "var"
+    shutil.copytree(config.paths.var, var)
+    config = load_config(None, (f"paths.var={var}", f"paths.raw={config.paths.raw}", "publish.k=5",
+                                "build_features.lookback_days=14"))
+    warehouse = DuckDBWarehouse(AddressBook.from_config(config).warehouse)
+    before = warehouse.query("SELECT count(*) AS n FROM recommendations WHERE ds = ?", [DS])["n"].iloc[0]
+
+    first = publish_shard(config, DS, "night", 0)
+    with pytest.raises(MissingInput, match="1 of 2 shards missing"):
+        publish(config, DS, "night")
+    assert warehouse.query("SELECT count(*) AS n FROM recommendations WHERE ds = ?", [DS])["n"].iloc[0] == before
+
+    second = publish_shard(config, DS, "night", 1)
+    pd.read_parquet(second.path).assign(model_version="99").to_parquet(second.path)  # another champion meanwhile
+    with pytest.raises(RecommendationsInvalid, match="more than one model"):
+        publish(config, DS, "night")
+
+    publish_shard(config, DS, "night", 1)  # the retried shard overwrites its file
+    done = publish(config, DS, "night")
+    assert done.rows == first.rows + second.rows == 5 * done.users and done.shards == 2
+    table = warehouse.query("SELECT * FROM recommendations WHERE ds = ?", [DS])
+    assert len(table) == done.rows and table["model_version"].eq(results["register"]["champion_version"]).all()
+    assert not AddressBook.from_config(config).publish_staging(DS, "night").exists()

@@ -1,0 +1,163 @@
+"""Stage timings at three shop sizes: wall time, peak memory and throughput of every pipeline step.
+
+    python -m benchmarks.pipeline --scale S|M|L     (or `make bench SCALE=S`)
+
+It generates the shop once per scale under var/bench/<scale>/raw (kept for later runs), then runs each
+step the way a Kubeflow component or an Airflow worker runs it: as its own process, `python -m tasks.<step>`,
+so the peak RSS of each step is its own. The shards of a sharded step run as parallel processes, as
+Airflow's mapped tasks would. Writes var/bench/<scale>.json and .md, and, from every scale measured so
+far, var/bench/scaling.md with time(M)/time(S) and time(L)/time(M) per step.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from pipelines.nightly import topological
+from pipelines.runner import shards
+from tasks.generate import ShopSpec, generate
+
+END = date(2026, 11, 22)
+SCALES = {  # events, users, items over the default 28-day lookback (+2 days of slack)
+    "S": ShopSpec(days=30, users=10_000, items=5_000, events=100_000, seed=42, end=END),
+    "M": ShopSpec(days=30, users=100_000, items=20_000, events=1_000_000, seed=42, end=END),
+    "L": ShopSpec(days=30, users=1_000_000, items=100_000, events=10_000_000, seed=42, end=END),
+}
+# What each step's throughput counts, read from its own printed result or an earlier one.
+UNITS = {"validate_raw": "events", "build_features": "events", "train": "interactions",
+         "train_retrieval": "interactions", "train_ranking": "interactions", "evaluate": "users",
+         "register": "models", "publish_shard": "users", "publish": "rows"}
+
+
+@dataclass
+class StepFigures:
+    step: str
+    processes: int
+    seconds: float
+    peak_rss_mib: float  # the largest of the step's processes
+    unit: str
+    count: int
+    per_second: float
+
+
+def run_step(step, common: list[str], config, folder: Path) -> tuple[list[dict], float, float]:
+    """Run one step (all its shards at once, if sharded); returns (results, wall seconds, peak RSS MiB).
+
+    Each process writes its result to a file and its log to steps.log; the peak RSS of each is read from
+    the kernel's accounting of that child (ru_maxrss, KiB on Linux).
+    """
+    started = time.perf_counter()
+    runs = [["--shard", str(shard)] for shard in shards(step, config)] if step.sharded else [[]]
+    processes = []
+    with (folder / "steps.log").open("a") as log:
+        for index, extra in enumerate(runs):
+            command = [sys.executable, "-m", step.module, *common, *extra]
+            log.write(f"$ {' '.join(command)}\n")
+            log.flush()
+            result = folder / f"result-{step.name}-{index}.json"
+            with result.open("w") as stdout:
+                processes.append((subprocess.Popen(command, stdout=stdout, stderr=log), command, result))
+        results, peaks = [], []
+        for process, command, result in processes:
+            _, status, usage = os.wait4(process.pid, 0)
+            process.returncode = os.waitstatus_to_exitcode(status)
+            if process.returncode:
+                raise RuntimeError(f"{' '.join(command)} failed ({process.returncode}); see {folder / 'steps.log'}")
+            text = result.read_text()
+            results.append(json.loads(text[text.index("{"):]))
+            peaks.append(usage.ru_maxrss / 1024)
+    return results, time.perf_counter() - started, max(peaks)
+
+
+def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int:
+    """How many units of work a step did, from the results the steps printed."""
+    first = results[0]
+    if step == "validate_raw":
+        return int(first["rows"].get("events", 0))
+    if step == "build_features":
+        return int(sum(first["rows"].get(name, 0) for name in ("interactions", "events")) or sum(first["rows"].values()))
+    if step in ("train", "train_retrieval", "train_ranking"):
+        return int(earlier["build_features"][0]["rows"].get("interactions", 0))
+    if step == "evaluate":
+        return int(max(first["users"].values(), default=0))
+    if step == "register":
+        return len(earlier["evaluate"][0]["metrics"])
+    if step == "publish_shard":
+        return int(sum(r["users"] for r in results))
+    return int(first.get("rows", 0))
+
+
+def measure(scale: str, root: Path) -> list[StepFigures]:
+    from configs import load_config
+
+    spec = SCALES[scale]
+    folder = root / scale
+    raw, var = folder / "raw", folder / "var"
+    if not (raw / ".complete").exists():
+        started = time.perf_counter()
+        generate(spec, raw)
+        (raw / ".complete").write_text(f"{time.perf_counter() - started:.1f}s\n")
+    overrides = [f"paths.var={var}", f"paths.raw={raw}"]
+    config = load_config(None, tuple(overrides))
+    common = ["--ds", spec.end.isoformat(), "--run-id", f"bench_{scale}"]
+    for override in overrides:
+        common += ["--set", override]
+    (folder / "steps.log").unlink(missing_ok=True)
+    figures, results = [], {}
+    for step in topological():
+        print(f"[{scale}] {step.name} ...", flush=True)
+        results[step.name], seconds, peak = run_step(step, common, config, folder)
+        done = count(step.name, results[step.name], results)
+        figures.append(StepFigures(step.name, len(results[step.name]), round(seconds, 1), round(peak, 0),
+                                   UNITS[step.name], done, round(done / seconds, 1)))
+        print(f"[{scale}] {step.name}: {seconds:.1f}s, peak RSS {peak:,.0f} MiB, {done:,} {UNITS[step.name]} "
+              f"({done / seconds:,.0f}/s)", flush=True)
+    return figures
+
+
+def scaling(root: Path) -> pd.DataFrame | None:
+    """Per step, seconds at each measured scale and the ratios of neighbouring scales."""
+    measured = {scale: pd.DataFrame(json.loads((root / f"{scale}.json").read_text())["steps"]).set_index("step")
+                for scale in SCALES if (root / f"{scale}.json").exists()}
+    if len(measured) < 2:
+        return None
+    table = pd.DataFrame({f"seconds {scale}": frame["seconds"] for scale, frame in measured.items()})
+    names = list(measured)
+    for smaller, larger in zip(names, names[1:], strict=False):
+        table[f"time({larger})/time({smaller})"] = (table[f"seconds {larger}"] / table[f"seconds {smaller}"]).round(2)
+    return table
+
+
+def main(scale: Annotated[str, typer.Option(help="S, M or L.")] = "S",
+         out: Annotated[Path, typer.Option(help="Folder for data, results and tables.")] = Path("var/bench")) -> None:
+    if scale not in SCALES:
+        raise typer.BadParameter(f"scale must be one of {', '.join(SCALES)}")
+    spec = SCALES[scale]
+    started = time.perf_counter()
+    figures = measure(scale, out)
+    total = time.perf_counter() - started
+    table = pd.DataFrame([asdict(f) for f in figures])
+    setup = {"scale": scale, "events": spec.events, "users": spec.users, "items": spec.items, "days": spec.days,
+             "cpus": os.cpu_count(), "total_seconds": round(total, 1)}
+    (out / f"{scale}.json").write_text(json.dumps({"setup": setup, "steps": table.to_dict("records")}, indent=2))
+    (out / f"{scale}.md").write_text(f"{setup}\n\n{table.to_markdown(index=False)}\n")
+    print(f"\n{setup}\n\n{table.to_markdown(index=False)}")
+    ratios = scaling(out)
+    if ratios is not None:
+        (out / "scaling.md").write_text(ratios.to_markdown() + "\n")
+        print("\n" + ratios.to_markdown())
+
+
+if __name__ == "__main__":
+    typer.run(main)
