@@ -13,6 +13,8 @@ import time
 from datetime import date
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from configs.schema import Config
@@ -20,10 +22,11 @@ from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
 from tasks.model_registry import ModelRegistry
-from tasks.recommend import exclusions, recommend
+from tasks.recommend import exclusions, recommend_batches, recommendation_frame
 from tasks.step_cli import step_main
 
 log = logging.getLogger(__name__)
+_EMPTY = recommendation_frame([], [], [], [])
 
 
 class ShardResult(BaseModel):
@@ -60,9 +63,9 @@ def check_recommendations(recs, k: int, excluded, allowed_items: np.ndarray | No
     sizes = groups.size()
     if (sizes > k).any():
         problems.append(f"{int((sizes > k).sum())} users have more than k={k} rows")
-    ranks_ok = groups["rank"].agg(lambda r: np.array_equal(r.to_numpy(), np.arange(1, len(r) + 1)))
-    if not ranks_ok.all():
-        problems.append(f"{int((~ranks_ok).sum())} users have ranks that are not 1..n in order")
+    misplaced = recs.loc[groups.cumcount().to_numpy() + 1 != recs["rank"].to_numpy(), "user_id"]
+    if len(misplaced):
+        problems.append(f"{misplaced.nunique()} users have ranks that are not 1..n in order")
     if recs.duplicated(["user_id", "item_id"]).any():
         problems.append(f"{int(recs.duplicated(['user_id', 'item_id']).sum())} repeated (user, item) pairs")
     increasing = (groups["score"].diff() > 0).sum()
@@ -96,23 +99,35 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
         else None
     model = champion.recommender.for_catalog(items)  # feature models embed items that arrived after training
     served = features.serving_users[features.serving_users["user_id"].isin(users)]
-    recs = recommend(model, users, interactions[["user_id", "item_id", "weight"]], excluded, allowed,
-                     config.publish.k, config.publish.batch_size, desc=f"publish shard {shard}/{shards}",
-                     user_features=served)
-    problems = check_recommendations(recs, config.publish.k, excluded, allowed)
-    if problems:
-        raise RecommendationsInvalid(f"recommendations ds={ds} shard {shard}/{shards} not published; the table "
-                                     "keeps its previous rows:\n" + "\n".join(f"  - {p}" for p in problems))
     model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
     staging = book.publish_staging(ds, run_id)
     staging.mkdir(parents=True, exist_ok=True)
     path = staging / shard_file(shard, shards)
     partial = path.with_suffix(".partial")  # a retried or killed shard never leaves half a file under its name
-    recs.assign(ds=ds, model_name=model_name, model_version=champion.version).to_parquet(partial, index=False)
+    rows = 0
+    writer = None
+    try:  # batch by batch: checked, then appended to the shard's file, so memory holds one batch of rows
+        for recs in recommend_batches(model, users, interactions[["user_id", "item_id", "weight"]], excluded,
+                                      allowed, config.publish.k, config.publish.batch_size,
+                                      desc=f"publish shard {shard}/{shards}", user_features=served):
+            problems = check_recommendations(recs, config.publish.k, excluded, allowed)
+            if problems:
+                raise RecommendationsInvalid(f"recommendations ds={ds} shard {shard}/{shards} not published; the "
+                                             "table keeps its previous rows:\n" + "\n".join(f"  - {p}" for p in problems))
+            table = pa.Table.from_pandas(recs.assign(ds=ds, model_name=model_name, model_version=champion.version),
+                                         preserve_index=False)
+            writer = writer or pq.ParquetWriter(partial, table.schema)
+            writer.write_table(table)
+            rows += len(recs)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # no users in this shard: an empty file with the table's columns
+        _EMPTY.assign(ds=ds, model_name=model_name, model_version=champion.version).to_parquet(partial, index=False)
     os.replace(partial, path)
     log.info("publish_shard ds=%s %d/%d: %d rows for %d users from %s v%s in %.1fs -> %s", ds, shard, shards,
-             len(recs), len(users), model_name, champion.version, time.perf_counter() - started, path)
-    return ShardResult(ds=ds, shard=shard, shards=shards, users=len(users), rows=len(recs), model_name=model_name,
+             rows, len(users), model_name, champion.version, time.perf_counter() - started, path)
+    return ShardResult(ds=ds, shard=shard, shards=shards, users=len(users), rows=rows, model_name=model_name,
                        model_version=champion.version, path=str(path))
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 from tqdm import tqdm
 
 from tasks.models.base import Recommender, UserBatch
@@ -25,7 +27,18 @@ def exclusions(interactions: pd.DataFrame, event_types: tuple[str, ...]) -> pd.D
 def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, excluded: pd.DataFrame,
               allowed_items: np.ndarray | None, k: int, batch_size: int, desc: str = "recommend",
               user_features: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Rows (user_id, rank, item_id, score) with up to k items per user, best first.
+    """Rows (user_id, rank, item_id, score) with up to k items per user, best first: all the batches of
+    `recommend_batches` in one frame."""
+    frames = list(recommend_batches(model, user_ids, history, excluded, allowed_items, k, batch_size, desc,
+                                    user_features))
+    return pd.concat(frames, ignore_index=True) if frames else recommendation_frame([], [], [], [])
+
+
+def recommend_batches(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, excluded: pd.DataFrame,
+                      allowed_items: np.ndarray | None, k: int, batch_size: int, desc: str = "recommend",
+                      user_features: pd.DataFrame | None = None) -> Iterator[pd.DataFrame]:
+    """Rows (user_id, rank, item_id, score) with up to k items per user, best first, one frame per batch of
+    `batch_size` users, so a caller that writes each batch away holds one batch at a time.
 
     `history` (user_id, item_id, weight) is what the model scores from; users with none of the model's items
     in it get the model's fallback scores. `excluded` pairs and items outside `allowed_items` never appear.
@@ -39,7 +52,7 @@ def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, e
     allowed = np.ones(len(item_ids), bool) if allowed_items is None else np.isin(item_ids, allowed_items)
     cold = np.diff(hist.indptr) == 0
     by_user = None if user_features is None else user_features.drop_duplicates("user_id").set_index("user_id")
-    out_users, out_items, out_scores, out_ranks = [], [], [], []
+    rows_out = 0
     for start in tqdm(range(0, len(user_ids), batch_size), desc=desc, unit="batch", mininterval=5):
         rows = slice(start, start + batch_size)
         features = None if by_user is None else by_user.reindex(user_ids[rows]).rename_axis("user_id").reset_index()
@@ -48,25 +61,42 @@ def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, e
         if found is None:  # the model only scores densely
             found = _dense_top_k(model.score(batch), cold[rows], model.fallback_scores, banned[rows], allowed, k)
         elif cold[rows].any():  # users without history get the fallback list, as with dense scores
-            fallback = _dense_top_k(np.zeros((int(cold[rows].sum()), len(item_ids)), np.float32),
-                                    np.ones(int(cold[rows].sum()), bool), model.fallback_scores,
-                                    banned[rows][cold[rows]], allowed, k)
-            width = found.ids.shape[1]  # never more than the fallback's: beyond it, the fallback has no items
-            found.ids[cold[rows]], found.scores[cold[rows]] = fallback.ids[:, :width], fallback.scores[:, :width]
+            fallback = fallback_top_k(model.fallback_scores, allowed, banned[rows][cold[rows]], found.ids.shape[1])
+            found.ids[cold[rows]], found.scores[cold[rows]] = fallback.ids, fallback.scores
         keep = found.ids >= 0
-        out_users.append(np.repeat(user_ids[rows], keep.sum(axis=1)))
-        out_items.append(item_ids[found.ids[keep]])
-        out_scores.append(found.scores[keep])
-        out_ranks.append(np.cumsum(keep, axis=1)[keep])
-    frame = pd.DataFrame({
-        "user_id": pd.array(np.concatenate(out_users) if out_users else [], dtype="str"),
-        "rank": np.concatenate(out_ranks).astype("int32") if out_ranks else np.array([], "int32"),
-        "item_id": pd.array(np.concatenate(out_items) if out_items else [], dtype="str"),
-        "score": np.concatenate(out_scores).astype("float64") if out_scores else np.array([], "float64"),
-    })
+        frame = recommendation_frame(np.repeat(user_ids[rows], keep.sum(axis=1)), np.cumsum(keep, axis=1)[keep],
+                                     item_ids[found.ids[keep]], found.scores[keep])
+        rows_out += len(frame)
+        yield frame
     log.info("%s: %s top-%d for %d users (%d cold) -> %d rows in %.1fs", desc, model.kind, k, len(user_ids),
-             int(cold.sum()), len(frame), time.perf_counter() - started)
-    return frame
+             int(cold.sum()), rows_out, time.perf_counter() - started)
+
+
+def recommendation_frame(users, ranks, items, scores) -> pd.DataFrame:
+    """The rows every recommender produces: (user_id, rank, item_id, score)."""
+    return pd.DataFrame({"user_id": pd.array(users, dtype="str"), "rank": np.asarray(ranks, dtype="int32"),
+                         "item_id": pd.array(items, dtype="str"), "score": np.asarray(scores, dtype="float64")})
+
+
+def fallback_top_k(fallback: np.ndarray, allowed: np.ndarray, banned: sp.csr_matrix, k: int) -> TopK:
+    """Every row's k best items by the one `fallback` score vector, skipping that row's `banned` items.
+
+    The fallback's order is found once; each row then walks it past its own banned items, so no rows x items
+    matrix is built however large the catalogue.
+    """
+    banned = banned.tocsr()
+    depth = min(int(allowed.sum()), k + int(np.diff(banned.indptr).max(initial=0)))
+    candidates = np.flatnonzero(allowed)
+    candidates = candidates[np.argsort(-fallback[candidates], kind="stable")[:depth]]
+    usable = ~banned[:, candidates].toarray()
+    position = np.cumsum(usable, axis=1)
+    take = usable & (position <= k)
+    ids = np.full((banned.shape[0], k), -1, dtype=np.int64)
+    scores = np.full((banned.shape[0], k), -np.inf, dtype=np.float32)
+    rows, columns = np.nonzero(take)
+    ids[rows, position[rows, columns] - 1] = candidates[columns]
+    scores[rows, position[rows, columns] - 1] = fallback[candidates[columns]]
+    return TopK(ids, scores)
 
 
 def _dense_top_k(scores: np.ndarray, cold: np.ndarray, fallback: np.ndarray, banned, allowed: np.ndarray,

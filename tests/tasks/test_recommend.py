@@ -50,3 +50,16 @@ def test_user_without_history_gets_the_fallback_list(model):
 def test_exclusions_take_only_the_configured_event_types():
     interactions = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "event_type": ["purchase", "view"]})
     assert exclusions(interactions, ("purchase",)).to_dict("records") == [{"user_id": "u", "item_id": "a"}]
+
+
+def test_fallback_top_k_walks_the_fallback_order_past_each_users_banned_items():
+    from scipy import sparse
+
+    from tasks.recommend import fallback_top_k
+
+    fallback = np.array([0.1, 0.9, 0.5, 0.7, 0.3], dtype=np.float32)
+    allowed = np.array([True, True, True, True, False])
+    banned = sparse.csr_matrix(np.array([[0, 0, 0, 0, 0], [0, 1, 0, 1, 0], [1, 1, 1, 1, 0]], dtype=bool))
+    found = fallback_top_k(fallback, allowed, banned, 3)
+    assert found.ids.tolist() == [[1, 3, 2], [2, 0, -1], [-1, -1, -1]]
+    assert found.scores[0].tolist() == pytest.approx([0.9, 0.7, 0.5]) and np.isneginf(found.scores[2]).all()
