@@ -10,6 +10,7 @@ and, optionally, by popularity.
 
 from __future__ import annotations
 
+import functools
 import logging
 import shutil
 from pathlib import Path
@@ -50,7 +51,11 @@ class Ranker(tf.keras.Model):
     Affinities are explicit crosses of the user's history with the item: for each item attribute the user
     tower pools (category, brand, ...), the share of the history that has the item's value; for each numeric
     one, the distance between the item's value and the history's mean. A user vector is the user embedding
-    followed by the history's attribute profile; an item vector, the item embedding followed by its own.
+    followed by the history's attribute profile (per categorical attribute, a share for every value); an
+    item vector, the item embedding followed by its attribute values (a categorical one as its code).
+
+    Scoring works on lists: a user's vector against that user's N items. The profile stays once per user
+    and each item reads its one share from it, so memory does not grow with the attributes' vocabularies.
     """
 
     def __init__(self, user_spec: TowerSpec, item_spec: TowerSpec, dim: int, deep: tuple[int, ...],
@@ -65,36 +70,53 @@ class Ranker(tf.keras.Model):
         self.logit = tf.keras.layers.Dense(1, kernel_initializer="zeros")
         self.retrieval_weight = tf.Variable(retrieval_weight, dtype=tf.float32, name="retrieval_weight")
 
+    @property
+    def user_width(self) -> int:
+        return self.dim + sum(width for _, width, _ in self.user.profile_layout())
+
+    @property
+    def item_width(self) -> int:
+        return self.dim + len(self.user.profile_layout())
+
     def user_vector(self, inputs):
         return tf.concat([self.user(inputs), self.user.history_profile(inputs)], axis=-1)
 
     def item_vector(self, inputs):
-        return tf.concat([self.item(inputs), self.item.attribute_profile(inputs, self.user.profile_layout())], axis=-1)
+        return tf.concat([self.item(inputs), self.item.attribute_values(inputs, self.user.profile_layout())], axis=-1)
 
-    def affinities(self, user_profile, item_profile) -> list:
+    def affinities(self, profile, values) -> list:
+        """Per pooled attribute, (users, N, 1): the user's share of the item's value, or minus the distance
+        of the item's value from the user's mean. `profile` is (users, profile width), `values` (users, N, A)."""
         out, offset = [], 0
-        for _, width, categorical in self.user.profile_layout():
-            a, b = user_profile[:, offset:offset + width], item_profile[:, offset:offset + width]
-            out.append(tf.reduce_sum(a * b, axis=-1, keepdims=True) if categorical else -tf.abs(a - b))
+        for position, (_, width, categorical) in enumerate(self.user.profile_layout()):
+            value = values[..., position]
+            if categorical:
+                code = tf.cast(value, tf.int32)
+                share = tf.gather(profile[:, offset:offset + width], tf.minimum(code, width - 1), batch_dims=1)
+                out.append(tf.where(code < width, share, 0.0)[..., None])
+            else:
+                out.append(-tf.abs(value - profile[:, offset:offset + 1])[..., None])
             offset += width
         return out
 
-    def pair_logits(self, user, item, retrieval_score, popularity):
-        """The retrieval logit plus a learnt correction from the crossed features of both sides.
+    def list_logits(self, user, items, retrieval_score, popularity):
+        """Logits (users, N): for each user (a user vector) its N items (item vectors, (users, N, width)).
 
-        Starting from retrieval's own order (the residual's weight starts at 1 / its temperature and the
-        correction at zero), the ranker only has to learn where the features say retrieval is wrong.
+        The retrieval logit plus a learnt correction from the crossed features of both sides. Starting from
+        retrieval's own order (the residual's weight starts at 1 / its temperature and the correction at
+        zero), the ranker only has to learn where the features say retrieval is wrong.
         """
-        u, i = user[:, :self.dim], item[:, :self.dim]
-        x = self.cross(tf.concat([u, i, u * i, retrieval_score[:, None], popularity[:, None],
-                                  *self.affinities(user[:, self.dim:], item[:, self.dim:])], axis=-1))
+        i = items[..., :self.dim]
+        u = tf.broadcast_to(user[:, None, :self.dim], tf.shape(i))
+        x = self.cross(tf.concat([u, i, u * i, retrieval_score[..., None], popularity[..., None],
+                                  *self.affinities(user[:, self.dim:], items[..., self.dim:])], axis=-1))
         for layer in self.deep:
             x = layer(x)
-        return self.logit(x)[:, 0] + self.retrieval_weight * retrieval_score
+        return self.logit(x)[..., 0] + self.retrieval_weight * retrieval_score
 
     def call(self, inputs):
-        return self.pair_logits(self.user_vector(inputs["user"]), self.item_vector(inputs["item"]),
-                                inputs["retrieval_score"], inputs["popularity"])
+        return self.list_logits(self.user_vector(inputs["user"]), inputs["items"], inputs["retrieval_score"],
+                                inputs["popularity"])
 
 
 class RankingTrainer(tfrs.Model):
@@ -116,11 +138,11 @@ class RankingTrainer(tfrs.Model):
         """Logits of shape (users, list width) for the item indices in `inputs["items"]`."""
         shape = tf.shape(inputs["items"])
         flat = tf.reshape(inputs["items"], [-1])
-        users = tf.repeat(self.ranker.user_vector(inputs["user"]), shape[1], axis=0)
         items = self.ranker.item_vector({name: tf.gather(values, flat) for name, values in self.catalogue})
-        logits = self.ranker.pair_logits(users, items, tf.reshape(inputs["retrieval_score"], [-1]),
-                                         tf.gather(self.popularity, flat))
-        return tf.reshape(logits, shape)
+        items = tf.reshape(items, [shape[0], shape[1], self.ranker.item_width])
+        return self.ranker.list_logits(self.ranker.user_vector(inputs["user"]), items,
+                                       tf.reshape(inputs["retrieval_score"], shape),
+                                       tf.gather(self.popularity, inputs["items"]))
 
     def compute_loss(self, features, training=False):
         inputs, labels, weight = features
@@ -133,13 +155,14 @@ class ExportedRanker(tf.Module):
     def __init__(self, ranker: Ranker):
         super().__init__()
         self.ranker = ranker
-        width = ranker.dim + sum(w for _, w, _ in ranker.user.profile_layout())
-        vector, column = tf.TensorSpec([None, width], tf.float32), tf.TensorSpec([None], tf.float32)
+        lists = tf.TensorSpec([None, None], tf.float32)
         # Lambdas, not bound methods: tf.function keeps only a weak reference to what it wraps.
         self.embed_user = tf.function(lambda x: ranker.user_vector(x), input_signature=[tower_signature(ranker.user.spec)])
         self.embed_item = tf.function(lambda x: ranker.item_vector(x), input_signature=[tower_signature(ranker.item.spec)])
-        self.score_pairs = tf.function(lambda user, item, retrieval_score, popularity: ranker.pair_logits(
-            user, item, retrieval_score, popularity), input_signature=[vector, vector, column, column])
+        self.score_lists = tf.function(
+            lambda user, items, retrieval_score, popularity: ranker.list_logits(user, items, retrieval_score, popularity),
+            input_signature=[tf.TensorSpec([None, ranker.user_width], tf.float32),
+                             tf.TensorSpec([None, None, ranker.item_width], tf.float32), lists, lists])
 
 
 class TwoStageModel(Recommender):
@@ -166,7 +189,7 @@ class TwoStageModel(Recommender):
         return TwoStageModel(retrieval.item_ids, retrieval.fallback_scores, self.params, retrieval, self.ranker,
                              items.reset_index(drop=True), self.source)
 
-    @property
+    @functools.cached_property
     def popularity(self) -> np.ndarray:
         return np.log1p(self.items.get("n_events", pd.Series(0, index=self.items.index)).to_numpy(np.float32))
 
@@ -176,13 +199,11 @@ class TwoStageModel(Recommender):
 
     def rerank(self, frame: pd.DataFrame, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
         """The ranker's logits (users x n) for each user's n candidate columns; -inf where a candidate is -1."""
-        n = candidates.shape[1]
-        users = self.ranker.embed_user(to_tensors(encode(frame, self.retrieval.specs[0]))).numpy()
-        columns = np.maximum(candidates, 0).ravel()
-        logits = self.ranker.score_pairs(
-            tf.constant(np.repeat(users, n, axis=0)), tf.constant(self.item_vectors[columns]),
-            tf.constant(np.nan_to_num(retrieval_scores, neginf=0.0).ravel().astype(np.float32)),
-            tf.constant(self.popularity[columns])).numpy().reshape(len(frame), n)
+        users = self.ranker.embed_user(to_tensors(encode(frame, self.retrieval.specs[0])))
+        columns = np.maximum(candidates, 0)
+        logits = self.ranker.score_lists(users, tf.constant(self.item_vectors[columns]),
+                                         tf.constant(np.nan_to_num(retrieval_scores, neginf=0.0).astype(np.float32)),
+                                         tf.constant(self.popularity[columns])).numpy()
         return np.where(candidates >= 0, logits, -np.inf).astype(np.float32)
 
     def score(self, batch: UserBatch) -> np.ndarray:

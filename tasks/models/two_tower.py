@@ -94,15 +94,14 @@ class Tower(tf.keras.Model):
             parts.append(self._masked_mean(tf.one_hot(values, width) if categorical else values[..., None], mask))
         return tf.concat(parts, axis=-1)
 
-    def attribute_profile(self, inputs, layout):
-        """An item's own attribute values, laid out as `history_profile` lays out a user's (`layout` is the
-        user tower's `profile_layout`)."""
+    def attribute_values(self, inputs, layout):
+        """An item's own attribute values, one column per entry of `layout` (the user tower's
+        `profile_layout`): a categorical value as its code, the position of its share in the user's
+        `history_profile`; a numeric value as it is."""
         parts = [tf.zeros([tf.shape(inputs[self.spec.id_column])[0], 0])]
-        for name, width, categorical in layout:
-            if categorical:
-                parts.append(tf.one_hot(self.lookups[name](inputs[name]), width))
-            else:
-                parts.append(tf.cast(inputs[name], tf.float32)[:, None])
+        for name, _, categorical in layout:
+            value = self.lookups[name](inputs[name]) if categorical else inputs[name]
+            parts.append(tf.cast(value, tf.float32)[:, None])
         return tf.concat(parts, axis=-1)
 
     @staticmethod
