@@ -35,7 +35,7 @@ SCALES = {  # events, users, items over the default 28-day lookback (+2 days of 
     "L": ShopSpec(days=30, users=1_000_000, items=100_000, events=10_000_000, seed=42, end=END),
 }
 # What each step's throughput counts, read from its own printed result or an earlier one.
-UNITS = {"validate_raw": "events", "build_features": "events", "train": "interactions",
+UNITS = {"validate_raw": "rows (events, items, users)", "build_features": "events", "train": "interactions",
          "train_retrieval": "interactions", "train_ranking": "interactions", "evaluate": "users",
          "register": "models", "publish_shard": "users", "publish": "rows"}
 
@@ -83,8 +83,8 @@ def run_step(step, common: list[str], config, folder: Path) -> tuple[list[dict],
 def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int:
     """How many units of work a step did, from the results the steps printed."""
     first = results[0]
-    if step == "validate_raw":
-        return int(first["rows"].get("events", 0))
+    if step == "validate_raw":  # the day's events and the full item and user snapshots
+        return int(sum(first["rows"].values()))
     if step == "build_features":
         return int(sum(first["rows"].get(name, 0) for name in ("interactions", "events")) or sum(first["rows"].values()))
     if step in ("train", "train_retrieval", "train_ranking"):
