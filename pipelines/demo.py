@@ -12,7 +12,7 @@ from pathlib import Path
 
 from configs import load_config
 from pipelines.cli import latest_event_day
-from pipelines.nightly import DAG_ID, STEPS
+from pipelines.nightly import DAG_ID
 from tasks.address_book import AddressBook
 from tasks.generate import ShopSpec, generate
 from tasks.step_cli import configure_logging
@@ -33,7 +33,7 @@ def airflow(*args: str, log_file: Path) -> None:
 
 
 def step_timings() -> tuple[str, list[tuple[str, str, float]]]:
-    """The newest run's task states and durations, as Airflow recorded them."""
+    """The newest run's task instances (a mapped one per shard), their states and durations, in run order."""
     from airflow.models.dagrun import DagRun
     from airflow.models.taskinstance import TaskInstance
     from airflow.utils.session import create_session
@@ -42,9 +42,11 @@ def step_timings() -> tuple[str, list[tuple[str, str, float]]]:
     with create_session() as session:
         run = session.scalars(select(DagRun).where(DagRun.dag_id == DAG_ID)
                               .order_by(DagRun.run_after.desc()).limit(1)).one()
-        tis = {ti.task_id: ti for ti in session.scalars(
-            select(TaskInstance).where(TaskInstance.dag_id == DAG_ID, TaskInstance.run_id == run.run_id))}
-        return run.run_id, [(s.name, str(tis[s.name].state), tis[s.name].duration or 0.0) for s in STEPS]
+        tis = sorted(session.scalars(select(TaskInstance).where(TaskInstance.dag_id == DAG_ID,
+                                                                TaskInstance.run_id == run.run_id)),
+                     key=lambda ti: (ti.start_date is None, ti.start_date))
+        return run.run_id, [(ti.task_id if ti.map_index < 0 else f"{ti.task_id}[{ti.map_index}]", str(ti.state),
+                             ti.duration or 0.0) for ti in tis]
 
 
 def main() -> None:
@@ -64,8 +66,8 @@ def main() -> None:
     run_id, timings = step_timings()
     print(f"\n== Step wall times (Airflow run {run_id})")
     for name, state, seconds in timings:
-        print(f"  {name:<15} {state:<8} {seconds:6.1f}s")
-    print(f"  {'total':<15} {'':<8} {sum(t for *_, t in timings):6.1f}s")
+        print(f"  {name:<20} {state:<8} {seconds:6.1f}s")
+    print(f"  {'total':<20} {'':<8} {sum(t for *_, t in timings):6.1f}s")
     print(f"\n== Offline evaluation on the held-out window ({book.evaluation(ds)})")
     print((book.evaluation(ds) / "evaluation.md").read_text())
     from tasks.feature_set import FeatureSet

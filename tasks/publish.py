@@ -53,12 +53,13 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
         raise RecommendationsInvalid(f"recommendations ds={ds} not published: the shards come from more than one "
                                      f"model {sorted(models)}; rerun publish_shard for all of them")
     (model_name, model_version), = models
+    warehouse_path = config.publish.warehouse or book.warehouse
+    # The table's transaction runs inside the lake folder's swap: if it fails, the new folder is dropped too.
     with atomic_directory(book.recommendations(ds)) as lake:
         for f in files:
             shutil.copyfile(f, lake / f.name)
-    warehouse_path = config.publish.warehouse or book.warehouse
-    rows, users = DuckDBWarehouse(warehouse_path).replace_partition(
-        ds, files, model_name, model_version, datetime.now(UTC).replace(tzinfo=None))
+        rows, users = DuckDBWarehouse(warehouse_path).replace_partition(
+            ds, files, model_name, model_version, datetime.now(UTC).replace(tzinfo=None))
     shutil.rmtree(staging, ignore_errors=True)
     log.info("publish ds=%s: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s (recommendations) and %s",
              ds, rows, users, shards, model_name, model_version, time.perf_counter() - started, warehouse_path,
