@@ -39,7 +39,7 @@ from tasks.models.two_tower import (
     to_tensors,
     tower_signature,
 )
-from tasks.topk import TopK, dense_top_k
+from tasks.topk import TopK, dense_top_k, exact_top_k
 
 log = logging.getLogger(__name__)
 USERS_PER_CHUNK = 256   # users re-ranked at once, bounding memory to chunk x candidates rows
@@ -269,22 +269,22 @@ def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, users
     for start in range(0, len(positives), 4096):
         part = positives.iloc[start:start + 4096]
         side = by_user.reindex(part["user_id"]).reset_index().assign(history=part["history"].to_numpy())
-        scores = retrieval.embed_users(side) @ retrieval.item_embeddings.T
+        embedded = retrieval.embed_users(side)
         own = item_index.get_indexer(part["item_id"])
-        size = min(pool, scores.shape[1] - 1)
-        top = np.argpartition(-scores, size, axis=1)[:, :size]
-        threshold = np.take_along_axis(scores, top, axis=1).min(axis=1)
-        in_pool = scores[np.arange(len(part)), own] >= threshold
-        part, scores, own, top = part[in_pool], scores[in_pool], own[in_pool], top[in_pool]
-        picks = np.concatenate([own[:, None], np.take_along_axis(top, rng.integers(0, size, (len(part), hard)), axis=1),
+        size = min(pool, len(retrieval.item_ids) - 1)
+        top = exact_top_k(embedded, retrieval.item_embeddings, size)  # the pool, never a positives x items matrix
+        in_pool = np.einsum("ij,ij->i", embedded, retrieval.item_embeddings[own]) >= top.scores[:, -1]
+        part, embedded, own, top_ids = part[in_pool], embedded[in_pool], own[in_pool], top.ids[in_pool]
+        picks = np.concatenate([own[:, None], np.take_along_axis(top_ids, rng.integers(0, size, (len(part), hard)), axis=1),
                                 rng.choice(len(popularity), (len(part), popular), p=popular_p)], axis=1)
         # A negative draw that hits the positive's own item shares its label.
         labels = (picks == own[:, None]).astype(np.float32)
+        scores = np.einsum("ij,ikj->ik", embedded, retrieval.item_embeddings[picks])
         lists.append(pd.DataFrame({
             "user_id": part["user_id"].to_numpy(), "history": part["history"].to_numpy(),
             "items": list(picks.astype(np.int32)),
             "labels": list(labels / labels.sum(axis=1, keepdims=True)),
-            "retrieval_score": list(np.take_along_axis(scores, picks, axis=1).astype(np.float32)),
+            "retrieval_score": list(scores.astype(np.float32)),
             "weight": np.clip(part["weight"].to_numpy(np.float32) / max_weight, 0.0, 1.0),
             "event_ts": part["event_ts"].to_numpy(),
         }))
