@@ -19,3 +19,7 @@ class RecommendationsInvalid(DataContractError):
 
 class MissingInput(DataContractError):
     """An upstream partition or model that a step needs does not exist."""
+
+
+class IncompatibleModel(DataContractError):
+    """A saved model was written in a format this code no longer reads (an older release's champion, say)."""

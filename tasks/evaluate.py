@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.atomic_write import atomic_directory
+from tasks.errors import IncompatibleModel
 from tasks.feature_set import FeatureSet
 from tasks.metrics import PER_USER, catalog_metrics, metric_name, per_user_metrics, summarize
 from tasks.model_registry import ModelRegistry
@@ -26,6 +28,7 @@ from tasks.train import candidate_kinds
 log = logging.getLogger(__name__)
 
 CHAMPION_ROW = "champion"
+UNREADABLE_CHAMPION = "unreadable_champion.json"
 SEGMENTS = ("all", "warm", "cold")
 
 
@@ -34,6 +37,7 @@ class EvaluateResult(BaseModel):
     path: str
     users: dict[str, int]
     champion_version: str | None
+    unreadable_champion: str | None = None  # why the champion could not be scored, when it could not
     metrics: dict[str, dict[str, float]]
 
 
@@ -117,8 +121,14 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
     ks = tuple(sorted(config.evaluate.ks))
     kinds = dict.fromkeys((config.evaluate.baseline, *candidate_kinds(config)))
     models: dict[str, Recommender] = {kind: load_recommender(book.model(ds, kind)) for kind in kinds}
-    champion = ModelRegistry(config.register.tracking_uri or book.mlflow_tracking_uri,
-                             config.register.model_name).load()
+    registry = ModelRegistry(config.register.tracking_uri or book.mlflow_tracking_uri, config.register.model_name)
+    unreadable = None
+    try:
+        champion = registry.load()
+    except IncompatibleModel as error:  # saved by an older release: nothing to compare against on this window
+        champion = None
+        unreadable = f"champion version {registry.alias_version('champion')} cannot be scored by this code: {error}"
+        log.warning("evaluate ds=%s: %s", ds, unreadable)
     if champion is not None:
         models[CHAMPION_ROW] = champion.recommender.for_catalog(features.train_items)
     rows = [row for name, model in models.items()
@@ -130,13 +140,21 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
         table.to_csv(staging / "evaluation.csv", index=False)
         (staging / "evaluation.md").write_text(format_table(table, ks))
         plot_curves(table, ks, staging / "metrics_at_k.png")
+        if unreadable:
+            (staging / UNREADABLE_CHAMPION).write_text(json.dumps({"reason": unreadable}))
     users = {s: int(table.loc[(table["segment"] == s), "users"].iloc[0]) for s in SEGMENTS}
     log.info("evaluate ds=%s: %d held-out users (%d warm, %d cold), %d models in %.1fs -> %s\n%s", ds, users["all"],
              users["warm"], users["cold"], len(models), time.perf_counter() - started, target, format_table(table, ks))
     overall = table[table["segment"] == "all"].set_index("model").drop(columns="segment")
     return EvaluateResult(ds=ds, path=str(target), users=users,
-                          champion_version=champion.version if champion else None,
+                          champion_version=champion.version if champion else None, unreadable_champion=unreadable,
                           metrics={m: {c: float(v) for c, v in r.items()} for m, r in overall.iterrows()})
+
+
+def unreadable_champion(evaluation: Path) -> str | None:
+    """Why evaluate could not score the champion on this window, or None when it could (or there was none)."""
+    note = evaluation / UNREADABLE_CHAMPION
+    return json.loads(note.read_text())["reason"] if note.is_file() else None
 
 
 def format_table(table: pd.DataFrame, ks: tuple[int, ...]) -> str:

@@ -14,9 +14,10 @@ from pydantic import BaseModel
 
 from configs.schema import Config, RegisterConfig
 from tasks.address_book import AddressBook
-from tasks.evaluate import CHAMPION_ROW
+from tasks.evaluate import CHAMPION_ROW, unreadable_champion
 from tasks.feature_set import FeatureSet
 from tasks.model_registry import ModelRegistry
+from tasks.models.base import saved_format
 from tasks.step_cli import step_main
 from tasks.train import candidate_kinds
 from tasks.train_ranking import KIND as RANKING_KIND
@@ -72,15 +73,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def model_key(ds: date, kind: str, fingerprints: dict[str, str], config: Config) -> str:
-    """What determines the trained model: ds, kind, data, and the config sections that shape training.
+def model_key(ds: date, kind: str, fingerprints: dict[str, str], config: Config, save_format: int = 1) -> str:
+    """What determines the trained model: ds, kind, data, the config sections that shape training, and the
+    format it is saved in (code that saves another format trains another model).
 
     Publishing or gating settings (publish.k, register.margin) are left out, so changing them reuses the model.
     """
     resolved = config.model_dump(mode="json")
     shaping = {section: resolved[section]
                for section in ("seed", "data", "build_features", "train", "train_retrieval", "train_ranking")}
-    payload = {"ds": str(ds), "kind": kind, "data": fingerprints, "config": shaping}
+    payload = {"ds": str(ds), "kind": kind, "data": fingerprints, "config": shaping, "format": save_format}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -94,7 +96,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     best_kind = str(candidates[gate.primary_metric].idxmax())
     manifest = FeatureSet.read_manifest(book.features(ds))
     resolved = config.model_dump(mode="json")
-    run_key = model_key(ds, best_kind, manifest["fingerprints"], config)
+    run_key = model_key(ds, best_kind, manifest["fingerprints"], config, saved_format(book.model(ds, best_kind)))
 
     registry = ModelRegistry(gate.tracking_uri or book.mlflow_tracking_uri, gate.model_name)
     if mlflow.get_experiment_by_name(gate.experiment) is None:
@@ -134,6 +136,9 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
                 gate.primary_metric: f"{overall.loc[best_kind, gate.primary_metric]:.6f}"})
             champion = overall.loc[CHAMPION_ROW].to_dict() if CHAMPION_ROW in overall.index else None
             decision = decide_promotion(overall.loc[best_kind].to_dict(), champion, gate)
+            if champion is None and (unreadable := unreadable_champion(book.evaluation(ds))):
+                # The old champion cannot serve with this code either: keeping it would stop publishing.
+                decision = GateDecision(True, f"{unreadable}; promoted without a comparison")
             if decision.promote:
                 registry.promote(version)
             else:

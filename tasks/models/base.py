@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from tasks.errors import MissingInput
+from tasks.errors import IncompatibleModel, MissingInput
 from tasks.topk import TopK
 
 MANIFEST = "recommender.json"
@@ -43,6 +43,8 @@ class Recommender(ABC):
     """A trained model. `fallback_scores` (popularity) serves users without usable history."""
 
     kind: ClassVar[str]
+    # The layout of what `save` writes; a kind bumps it when code can no longer read what older code saved.
+    save_format: ClassVar[int] = 1
 
     def __init__(self, item_ids: np.ndarray, fallback_scores: np.ndarray, params: dict[str, Any]):
         self.item_ids = np.asarray(item_ids, dtype=object)
@@ -64,7 +66,8 @@ class Recommender(ABC):
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / MANIFEST).write_text(json.dumps({"kind": self.kind, "params": self.params}, indent=2))
+        (directory / MANIFEST).write_text(json.dumps({"kind": self.kind, "format": self.save_format,
+                                                          "params": self.params}, indent=2))
         np.save(directory / "item_ids.npy", self.item_ids.astype(str))
         np.save(directory / "fallback_scores.npy", self.fallback_scores)
         self._save_state(directory)
@@ -77,6 +80,11 @@ class Recommender(ABC):
         return cls(item_ids, fallback, params)
 
 
+def saved_format(directory: Path) -> int:
+    """The format the recommender in directory was saved in."""
+    return json.loads((directory / MANIFEST).read_text()).get("format", 1)
+
+
 def load_recommender(directory: Path) -> Recommender:
     """Load any saved recommender; its kind is read from the manifest beside it."""
     manifest = directory / MANIFEST
@@ -85,5 +93,8 @@ def load_recommender(directory: Path) -> Recommender:
     meta = json.loads(manifest.read_text())
     module, _, name = KINDS[meta["kind"]].partition(":")
     cls = getattr(importlib.import_module(module), name)
+    if meta.get("format", 1) != cls.save_format:  # models saved before formats were recorded are format 1
+        raise IncompatibleModel(f"{manifest}: a {meta['kind']} model saved in format {meta.get('format', 1)}; "
+                                f"this code reads format {cls.save_format} only (retrain it with this code)")
     item_ids = np.load(directory / "item_ids.npy").astype(object)
     return cls._load(directory, item_ids, np.load(directory / "fallback_scores.npy"), meta["params"])

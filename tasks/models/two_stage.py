@@ -167,6 +167,7 @@ class ExportedRanker(tf.Module):
 
 class TwoStageModel(Recommender):
     kind = "two_stage"
+    save_format = 2  # the ranker exports score_lists (format 1 exported score_pairs)
 
     def __init__(self, item_ids, fallback_scores, params, retrieval: TwoTowerModel | None = None, ranker=None,
                  items: pd.DataFrame | None = None, source: Path | None = None):

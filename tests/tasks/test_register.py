@@ -1,3 +1,4 @@
+import json
 import shutil
 
 import pandas as pd
@@ -7,6 +8,7 @@ from configs.schema import RegisterConfig
 from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
 from tasks.model_registry import ModelRegistry
+from tasks.models.base import MANIFEST
 from tasks.register import decide_promotion
 from tasks.warehouse import DuckDBWarehouse
 from tests.conftest import DS, make_config
@@ -67,6 +69,27 @@ def test_worse_model_becomes_challenger_and_table_keeps_champions_rows(pipeline_
     pd.testing.assert_frame_equal(after, before)
 
 
+def test_champion_an_older_release_saved_is_replaced_so_publishing_goes_on(shop_raw, tmp_path):
+    # Baselines only, so no TensorFlow training: the upgrade path is the same for every kind.
+    settings = ("train.models=[cooccurrence]", "train_retrieval.enabled=false", "train_ranking.enabled=false")
+    first = make_config(tmp_path / "var", shop_raw, *settings)
+    old = run_pipeline(first, DS, "old_release")["register"]["champion_version"]
+    book = AddressBook.from_config(first)
+    for manifest in book.mlflow_artifacts.rglob(MANIFEST):  # as if an older release had saved every version
+        manifest.write_text(json.dumps(json.loads(manifest.read_text()) | {"format": 0}))
+
+    upgraded = run_pipeline(make_config(tmp_path / "var", shop_raw, *settings, "train.cooccurrence.neighbours=30"),
+                            DS, "new_release")
+
+    assert f"champion version {old} cannot be scored" in upgraded["evaluate"]["unreadable_champion"]
+    assert "format 0" in upgraded["evaluate"]["unreadable_champion"]
+    assert upgraded["register"]["promoted"] and "promoted without a comparison" in upgraded["register"]["reason"]
+    new = upgraded["register"]["model_version"]
+    assert new != old and ModelRegistry(book.mlflow_tracking_uri, first.register.model_name).alias_version("champion") == new
+    served = DuckDBWarehouse(book.warehouse).query("SELECT DISTINCT model_version FROM recommendations")
+    assert served["model_version"].astype(str).tolist() == [new]
+
+
 @pytest.mark.parametrize("metric", ["ndcg_at_10", "recall_at_20"])
 def test_evaluation_reports_every_model_on_the_same_users(pipeline_run, metric):
     config, results = pipeline_run
@@ -89,3 +112,4 @@ def test_model_key_ignores_publish_settings_but_not_training_ones():
                      load_config(None, ["train.cooccurrence.neighbours=5"])) != base
     assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "y"}, load_config()) != base
     assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "x"}, load_config(None, ["train_retrieval.epochs=3"])) != base
+    assert model_key(date(2026, 1, 1), "cooccurrence", {"e": "x"}, load_config(), save_format=2) != base
