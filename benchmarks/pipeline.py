@@ -6,7 +6,8 @@ It generates the shop once per scale under var/bench/<scale>/raw (kept for later
 step the way a Kubeflow component or an Airflow worker runs it: as its own process, `python -m tasks.<step>`,
 so the peak RSS of each step is its own. The shards of a sharded step run as parallel processes, as
 Airflow's mapped tasks would. Writes var/bench/<scale>.json and .md, and, from every scale measured so
-far, var/bench/scaling.md with time(M)/time(S) and time(L)/time(M) per step.
+far, var/bench/scaling.md with time(M)/time(S) and time(L)/time(M) per step beside the same ratios of the
+work each step did.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ def measure(scale: str, root: Path) -> list[StepFigures]:
 
 
 def scaling(root: Path) -> pd.DataFrame | None:
-    """Per step, seconds at each measured scale and the ratios of neighbouring scales."""
+    """Per step, seconds at each measured scale and, for neighbouring scales, the ratio of times beside the
+    ratio of work done (the step's own unit): a step scales linearly where the two are alike."""
     measured = {scale: pd.DataFrame(json.loads((root / f"{scale}.json").read_text())["steps"]).set_index("step")
                 for scale in SCALES if (root / f"{scale}.json").exists()}
     if len(measured) < 2:
@@ -136,6 +138,7 @@ def scaling(root: Path) -> pd.DataFrame | None:
     names = list(measured)
     for smaller, larger in zip(names, names[1:], strict=False):
         table[f"time({larger})/time({smaller})"] = (table[f"seconds {larger}"] / table[f"seconds {smaller}"]).round(2)
+        table[f"work({larger})/work({smaller})"] = (measured[larger]["count"] / measured[smaller]["count"]).round(2)
     return table
 
 
