@@ -93,8 +93,9 @@ def load_recommender(directory: Path) -> Recommender:
     meta = json.loads(manifest.read_text())
     module, _, name = KINDS[meta["kind"]].partition(":")
     cls = getattr(importlib.import_module(module), name)
-    if meta.get("format", 1) != cls.save_format:  # models saved before formats were recorded are format 1
-        raise IncompatibleModel(f"{manifest}: a {meta['kind']} model saved in format {meta.get('format', 1)}; "
+    saved = meta.get("format", 1)  # models saved before formats were recorded are format 1
+    if saved != cls.save_format:
+        raise IncompatibleModel(f"{manifest}: a {meta['kind']} model saved in format {saved}; "
                                 f"this code reads format {cls.save_format} only (retrain it with this code)")
     item_ids = np.load(directory / "item_ids.npy").astype(object)
     return cls._load(directory, item_ids, np.load(directory / "fallback_scores.npy"), meta["params"])
