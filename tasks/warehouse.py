@@ -1,11 +1,15 @@
 """The batch tables services read: `recommendations` and its view `recommendations_latest`.
 
-The embedded implementation is a DuckDB file; a PostgreSQL one keeps the same methods and SQL shape.
+The embedded implementation is a DuckDB file; another database would keep the same methods and SQL shape.
+`recommendations` has no primary-key index: one would cost a large share of every write and of the file's
+size (an index entry per row, every night) and make replacing a ds many times slower. Each write checks
+instead, inside its transaction, that no (user, rank) is there twice.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from datetime import date, datetime
 from pathlib import Path
 
@@ -13,14 +17,18 @@ import duckdb
 import pandas as pd
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from tasks.errors import RecommendationsInvalid
+
 log = logging.getLogger(__name__)
 
 COLUMNS = ("ds", "user_id", "rank", "item_id", "score", "model_name", "model_version", "generated_at")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS recommendations (
+RECOMMENDATIONS = """
+CREATE TABLE {name} (
     ds DATE NOT NULL, user_id VARCHAR NOT NULL, rank INTEGER NOT NULL, item_id VARCHAR NOT NULL,
     score DOUBLE NOT NULL, model_name VARCHAR NOT NULL, model_version VARCHAR NOT NULL,
-    generated_at TIMESTAMP NOT NULL, PRIMARY KEY (ds, user_id, rank));
+    generated_at TIMESTAMP NOT NULL);
+"""
+SCHEMA = """
 CREATE TABLE IF NOT EXISTS publications (
     ds DATE PRIMARY KEY, model_name VARCHAR NOT NULL, model_version VARCHAR NOT NULL,
     users BIGINT NOT NULL, rows BIGINT NOT NULL, generated_at TIMESTAMP NOT NULL);
@@ -50,7 +58,7 @@ class DuckDBWarehouse:
         """Replace every row of `ds` with `source` (user_id, rank, item_id, score), a frame or Parquet files,
         atomically; returns (rows, users). Files are read by DuckDB itself, never whole into Python."""
         with self._connect() as con:
-            con.execute(SCHEMA)
+            _create_or_migrate(con)
             if isinstance(source, pd.DataFrame):
                 con.register("incoming", source[["user_id", "rank", "item_id", "score"]])
             else:  # a session-only view: DuckDB streams the files during the insert
@@ -68,6 +76,11 @@ class DuckDBWarehouse:
                 expected = con.execute("SELECT count(*) FROM incoming").fetchone()[0]
                 if rows != expected:
                     raise RuntimeError(f"recommendations ds={ds}: wrote {rows} rows, expected {expected}")
+                twice = con.execute("SELECT user_id, rank FROM recommendations WHERE ds = ? GROUP BY ALL "
+                                    "HAVING count(*) > 1 LIMIT 3", [ds]).fetchall()
+                if twice:
+                    raise RecommendationsInvalid(f"recommendations ds={ds} not written: duplicate (user_id, rank) "
+                                                 f"pairs such as {twice}; the table keeps its previous rows")
                 con.execute("INSERT OR REPLACE INTO publications VALUES (?, ?, ?, ?, ?, ?)",
                             [ds, model_name, model_version, users, rows, generated_at])
                 con.execute("COMMIT")
@@ -88,3 +101,29 @@ class DuckDBWarehouse:
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
+
+
+def _create_or_migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Create the tables and view; a `recommendations` table made by an older release with a primary key is
+    rebuilt once without it (the rows are kept)."""
+    exists = con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'recommendations'").fetchone()[0]
+    keyed = con.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'recommendations' "
+                        "AND constraint_type = 'PRIMARY KEY'").fetchone()[0]
+    if not exists:
+        con.execute(RECOMMENDATIONS.format(name="recommendations"))
+    elif keyed:
+        started = time.perf_counter()
+        con.execute("BEGIN TRANSACTION")
+        try:
+            con.execute("DROP VIEW IF EXISTS recommendations_latest")
+            con.execute(RECOMMENDATIONS.format(name="recommendations_unkeyed"))
+            con.execute("INSERT INTO recommendations_unkeyed SELECT * FROM recommendations")
+            con.execute("DROP TABLE recommendations")
+            con.execute("ALTER TABLE recommendations_unkeyed RENAME TO recommendations")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        log.info("warehouse: rebuilt recommendations without its primary-key index in %.1fs",
+                 time.perf_counter() - started)
+    con.execute(SCHEMA)

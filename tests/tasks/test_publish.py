@@ -1,5 +1,6 @@
 from datetime import date, datetime
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
@@ -72,11 +73,31 @@ def test_failed_write_leaves_the_previous_rows(tmp_path):
     warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
     day = date(2026, 11, 22)
     warehouse.replace_partition(day, GOOD, "m", "1", datetime(2026, 11, 23))
-    clash = GOOD.assign(rank=[1, 1, 1])  # breaks the primary key (ds, user_id, rank) mid-insert
+    clash = GOOD.assign(rank=[1, 1, 1])  # user u ranked 1 twice
     with pytest.raises(Exception, match="(?i)constraint|duplicate"):
         warehouse.replace_partition(day, clash, "m", "2", datetime(2026, 11, 24))
     kept = warehouse.query("SELECT user_id, rank, item_id, model_version FROM recommendations ORDER BY user_id, rank")
     assert kept["model_version"].eq("1").all() and len(kept) == len(GOOD)
+
+
+def test_a_table_an_older_release_keyed_is_rebuilt_without_its_index_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "w.duckdb"
+    with duckdb.connect(str(path)) as con:  # the table as releases before this one created it
+        con.execute("CREATE TABLE recommendations (ds DATE NOT NULL, user_id VARCHAR NOT NULL, rank INTEGER NOT NULL, "
+                    "item_id VARCHAR NOT NULL, score DOUBLE NOT NULL, model_name VARCHAR NOT NULL, "
+                    "model_version VARCHAR NOT NULL, generated_at TIMESTAMP NOT NULL, PRIMARY KEY (ds, user_id, rank))")
+        con.execute("INSERT INTO recommendations SELECT DATE '2026-11-21', user_id, rank, item_id, score, 'm', '0', "
+                    "TIMESTAMP '2026-11-22 00:00:00' FROM GOOD")
+    warehouse = DuckDBWarehouse(path)
+
+    warehouse.replace_partition(date(2026, 11, 22), GOOD, "m", "1", datetime(2026, 11, 23))
+
+    keys = warehouse.query("SELECT * FROM duckdb_constraints() WHERE constraint_type = 'PRIMARY KEY' "
+                           "AND table_name = 'recommendations'")
+    rows = warehouse.query("SELECT ds, model_version, count(*) AS n FROM recommendations GROUP BY ALL ORDER BY ds")
+    assert keys.empty and rows["n"].tolist() == [3, 3] and rows["model_version"].tolist() == ["0", "1"]
+    with pytest.raises(Exception, match="duplicate"):
+        warehouse.replace_partition(date(2026, 11, 22), GOOD.assign(rank=1), "m", "2", datetime(2026, 11, 24))
 
 
 def test_replacing_a_ds_replaces_rather_than_appends(tmp_path):
