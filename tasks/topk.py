@@ -87,9 +87,11 @@ def _cut(keys, size, k, sample):
     """Cut keys[:size] to a prefix that holds its k best; return (new size, the prefix's worst key).
 
     The bound is guessed from an evenly spaced sample so that about 1.5k keys stay, then checked by counting;
-    a guess that keeps fewer than k falls back to exact selection. Cheaper than selecting exactly at every
-    cut, at the price of a few more candidates kept.
+    a guess that keeps fewer than k, or all of them, falls back to exact selection. Cheaper than selecting
+    exactly at every cut, at the price of a few more candidates kept.
     """
+    if size < 2 * len(sample):  # too few keys for a sample to say anything (a buffer for a small k)
+        return k, _select(keys, size, k)
     step = size // len(sample)
     for i in range(len(sample)):
         sample[i] = keys[i * step]
@@ -98,7 +100,7 @@ def _cut(keys, size, k, sample):
     count = 0
     for i in range(size):
         count += keys[i] <= bound
-    if count < k:
+    if count < k or count == size:  # the buffer must shrink, or the next score would be written past it
         return k, _select(keys, size, k)
     kept = 0
     for i in range(size):  # branch-free compaction: write every key, advance past the kept ones

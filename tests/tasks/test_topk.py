@@ -26,6 +26,21 @@ def test_exact_top_k_matches_a_full_sort_ties_included(user_block, item_block):
     np.testing.assert_array_equal(got.scores, scores.astype(np.float32))
 
 
+@pytest.mark.parametrize("k", [1, 3, 7, 8, 20])
+@pytest.mark.parametrize("rising", [False, True])
+def test_small_k_cuts_its_buffer_many_times_and_stays_exact(k, rising):
+    # With `rising`, each item outscores the last for every user: every score enters and the buffer of
+    # 4k candidates is cut again and again.
+    rng = np.random.default_rng(k)
+    queries = np.abs(rng.standard_normal((64, 4), dtype=np.float32)) + 0.1
+    items = rng.standard_normal((3000, 4), dtype=np.float32)
+    if rising:
+        items = np.linspace(0.0, 1.0, 3000, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    got = exact_top_k(queries, items, k, user_block=16, item_block=512)
+    ids, _ = reference(queries, items, k)
+    np.testing.assert_array_equal(got.ids, ids)
+
+
 def test_banned_items_never_appear_and_short_lists_are_padded():
     rng = np.random.default_rng(4)
     queries = rng.standard_normal((50, 16), dtype=np.float32)
