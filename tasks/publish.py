@@ -2,7 +2,7 @@
 
 `publish_shard` tasks score the users shard by shard; this step checks that all of them are there and come
 from one champion version, then swaps them in: the lake folder atomically, the warehouse table inside one
-DuckDB transaction (its primary key rejects a user ranked twice). Until then readers keep yesterday's rows.
+DuckDB transaction (which rejects a user ranked twice). Until then readers keep yesterday's rows.
 """
 
 from __future__ import annotations
