@@ -43,12 +43,16 @@ class GateDecision:
 
 
 def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | None,
-                     gate: RegisterConfig) -> GateDecision:
+                     gate: RegisterConfig, unreadable: str | None = None) -> GateDecision:
     """Promote when there is no champion, or the candidate beats it on the primary metric by the relative
-    margin while no guard metric drops by more than the guard tolerance (both measured on the same users)."""
+    margin while no guard metric drops by more than the guard tolerance (both measured on the same users).
+
+    `unreadable` says why a champion exists but could not be scored: this code cannot serve it either, so
+    keeping it would stop publishing, and the candidate is promoted without a comparison.
+    """
     primary = gate.primary_metric
     if champion is None:
-        return GateDecision(True, "no champion yet")
+        return GateDecision(True, f"{unreadable}; promoted without a comparison" if unreadable else "no champion yet")
     needed = champion[primary] * (1 + gate.margin)
     if not candidate[primary] > needed:
         return GateDecision(False, f"{primary} {candidate[primary]:.4f} does not beat champion's "
@@ -135,10 +139,8 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
                 "ds": str(ds), "model_kind": best_kind, "run_key": run_key, "pipeline_run_id": run_id,
                 gate.primary_metric: f"{overall.loc[best_kind, gate.primary_metric]:.6f}"})
             champion = overall.loc[CHAMPION_ROW].to_dict() if CHAMPION_ROW in overall.index else None
-            decision = decide_promotion(overall.loc[best_kind].to_dict(), champion, gate)
-            if champion is None and (unreadable := unreadable_champion(book.evaluation(ds))):
-                # The old champion cannot serve with this code either: keeping it would stop publishing.
-                decision = GateDecision(True, f"{unreadable}; promoted without a comparison")
+            decision = decide_promotion(overall.loc[best_kind].to_dict(), champion, gate,
+                                        unreadable_champion(book.evaluation(ds)))
             if decision.promote:
                 registry.promote(version)
             else:

@@ -81,7 +81,7 @@ class Recommender(ABC):
 
 
 def saved_format(directory: Path) -> int:
-    """The format the recommender in directory was saved in."""
+    """The format the recommender in directory was saved in (1 for models saved before formats were recorded)."""
     return json.loads((directory / MANIFEST).read_text()).get("format", 1)
 
 
@@ -93,7 +93,7 @@ def load_recommender(directory: Path) -> Recommender:
     meta = json.loads(manifest.read_text())
     module, _, name = KINDS[meta["kind"]].partition(":")
     cls = getattr(importlib.import_module(module), name)
-    saved = meta.get("format", 1)  # models saved before formats were recorded are format 1
+    saved = saved_format(directory)
     if saved != cls.save_format:
         raise IncompatibleModel(f"{manifest}: a {meta['kind']} model saved in format {saved}; "
                                 f"this code reads format {cls.save_format} only (retrain it with this code)")

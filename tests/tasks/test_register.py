@@ -19,6 +19,8 @@ CHAMP = {"ndcg_at_10": 0.20, "recall_at_50": 0.50}
 
 def test_first_model_is_promoted():
     assert decide_promotion(CHAMP, None, GATE).promote
+    unreadable = decide_promotion(CHAMP, None, GATE, "champion version 3 cannot be scored by this code")
+    assert unreadable.promote and unreadable.reason.endswith("promoted without a comparison")
 
 
 def test_candidate_must_beat_champion_by_the_margin():
