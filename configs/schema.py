@@ -80,13 +80,21 @@ class CooccurrenceConfig(Section):
     shrinkage: float = Field(10.0, ge=0, description="Damps similarities resting on few shared users.")
 
 
-ModelKind = Literal["popularity", "cooccurrence"]  # fitted by `train`; the TFRS models have steps of their own
+class EaseConfig(Section):
+    l2: float = Field(200.0, gt=0, description="L2 penalty added to the item Gram matrix's diagonal.")
+    max_items: int = Field(
+        20_000, ge=1, description="Most interacted items EASE is fit on; above it the kind is skipped, with a log "
+                                  "line giving the memory it would need (8 bytes x items^2).")
+
+
+ModelKind = Literal["popularity", "cooccurrence", "ease"]  # fitted by `train`; the TFRS models have steps of their own
 
 
 class TrainConfig(Section):
-    models: tuple[ModelKind, ...] = ("popularity", "cooccurrence")
+    models: tuple[ModelKind, ...] = ("popularity", "cooccurrence", "ease")
     popularity: PopularityConfig = PopularityConfig()
     cooccurrence: CooccurrenceConfig = CooccurrenceConfig()
+    ease: EaseConfig = EaseConfig()
 
 
 class TrainRetrievalConfig(Section):

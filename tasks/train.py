@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from datetime import date
 
@@ -16,6 +17,7 @@ from tasks.atomic_write import atomic_directory
 from tasks.feature_set import FeatureSet
 from tasks.models.base import Recommender
 from tasks.models.cooccurrence import fit_cooccurrence
+from tasks.models.ease import EaseTooLarge, fit_ease
 from tasks.models.popularity import fit_popularity
 from tasks.step_cli import step_main
 
@@ -26,6 +28,7 @@ class TrainResult(BaseModel):
     ds: date
     models: dict[str, str]
     seconds: dict[str, float]
+    skipped: dict[str, str] = {}  # kind -> why it was not fitted tonight
 
 
 def fit_model(kind: str, features: FeatureSet, config: TrainConfig) -> Recommender:
@@ -38,7 +41,9 @@ def fit_model(kind: str, features: FeatureSet, config: TrainConfig) -> Recommend
         return popularity
     if kind == "cooccurrence":
         return fit_cooccurrence(train, item_ids, popularity.fallback_scores, config.cooccurrence)
-    raise ValueError(f"unknown model kind {kind!r}; known: popularity, cooccurrence")
+    if kind == "ease":
+        return fit_ease(train, item_ids, popularity.fallback_scores, config.ease)
+    raise ValueError(f"unknown model kind {kind!r}; known: popularity, cooccurrence, ease")
 
 
 def baseline_kinds(config: Config) -> tuple[str, ...]:
@@ -56,16 +61,22 @@ def train(config: Config, ds: date, run_id: str) -> TrainResult:
     """Fit each model on the features of ds and save it under the ds's model folder."""
     book = AddressBook.from_config(config)
     features = FeatureSet.read(book.features(ds))
-    paths, seconds = {}, {}
+    paths, seconds, skipped = {}, {}, {}
     for kind in baseline_kinds(config):
         started = time.perf_counter()
-        model = fit_model(kind, features, config.train)
+        try:
+            model = fit_model(kind, features, config.train)
+        except EaseTooLarge as reason:  # a size limit, not a failure: the other models go on
+            shutil.rmtree(book.model(ds, kind), ignore_errors=True)  # no stale model of an earlier run stays
+            skipped[kind] = str(reason)
+            log.warning("train %s ds=%s: %s", kind, ds, reason)
+            continue
         with atomic_directory(book.model(ds, kind)) as staging:
             model.save(staging)
         paths[kind], seconds[kind] = str(book.model(ds, kind)), round(time.perf_counter() - started, 3)
         log.info("train %s ds=%s: %d items, %d training interactions in %.1fs -> %s", kind, ds,
                  len(model.item_ids), len(features.train_interactions), seconds[kind], paths[kind])
-    return TrainResult(ds=ds, models=paths, seconds=seconds)
+    return TrainResult(ds=ds, models=paths, seconds=seconds, skipped=skipped)
 
 
 run = train

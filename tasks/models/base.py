@@ -21,6 +21,7 @@ MANIFEST = "recommender.json"
 KINDS = {
     "popularity": "tasks.models.popularity:PopularityModel",
     "cooccurrence": "tasks.models.cooccurrence:CooccurrenceModel",
+    "ease": "tasks.models.ease:EaseModel",
     "two_tower": "tasks.models.two_tower:TwoTowerModel",
     "two_stage": "tasks.models.two_stage:TwoStageModel",
 }

@@ -3,9 +3,10 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from configs.schema import CooccurrenceConfig, PopularityConfig
+from configs.schema import CooccurrenceConfig, EaseConfig, PopularityConfig
 from tasks.models import UserBatch, load_recommender
 from tasks.models.cooccurrence import fit_cooccurrence
+from tasks.models.ease import EaseTooLarge, fit_ease
 from tasks.models.popularity import fit_popularity
 
 AS_OF = pd.Timestamp("2026-11-20", tz="UTC")
@@ -39,10 +40,33 @@ def test_saved_models_reload_with_identical_scores(tmp_path):
     events = _events([(u, i, 2.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c")]])
     popularity = fit_popularity(events, ITEMS, AS_OF, PopularityConfig())
     model = fit_cooccurrence(events, ITEMS, popularity.fallback_scores, CooccurrenceConfig())
+    ease = fit_ease(events, ITEMS, popularity.fallback_scores, EaseConfig())
     batch = UserBatch(np.array(["u1", "u2"], dtype=object), sp.csr_matrix(np.eye(2, 3, dtype=np.float32)))
-    for original in (popularity, model):
+    for original in (popularity, model, ease):
         original.save(tmp_path / original.kind)
         loaded = load_recommender(tmp_path / original.kind)
         assert type(loaded) is type(original)
         np.testing.assert_array_equal(loaded.score(batch), original.score(batch))
         assert loaded.item_ids.tolist() == ITEMS.tolist()
+
+
+def test_ease_weights_match_the_closed_form_worked_by_hand():
+    # Users u1 {a, b}, u2 {b, c}, u3 {d}; l2 = 1. G = X'X + I has the block [[2,1,0],[1,3,1],[0,1,2]] over
+    # (a, b, c) and 2 for d. Its inverse P is [[5,-2,1],[-2,4,-2],[1,-2,5]] / 8 (determinant 8), P_dd = 1/2.
+    # B[i, j] = -P[i, j] / P[j, j]: B[a, b] = (2/8) / (4/8) = 0.5, B[a, c] = -(1/8) / (5/8) = -0.2,
+    # B[b, a] = B[b, c] = (2/8) / (5/8) = 0.4, B[c, b] = 0.5, B[c, a] = -0.2; d stands alone (zero weights).
+    items = np.array(["a", "b", "c", "d"], dtype=object)
+    events = _events([(u, i, 1.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "d")]])
+    model = fit_ease(events, items, np.zeros(4, np.float32), EaseConfig(l2=1.0))
+    expected = np.array([[0, 0.5, -0.2, 0], [0.4, 0, 0.4, 0], [-0.2, 0.5, 0, 0], [0, 0, 0, 0]])
+    np.testing.assert_allclose(model.weights, expected, atol=1e-6)
+    # A user who touched a and c scores the sum of rows a and c: b gets 1.0, a and c -0.2 each.
+    history = sp.csr_matrix(np.array([[1.0, 0, 3.0, 0]], dtype=np.float32))  # weights are binarised
+    scores = model.score(UserBatch(np.array(["x"], dtype=object), history))[0]
+    np.testing.assert_allclose(scores, [-0.2, 1.0, -0.2, 0.0], atol=1e-6)
+
+
+def test_ease_above_its_item_cap_is_skipped_with_the_memory_it_would_need():
+    events = _events([(u, i, 1.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "c")]])
+    with pytest.raises(EaseTooLarge, match=r"3 interacted items exceed ease.max_items=2; .* GiB"):
+        fit_ease(events, ITEMS, np.zeros(3, np.float32), EaseConfig(max_items=2))

@@ -1,0 +1,91 @@
+"""EASE (Steck, "Embarrassingly Shallow Autoencoders", WWW 2019): an item-item weight matrix in closed form.
+
+With X the binary user x item matrix and G = X'X + l2 * I, the weights are B = I - P diag(1 / diag(P)) for
+P = G^-1, so B's diagonal is zero (an item never explains itself) and a user's scores are x_u B. It needs
+the dense n x n Gram matrix, so it runs only up to `max_items` items that were interacted with.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.linalg
+import scipy.sparse as sp
+
+from configs.schema import EaseConfig
+from tasks.models.base import Recommender, UserBatch
+from tasks.models.cooccurrence import TIE_BREAK, user_item_matrix
+
+log = logging.getLogger(__name__)
+
+
+class EaseTooLarge(RuntimeError):
+    """More interacted items than `ease.max_items`: the dense Gram matrix would not fit comfortably."""
+
+
+def gram_bytes(items: int) -> int:
+    """Memory for the fit: the Gram matrix, inverted in place, and the weight matrix (float32 each)."""
+    return 2 * items * items * 4
+
+
+def ease_weights(user_items: sp.csr_matrix, l2: float) -> np.ndarray:
+    """B = I - P diag(1/diag(P)) with P = (X'X + l2 I)^-1, X binarised; float32, zero diagonal."""
+    binary = user_items.copy().astype(np.float32)
+    binary.data[:] = 1.0
+    gram = (binary.T @ binary).toarray()
+    gram[np.diag_indices_from(gram)] += l2
+    # G is symmetric positive definite: a Cholesky factor and its inverse, in place (LAPACK potrf/potri).
+    factor, info = scipy.linalg.lapack.spotrf(gram, lower=False, overwrite_a=True, clean=False)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE Gram matrix is not positive definite (potrf info {info})")
+    inverse, info = scipy.linalg.lapack.spotri(factor, lower=False, overwrite_c=True)
+    if info != 0:
+        raise np.linalg.LinAlgError(f"EASE Gram matrix could not be inverted (potri info {info})")
+    upper = np.triu(inverse)
+    precision = upper + np.triu(upper, 1).T  # potri fills one triangle only
+    weights = -precision / np.diag(precision)[None, :]
+    np.fill_diagonal(weights, 0.0)
+    return weights.astype(np.float32)
+
+
+class EaseModel(Recommender):
+    kind = "ease"
+
+    def __init__(self, item_ids, fallback_scores, params, columns: np.ndarray | None = None,
+                 weights: np.ndarray | None = None):
+        super().__init__(item_ids, fallback_scores, params)
+        self.columns = np.zeros(0, np.int64) if columns is None else np.asarray(columns, np.int64)
+        self.weights = np.zeros((0, 0), np.float32) if weights is None else weights
+
+    def score(self, batch: UserBatch) -> np.ndarray:
+        # Only the items EASE was fit on carry weights; the others get popularity's tie-break alone.
+        history = batch.history[:, self.columns].astype(bool).astype(np.float32)
+        scores = np.broadcast_to(TIE_BREAK * self.fallback_scores, (len(batch), len(self.item_ids))).copy()
+        scores[:, self.columns] += np.asarray(history @ self.weights, dtype=np.float32)
+        return scores
+
+    def _save_state(self, directory: Path) -> None:
+        np.save(directory / "columns.npy", self.columns)
+        np.save(directory / "weights.npy", self.weights)
+
+    @classmethod
+    def _load(cls, directory, item_ids, fallback, params):
+        return cls(item_ids, fallback, params, np.load(directory / "columns.npy"),
+                   np.load(directory / "weights.npy", mmap_mode="r"))
+
+
+def fit_ease(interactions: pd.DataFrame, item_ids: np.ndarray, fallback_scores: np.ndarray,
+             config: EaseConfig) -> EaseModel:
+    """Fit on the items that have interactions; raises EaseTooLarge above `config.max_items` of them."""
+    users = np.sort(interactions["user_id"].unique())
+    matrix = user_item_matrix(interactions, users, item_ids)
+    columns = np.flatnonzero(np.diff(matrix.tocsc().indptr) > 0)
+    if len(columns) > config.max_items:
+        raise EaseTooLarge(f"EASE skipped: {len(columns):,} interacted items exceed ease.max_items="
+                           f"{config.max_items:,}; its fit would need about {gram_bytes(len(columns)) / 2**30:.1f} GiB "
+                           "(two dense item x item float32 matrices)")
+    weights = ease_weights(matrix[:, columns], config.l2)
+    return EaseModel(item_ids, fallback_scores, config.model_dump(), columns, weights)
