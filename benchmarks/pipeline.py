@@ -38,7 +38,7 @@ SCALES = {  # events, users, items over the default 28-day lookback (+2 days of 
 # What each step's throughput counts, read from its own printed result or an earlier one.
 UNITS = {"validate_raw": "rows (events, items, users)", "build_features": "events", "train": "interactions",
          "train_retrieval": "interactions", "train_ranking": "interactions", "evaluate": "users",
-         "register": "models", "publish_shard": "users", "publish": "rows"}
+         "refit": "interactions", "register": "models", "publish_shard": "users", "publish": "rows"}
 
 
 @dataclass
@@ -90,6 +90,8 @@ def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int
         return int(sum(first["rows"].get(name, 0) for name in ("interactions", "events")) or sum(first["rows"].values()))
     if step in ("train", "train_retrieval", "train_ranking"):
         return int(earlier["build_features"][0]["rows"].get("interactions", 0))
+    if step == "refit":
+        return int(first["interactions"])
     if step == "evaluate":
         return int(max(first["users"].values(), default=0))
     if step == "register":

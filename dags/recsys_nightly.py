@@ -31,7 +31,7 @@ def plan_shards(step_name: str, **context) -> list[dict]:
 
 with DAG(
     dag_id=DAG_ID,
-    description="Validate raw data, build features, train, evaluate, register and publish top-K recommendations.",
+    description="Validate raw data, build features, train, evaluate, refit the winner, register and publish top-K lists.",
     schedule=CronTriggerTimetable(SCHEDULE, timezone="UTC"),
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,

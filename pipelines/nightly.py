@@ -33,7 +33,8 @@ STEPS: tuple[Step, ...] = (
     Step("train_retrieval", ("build_features",)),
     Step("train_ranking", ("train_retrieval",)),
     Step("evaluate", ("train", "train_ranking")),
-    Step("register", ("evaluate",), ("recsys_model",)),
+    Step("refit", ("evaluate",)),
+    Step("register", ("refit",), ("recsys_model",)),
     Step("publish_shard", ("register",), sharded=True),
     Step("publish", ("publish_shard",), ("recsys_recommendations",)),
 )
@@ -53,7 +54,7 @@ KNOBS: dict[str, Knob] = {
     "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks."),
     "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds."),
     "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation."),
-    "models": Knob("train.models", "array", "Candidate models, e.g. [\"popularity\", \"cooccurrence\"]."),
+    "models": Knob("train.models", "array", "Candidate models (popularity, cooccurrence, ease), one per line."),
     "cooccurrence_neighbours": Knob("train.cooccurrence.neighbours", "integer", "Neighbours kept per item."),
     "popularity_half_life_days": Knob("train.popularity.half_life_days", "number", "Popularity time decay."),
     "gate_margin": Knob("register.margin", "number", "Relative gain over the champion needed to promote."),

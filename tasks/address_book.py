@@ -38,6 +38,10 @@ class AddressBook:
     def model(self, ds: date, name: str) -> Path:
         return self.models(ds) / name
 
+    def serving_model(self, ds: date) -> Path:
+        """The model served for ds: the gate's winning recipe refit on every day up to ds."""
+        return self.models(ds) / "serving"
+
     def evaluation(self, ds: date) -> Path:
         return self.lake / "evaluation" / f"ds={ds.isoformat()}"
 

@@ -111,14 +111,34 @@ def compute_features(events: pd.DataFrame, users_at_cutoff: pd.DataFrame, items_
     train = interactions[interactions["split"] == "train"]
     train_users = user_features(train, users_at_cutoff, data.users.all, rules.history_length, cutoff_ts)
     train_items = item_features(train, items_at_cutoff, data.items.all)
+    serving_users = user_features(interactions, users_at_ds, data.users.all, rules.history_length, end_ts)
+    serving_items = item_features(interactions, items_at_ds, data.items.all)
     return FeatureSet(
         window=window, interactions=interactions,
-        train_users=train_users, train_items=train_items,
-        serving_users=user_features(interactions, users_at_ds, data.users.all, rules.history_length, end_ts),
-        serving_items=item_features(interactions, items_at_ds, data.items.all),
+        train_users=train_users, train_items=train_items, serving_users=serving_users, serving_items=serving_items,
         vocabulary=vocabulary(train_users, train_items, data),
+        serving_vocabulary=vocabulary(serving_users, serving_items, data),
         manifest={"window": {"first": window.first, "cutoff": window.cutoff, "last": window.last}},
     )
+
+
+def features_as_of(features: FeatureSet, day: date, config: Config) -> FeatureSet:
+    """The feature set's training side as it stood at the start of `day` (an earlier cutoff): interactions
+    before it for training, the rest of the training days held out, users, items and vocabularies rebuilt
+    from those earlier events alone. Declared attributes and availability stay those of the snapshot taken
+    at the cutoff, the nearest one the feature set keeps."""
+    day_ts = pd.Timestamp(day.isoformat(), tz="UTC")
+    data, rules = config.data, config.build_features
+    train = features.train_interactions
+    earlier = train[train["event_ts"] < day_ts]
+    users = user_features(earlier, features.train_users, data.users.all, rules.history_length, day_ts)
+    items = item_features(earlier, features.train_items, data.items.all)
+    return FeatureSet(
+        window=Window(first=features.window.first, cutoff=day, last=features.window.cutoff - timedelta(days=1)),
+        interactions=train.assign(split=np.where(train["event_ts"] < day_ts, "train", "holdout")),
+        train_users=users, train_items=items, serving_users=features.train_users,
+        serving_items=features.train_items, vocabulary=vocabulary(users, items, data),
+        serving_vocabulary=features.vocabulary, manifest={**features.manifest, "as_of": str(day)})
 
 
 def features_suites(features: FeatureSet) -> tuple[dict[str, pd.DataFrame], dict[str, list[gxe.Expectation]]]:

@@ -1,9 +1,11 @@
-"""evaluate: score every candidate, the baseline and the current champion on the same held-out users."""
+"""evaluate: score every candidate, the baseline and the champion's recipe on the same held-out users, all fit
+on the same training days, and decide (the gate) which recipe is served tonight."""
 
 from __future__ import annotations
 
 import json
 import logging
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import date
@@ -16,19 +18,20 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.atomic_write import atomic_directory
-from tasks.errors import IncompatibleModel
+from tasks.errors import MissingInput
 from tasks.feature_set import FeatureSet
 from tasks.metrics import PER_USER, catalog_metrics, metric_name, per_user_metrics, summarize
 from tasks.model_registry import ModelRegistry
-from tasks.models.base import Recommender, load_recommender
+from tasks.models.base import MANIFEST, Recommender, load_recommender
+from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
+from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
 from tasks.recommend import exclusions, recommend
 from tasks.step_cli import step_main
 from tasks.train import candidate_kinds
 
 log = logging.getLogger(__name__)
 
-CHAMPION_ROW = "champion"
-UNREADABLE_CHAMPION = "unreadable_champion.json"
+GATE_FILE = "gate.json"
 SEGMENTS = ("all", "warm", "cold")
 
 
@@ -37,7 +40,7 @@ class EvaluateResult(BaseModel):
     path: str
     users: dict[str, int]
     champion_version: str | None
-    unreadable_champion: str | None = None  # why the champion could not be scored, when it could not
+    decision: GateDecision
     metrics: dict[str, dict[str, float]]
 
 
@@ -112,49 +115,118 @@ def plot_curves(table: pd.DataFrame, ks: tuple[int, ...], path: Path) -> None:
     plt.close(figure)
 
 
+@dataclass(frozen=True)
+class ChampionRecipe:
+    """What the registry keeps of the champion: enough to train its recipe again, not its artefact."""
+
+    version: str
+    kind: str
+    recipe: dict
+    ds: date | None
+
+
+def champion_recipe(registry: ModelRegistry, config: Config) -> ChampionRecipe | None:
+    """The champion's recipe from its version's tags; a version an older release registered without a
+    `recipe` tag stands for its kind with tonight's settings."""
+    version = registry.alias_version(CHAMPION_ROW)
+    if version is None:
+        return None
+    tags = registry.version_tags(version)
+    kind = tags.get("model_kind", "")
+    if kind not in SECTIONS:
+        log.warning("champion version %s has model kind %r, which this code cannot train: no comparison tonight",
+                    version, kind)
+        return None
+    saved = json.loads(tags["recipe"]) if "recipe" in tags else recipe(kind, config)
+    return ChampionRecipe(version, kind, saved, date.fromisoformat(tags["ds"]) if "ds" in tags else None)
+
+
+def champion_twin(champion: ChampionRecipe, config: Config, features: FeatureSet, candidates: dict[str, Path],
+                  book: AddressBook, ds: date) -> Path:
+    """The champion's recipe fit on tonight's training window: tonight's candidate of the same recipe where
+    there is one, else trained here and saved as the ds's `champion` model."""
+    for kind, path in candidates.items():
+        if kind == champion.kind and recipe(kind, config) == champion.recipe:
+            return path
+    log.info("evaluate ds=%s: training the champion's %s recipe (version %s) on tonight's window", ds,
+             champion.kind, champion.version)
+    target = book.model(ds, CHAMPION_ROW)
+    with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="champion-") as scratch:
+        fit_recipe(champion.kind, recipe_config(config, champion.recipe), features, Path(scratch)).save(staging)
+    return target
+
+
+def gate_decision(table: pd.DataFrame, config: Config, ds: date, champion: ChampionRecipe | None,
+                  candidates: dict[str, Path], twin_of: str | None) -> GateDecision:
+    """Tonight's best candidate against the champion's twin (`twin_of`: the candidate of the champion's
+    recipe, None when it was trained apart); the winner's recipe is what gets served."""
+    overall = table[table["segment"] == "all"].set_index("model")
+    primary = config.register.primary_metric
+    best = str(overall.loc[list(candidates), primary].idxmax())
+    champion_row = overall.loc[CHAMPION_ROW].to_dict() if champion is not None else None
+    promotion = decide_promotion(overall.loc[best].to_dict(), champion_row, config.register)
+    if promotion.promote:
+        kind, serving_recipe, row = best, recipe(best, config), best
+    else:
+        kind, serving_recipe, row = champion.kind, champion.recipe, twin_of or CHAMPION_ROW
+    return GateDecision(best_candidate=best, promote=promotion.promote, reason=promotion.reason, serving_kind=kind,
+                        serving_recipe=serving_recipe, serving_row=row,
+                        moves_alias=moves_alias(ds, champion.ds if champion else None),
+                        champion_version=champion.version if champion else None,
+                        champion_ds=champion.ds if champion else None)
+
+
 def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
-    """Evaluate this ds's trained models and the current champion; write the comparison table and plots."""
+    """Evaluate tonight's candidates, the baseline and the champion's recipe on the held-out window, all fit
+    on the same training days; decide which recipe is served; write the table, the plots and the decision."""
     started = time.perf_counter()
     book = AddressBook.from_config(config)
     features = FeatureSet.read(book.features(ds))
     window = held_out_window(features, config)
     ks = tuple(sorted(config.evaluate.ks))
-    kinds = dict.fromkeys((config.evaluate.baseline, *candidate_kinds(config)))
-    models: dict[str, Recommender] = {kind: load_recommender(book.model(ds, kind)) for kind in kinds}
+    trained = {kind: book.model(ds, kind) for kind in dict.fromkeys((config.evaluate.baseline, *candidate_kinds(config)))
+               if (book.model(ds, kind) / MANIFEST).is_file()}  # train skips a kind over its size limit
+    candidates = {kind: path for kind, path in trained.items() if kind in candidate_kinds(config)}
+    if not candidates:
+        raise MissingInput(f"evaluate ds={ds}: no candidate model was trained (train.models, train_retrieval, "
+                           "train_ranking); nothing to choose from")
     registry = ModelRegistry(config.register.tracking_uri or book.mlflow_tracking_uri, config.register.model_name)
-    unreadable = None
-    try:
-        champion = registry.load()
-    except IncompatibleModel as error:  # saved by an older release: nothing to compare against on this window
-        champion = None
-        unreadable = f"champion version {registry.alias_version('champion')} cannot be scored by this code: {error}"
-        log.warning("evaluate ds=%s: %s", ds, unreadable)
-    if champion is not None:
-        models[CHAMPION_ROW] = champion.recommender.for_catalog(features.train_items)
+    champion = champion_recipe(registry, config)
+    twin = champion_twin(champion, config, features, candidates, book, ds) if champion else None
+    models = {name: load_recommender(path) for name, path in trained.items()}
     rows = [row for name, model in models.items()
             for row in evaluate_model(model, window, ks, config.evaluate.batch_size, name)]
+    twin_of = next((kind for kind, path in candidates.items() if path == twin), None)
+    if twin_of is not None:  # the champion's recipe is one of tonight's candidates: its rows are the twin's
+        rows += [row | {"model": CHAMPION_ROW} for row in rows if row["model"] == twin_of]
+    elif twin is not None:
+        rows += evaluate_model(load_recommender(twin), window, ks, config.evaluate.batch_size, CHAMPION_ROW)
     table = pd.DataFrame(rows)
+    decision = gate_decision(table, config, ds, champion, candidates, twin_of)
     target = book.evaluation(ds)
     with atomic_directory(target) as staging:
         table.to_parquet(staging / "evaluation.parquet", index=False)
         table.to_csv(staging / "evaluation.csv", index=False)
         (staging / "evaluation.md").write_text(format_table(table, ks))
         plot_curves(table, ks, staging / "metrics_at_k.png")
-        if unreadable:
-            (staging / UNREADABLE_CHAMPION).write_text(json.dumps({"reason": unreadable}))
+        (staging / GATE_FILE).write_text(decision.model_dump_json(indent=2))
     users = {s: int(table.loc[(table["segment"] == s), "users"].iloc[0]) for s in SEGMENTS}
-    log.info("evaluate ds=%s: %d held-out users (%d warm, %d cold), %d models in %.1fs -> %s\n%s", ds, users["all"],
-             users["warm"], users["cold"], len(models), time.perf_counter() - started, target, format_table(table, ks))
+    log.info("evaluate ds=%s: %d held-out users (%d warm, %d cold), %d models in %.1fs -> %s\n%s\ngate: %s "
+             "(best candidate %s); serving the %s recipe", ds, users["all"], users["warm"], users["cold"],
+             len(models), time.perf_counter() - started, target, format_table(table, ks),
+             decision.reason, decision.best_candidate, decision.serving_kind)
     overall = table[table["segment"] == "all"].set_index("model").drop(columns="segment")
-    return EvaluateResult(ds=ds, path=str(target), users=users,
-                          champion_version=champion.version if champion else None, unreadable_champion=unreadable,
+    return EvaluateResult(ds=ds, path=str(target), users=users, champion_version=decision.champion_version,
+                          decision=decision,
                           metrics={m: {c: float(v) for c, v in r.items()} for m, r in overall.iterrows()})
 
 
-def unreadable_champion(evaluation: Path) -> str | None:
-    """Why evaluate could not score the champion on this window, or None when it could (or there was none)."""
-    note = evaluation / UNREADABLE_CHAMPION
-    return json.loads(note.read_text())["reason"] if note.is_file() else None
+def read_decision(evaluation: Path) -> GateDecision:
+    """The gate's decision evaluate wrote for a ds."""
+    path = evaluation / GATE_FILE
+    if not path.is_file():
+        raise MissingInput(f"no gate decision at {path}: run evaluate for this ds first")
+    return GateDecision.model_validate_json(path.read_text())
 
 
 def format_table(table: pd.DataFrame, ks: tuple[int, ...]) -> str:

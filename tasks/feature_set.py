@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
 
 from tasks.errors import MissingInput
 
-TABLES = ("interactions", "train_users", "train_items", "serving_users", "serving_items", "vocabulary")
+TABLES = ("interactions", "train_users", "train_items", "serving_users", "serving_items", "vocabulary",
+          "serving_vocabulary")
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class FeatureSet:
     interactions: every event in the window with its weight and `split` ('train' before the cutoff, else
     'holdout'). train_users / train_items: features from data before the cutoff only (for training and
     evaluation). serving_users / serving_items: the same as of ds (for publishing). vocabulary: ids and
-    categorical values seen in training, with counts.
+    categorical values seen in training, with counts; serving_vocabulary: the same up to ds.
     """
 
     window: Window
@@ -40,6 +41,7 @@ class FeatureSet:
     serving_users: pd.DataFrame
     serving_items: pd.DataFrame
     vocabulary: pd.DataFrame
+    serving_vocabulary: pd.DataFrame
     manifest: dict
 
     @property
@@ -49,6 +51,18 @@ class FeatureSet:
     @property
     def holdout_interactions(self) -> pd.DataFrame:
         return self.interactions[self.interactions["split"] == "holdout"]
+
+    def through_ds(self) -> FeatureSet:
+        """The same data seen as if every day up to ds were training days: what a model served the morning
+        after ds is refit on, once the held-out days have done their job of choosing it."""
+        last = self.window.last
+        return FeatureSet(
+            window=Window(first=self.window.first, cutoff=last + timedelta(days=1), last=last),
+            interactions=self.interactions.assign(split="train"),
+            train_users=self.serving_users, train_items=self.serving_items,
+            serving_users=self.serving_users, serving_items=self.serving_items,
+            vocabulary=self.serving_vocabulary, serving_vocabulary=self.serving_vocabulary,
+            manifest={**self.manifest, "refit_through": str(last)})
 
     def write(self, directory: Path) -> None:
         for table in TABLES:

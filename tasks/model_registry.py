@@ -17,8 +17,9 @@ from tasks.models.base import Recommender, load_recommender
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
 ARTIFACT_KEY = "recommender"
+SERVES_DS = "serves_ds"
 SERVING_TOP_K = 10
 
 
@@ -83,25 +84,40 @@ class ModelRegistry:
         except MlflowException:
             return None
 
+    def version_tags(self, version: str) -> dict[str, str]:
+        return dict(self.client.get_model_version(self.model_name, version).tags)
+
     def load(self, alias: str = CHAMPION) -> RegisteredModel | None:
         """The model behind an alias, loaded through MLflow (`models:/<name>@<alias>`), or None if unset."""
         version = self.alias_version(alias)
-        if version is None:
-            return None
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}@{alias}")
-        tags = self.client.get_model_version(self.model_name, version).tags
-        return RegisteredModel(version, pyfunc.unwrap_python_model().recommender, dict(tags))
+        return None if version is None else self.load_version(version)
+
+    def load_version(self, version: str) -> RegisteredModel:
+        """One version, loaded through MLflow (`models:/<name>/<version>`)."""
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+        return RegisteredModel(version, pyfunc.unwrap_python_model().recommender, self.version_tags(version))
 
     def promote(self, version: str) -> None:
+        """Make version the champion; the one it replaces keeps the alias `previous_champion`."""
         previous = self.alias_version(CHAMPION)
-        if previous and previous != version:
-            self.client.set_registered_model_alias(self.model_name, "previous_champion", previous)
+        if previous == version:
+            return
+        if previous:
+            self.client.set_registered_model_alias(self.model_name, PREVIOUS_CHAMPION, previous)
         self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
-        if "rejected_reason" in self.client.get_model_version(self.model_name, version).tags:
-            self.client.delete_model_version_tag(self.model_name, version, "rejected_reason")
         log.info("registry: %s version %s is now %s", self.model_name, version, CHAMPION)
 
-    def reject(self, version: str, reason: str) -> None:
+    def mark_serving(self, version: str, ds: str) -> None:
+        """Tag version as the one that serves ds; a version an earlier run of the same ds registered loses it."""
+        for other in self.client.search_model_versions(f"name = '{self.model_name}' and tag.{SERVES_DS} = '{ds}'"):
+            if str(other.version) != version:
+                self.client.delete_model_version_tag(self.model_name, str(other.version), SERVES_DS)
+        self.client.set_model_version_tag(self.model_name, version, SERVES_DS, ds)
+
+    def serving_version(self, ds: str) -> str | None:
+        """The version that serves ds (what publish writes to the table for that ds)."""
+        return self.version_with_tag(SERVES_DS, ds)
+
+    def set_challenger(self, version: str) -> None:
+        """A served version that may not become champion (a backfill's): the alias `challenger` shows it."""
         self.client.set_registered_model_alias(self.model_name, CHALLENGER, version)
-        self.client.set_model_version_tag(self.model_name, version, "rejected_reason", reason)
-        log.info("registry: %s version %s stays %s: %s", self.model_name, version, CHALLENGER, reason)

@@ -1,7 +1,7 @@
 """publish: commit every staged shard of the run as the ds partition, in one transaction, or nothing.
 
 `publish_shard` tasks score the users shard by shard; this step checks that all of them are there and come
-from one champion version, then swaps them in: the lake folder atomically, the warehouse table inside one
+from one model version, then swaps them in: the lake folder atomically, the warehouse table inside one
 DuckDB transaction (which rejects a user ranked twice). Until then readers keep yesterday's rows.
 """
 

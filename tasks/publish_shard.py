@@ -1,8 +1,9 @@
-"""publish_shard: the champion's top-K for one shard of the users, checked and staged for `publish` to commit.
+"""publish_shard: the served model's top-K for one shard of the users, checked and staged for `publish` to commit.
 
 Airflow runs one task per shard (dynamic task mapping), in parallel where the executor allows; each loads
-the champion, scores only its own users in batches, and writes one Parquet file under the run's staging
-folder. Nothing readers see changes here: `publish` swaps every shard in at once, or none.
+the version register tagged as serving ds (the champion, unless the night is a backfill), scores only its
+own users in batches, and writes one Parquet file under the run's staging folder. Nothing readers see
+changes here: `publish` swaps every shard in at once, or none.
 """
 
 from __future__ import annotations
@@ -82,15 +83,16 @@ def check_recommendations(recs, k: int, excluded, allowed_items: np.ndarray | No
 
 
 def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardResult:
-    """Recommend with the current champion for one shard of the users known on ds, and stage the rows."""
+    """Recommend with the version serving ds for one shard of the users known on ds, and stage the rows."""
     started = time.perf_counter()
     shards = shard_count(config)
     book = AddressBook.from_config(config)
     features = FeatureSet.read(book.features(ds))
     registry = ModelRegistry(config.register.tracking_uri or book.mlflow_tracking_uri, config.register.model_name)
-    champion = registry.load()
-    if champion is None:
-        raise MissingInput(f"no version of {config.register.model_name} has alias champion: run register first")
+    version = registry.serving_version(str(ds))
+    if version is None:
+        raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")
+    champion = registry.load_version(version)
     users = shard_users(features.serving_users["user_id"].to_numpy(dtype=object), shard, shards)
     interactions = features.interactions[features.interactions["user_id"].isin(users)]
     excluded = exclusions(interactions, config.publish.exclude_event_types)

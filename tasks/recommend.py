@@ -50,19 +50,13 @@ def recommend_batches(model: Recommender, user_ids: np.ndarray, history: pd.Data
     hist = user_item_matrix(history, user_ids, item_ids)
     banned = user_item_matrix(excluded.assign(weight=1.0), user_ids, item_ids).astype(bool).tocsr()
     allowed = np.ones(len(item_ids), bool) if allowed_items is None else np.isin(item_ids, allowed_items)
-    cold = np.diff(hist.indptr) == 0
+    cold = np.diff(hist.indptr) == 0  # for the log line; model_top_k finds them per batch
     by_user = None if user_features is None else user_features.drop_duplicates("user_id").set_index("user_id")
     rows_out = 0
     for start in tqdm(range(0, len(user_ids), batch_size), desc=desc, unit="batch", mininterval=5):
         rows = slice(start, start + batch_size)
         features = None if by_user is None else by_user.reindex(user_ids[rows]).rename_axis("user_id").reset_index()
-        batch = UserBatch(user_ids[rows], hist[rows], features)
-        found = model.top_k(batch, k, banned[rows], allowed)
-        if found is None:  # the model only scores densely
-            found = _dense_top_k(model.score(batch), cold[rows], model.fallback_scores, banned[rows], allowed, k)
-        elif cold[rows].any():  # users without history get the fallback list, as with dense scores
-            fallback = fallback_top_k(model.fallback_scores, allowed, banned[rows][cold[rows]], found.ids.shape[1])
-            found.ids[cold[rows]], found.scores[cold[rows]] = fallback.ids, fallback.scores
+        found = model_top_k(model, UserBatch(user_ids[rows], hist[rows], features), k, banned[rows], allowed)
         keep = found.ids >= 0
         frame = recommendation_frame(np.repeat(user_ids[rows], keep.sum(axis=1)), np.cumsum(keep, axis=1)[keep],
                                      item_ids[found.ids[keep]], found.scores[keep])
@@ -70,6 +64,19 @@ def recommend_batches(model: Recommender, user_ids: np.ndarray, history: pd.Data
         yield frame
     log.info("%s: %s top-%d for %d users (%d cold) -> %d rows in %.1fs", desc, model.kind, k, len(user_ids),
              int(cold.sum()), rows_out, time.perf_counter() - started)
+
+
+def model_top_k(model: Recommender, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
+    """The batch's k best allowed, unbanned item columns per user, best first; users without any history the
+    model knows get its fallback (popularity) list. The one rule for what a model may recommend."""
+    cold = np.diff(batch.history.indptr) == 0
+    found = model.top_k(batch, k, banned, allowed)
+    if found is None:  # the model only scores densely
+        return _dense_top_k(model.score(batch), cold, model.fallback_scores, banned, allowed, k)
+    if cold.any():
+        fallback = fallback_top_k(model.fallback_scores, allowed, banned[cold], found.ids.shape[1])
+        found.ids[cold], found.scores[cold] = fallback.ids, fallback.scores
+    return found
 
 
 def recommendation_frame(users, ranks, items, scores) -> pd.DataFrame:

@@ -1,25 +1,24 @@
-"""register: one MLflow run per pipeline run; the best candidate becomes champion only if it passes the gate."""
+"""register: one MLflow run per pipeline run; the served model is registered, and the gate's decision decides
+whose recipe it is (evaluate) and whether it becomes `champion` (not on a backfill)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
 from datetime import date
 
 import mlflow
 import pandas as pd
 from pydantic import BaseModel
 
-from configs.schema import Config, RegisterConfig
+from configs.schema import Config
 from tasks.address_book import AddressBook
-from tasks.evaluate import CHAMPION_ROW, unreadable_champion
+from tasks.evaluate import read_decision
 from tasks.feature_set import FeatureSet
 from tasks.model_registry import ModelRegistry
 from tasks.models.base import saved_format
 from tasks.step_cli import step_main
-from tasks.train import candidate_kinds
 from tasks.train_ranking import KIND as RANKING_KIND
 from tasks.train_ranking import REPORT as RANKING_REPORT
 
@@ -31,38 +30,10 @@ class RegisterResult(BaseModel):
     mlflow_run_id: str
     model_kind: str
     model_version: str
-    promoted: bool
+    promoted: bool                # tonight's best candidate's recipe replaced the champion's
     reason: str
     champion_version: str
-
-
-@dataclass(frozen=True)
-class GateDecision:
-    promote: bool
-    reason: str
-
-
-def decide_promotion(candidate: dict[str, float], champion: dict[str, float] | None,
-                     gate: RegisterConfig, unreadable: str | None = None) -> GateDecision:
-    """Promote when there is no champion, or the candidate beats it on the primary metric by the relative
-    margin while no guard metric drops by more than the guard tolerance (both measured on the same users).
-
-    `unreadable` says why a champion exists but could not be scored: this code cannot serve it either, so
-    keeping it would stop publishing, and the candidate is promoted without a comparison.
-    """
-    primary = gate.primary_metric
-    if champion is None:
-        return GateDecision(True, f"{unreadable}; promoted without a comparison" if unreadable else "no champion yet")
-    needed = champion[primary] * (1 + gate.margin)
-    if not candidate[primary] > needed:
-        return GateDecision(False, f"{primary} {candidate[primary]:.4f} does not beat champion's "
-                                   f"{champion[primary]:.4f} by margin {gate.margin:.0%} (needs > {needed:.4f})")
-    for guard in gate.guard_metrics:
-        floor = champion[guard] * (1 - gate.guard_tolerance)
-        if candidate[guard] < floor:
-            return GateDecision(False, f"guard {guard} regressed: {candidate[guard]:.4f} < {floor:.4f} "
-                                       f"(champion {champion[guard]:.4f}, tolerance {gate.guard_tolerance:.0%})")
-    return GateDecision(True, f"{primary} {candidate[primary]:.4f} beats champion's {champion[primary]:.4f}")
+    best_candidate: str
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
@@ -77,41 +48,45 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
     return flat
 
 
-def model_key(ds: date, kind: str, fingerprints: dict[str, str], config: Config, save_format: int = 1) -> str:
-    """What determines the trained model: ds, kind, data, the config sections that shape training, and the
-    format it is saved in (code that saves another format trains another model).
+def model_key(ds: date, serving_recipe: dict, fingerprints: dict[str, str], config: Config,
+              save_format: int = 1) -> str:
+    """What determines the served model: ds, data, the recipe, the data and window settings, and the format it
+    is saved in (code that saves another format trains another model).
 
     Publishing or gating settings (publish.k, register.margin) are left out, so changing them reuses the model.
     """
     resolved = config.model_dump(mode="json")
-    shaping = {section: resolved[section]
-               for section in ("seed", "data", "build_features", "train", "train_retrieval", "train_ranking")}
-    payload = {"ds": str(ds), "kind": kind, "data": fingerprints, "config": shaping, "format": save_format}
+    payload = {"ds": str(ds), "recipe": serving_recipe, "data": fingerprints, "format": save_format,
+               "config": {section: resolved[section] for section in ("data", "build_features")}}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
 def register(config: Config, ds: date, run_id: str) -> RegisterResult:
-    """Log the run to MLflow, register the best candidate, and move `champion` only through the gate."""
+    """Log the run to MLflow and register tonight's served model (the winning recipe refit through ds); it
+    becomes `champion` unless the night is a backfill older than the champion."""
     book = AddressBook.from_config(config)
     gate = config.register
+    decision = read_decision(book.evaluation(ds))
     table = pd.read_parquet(book.evaluation(ds) / "evaluation.parquet")
     overall = table[table["segment"] == "all"].set_index("model")
-    candidates = overall.loc[[m for m in candidate_kinds(config) if m in overall.index]]
-    best_kind = str(candidates[gate.primary_metric].idxmax())
+    twin_metrics = overall.loc[decision.serving_row].drop("segment")
     manifest = FeatureSet.read_manifest(book.features(ds))
     resolved = config.model_dump(mode="json")
-    run_key = model_key(ds, best_kind, manifest["fingerprints"], config, saved_format(book.model(ds, best_kind)))
+    serving = book.serving_model(ds)
+    run_key = model_key(ds, decision.serving_recipe, manifest["fingerprints"], config, saved_format(serving))
 
     registry = ModelRegistry(gate.tracking_uri or book.mlflow_tracking_uri, gate.model_name)
     if mlflow.get_experiment_by_name(gate.experiment) is None:
         mlflow.create_experiment(gate.experiment, artifact_location=book.mlflow_artifacts.as_uri())
     mlflow.set_experiment(gate.experiment)
     with mlflow.start_run(run_name=f"nightly {ds}", tags={"ds": str(ds), "pipeline_run_id": run_id,
-                                                         "best_candidate": best_kind}) as run:
+                                                         "best_candidate": decision.best_candidate,
+                                                         "serving_kind": decision.serving_kind}) as run:
         mlflow.log_params(flatten(resolved))
         mlflow.log_dict(resolved, "config/resolved_config.json")
         mlflow.log_dict(manifest, "data/features_manifest.json")
-        mlflow.log_metrics({k: float(v) for k, v in overall.loc[best_kind].items() if k != "segment"})
+        mlflow.log_dict(decision.model_dump(mode="json"), "evaluation/gate.json")
+        mlflow.log_metrics({k: float(v) for k, v in twin_metrics.items()})  # the served recipe's holdout metrics
         mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
                             for k, v in row.items() if k != "segment" and pd.notna(v)})
         mlflow.log_artifacts(str(book.evaluation(ds)), "evaluation")
@@ -125,33 +100,34 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
                 mlflow.log_artifacts(str(reports), f"reports/{step}")
 
         version = registry.version_with_tag("run_key", run_key)
-        if version is not None:
-            # A rerun of the same ds on the same data and config: keep the earlier decision.
-            tags = registry.client.get_model_version(gate.model_name, version).tags
-            decision = GateDecision(registry.alias_version("champion") == version,
-                                    tags.get("rejected_reason", f"rerun of run_key {run_key}: version {version} reused"))
-        else:
-            users = pd.read_parquet(book.features(ds) / "train_users.parquet", columns=["user_id", "n_events", "history"])
+        if version is None:
+            users = pd.read_parquet(book.features(ds) / "serving_users.parquet", columns=["user_id", "n_events", "history"])
             sample = users.loc[users["n_events"] > 0].head(2)
             example = pd.DataFrame({"user_id": sample["user_id"].astype(str).to_list(),
                                     "history": [" ".join(h[:5]) for h in sample["history"]]})
-            version = registry.log_and_register(book.model(ds, best_kind), example, {
-                "ds": str(ds), "model_kind": best_kind, "run_key": run_key, "pipeline_run_id": run_id,
-                gate.primary_metric: f"{overall.loc[best_kind, gate.primary_metric]:.6f}"})
-            champion = overall.loc[CHAMPION_ROW].to_dict() if CHAMPION_ROW in overall.index else None
-            decision = decide_promotion(overall.loc[best_kind].to_dict(), champion, gate,
-                                        unreadable_champion(book.evaluation(ds)))
-            if decision.promote:
-                registry.promote(version)
-            else:
-                registry.reject(version, decision.reason)
-        mlflow.set_tags({"model_version": version, "promoted": str(decision.promote), "gate_reason": decision.reason})
+            version = registry.log_and_register(serving, example, {
+                "ds": str(ds), "model_kind": decision.serving_kind, "recipe": json.dumps(decision.serving_recipe),
+                "run_key": run_key, "pipeline_run_id": run_id, "twin": decision.serving_row,
+                gate.primary_metric: f"{twin_metrics[gate.primary_metric]:.6f}"})
+        else:  # a rerun of the same ds on the same data and recipe: the same version, the decision applied again
+            log.info("register ds=%s: run_key %s already registered as version %s; reused", ds, run_key, version)
+        registry.mark_serving(version, str(ds))
+        registry.client.set_model_version_tag(gate.model_name, version, "gate_reason", decision.reason)
+        if decision.moves_alias:
+            registry.promote(version)
+        else:
+            registry.set_challenger(version)
+        mlflow.set_tags({"model_version": version, "promoted": str(decision.promote), "gate_reason": decision.reason,
+                         "moves_alias": str(decision.moves_alias)})
     champion_version = registry.alias_version("champion") or version
-    log.info("register ds=%s: %s version %s (%s) %s: %s; champion is version %s; MLflow run %s", ds,
-             gate.model_name, version, best_kind, "PROMOTED" if decision.promote else "not promoted",
-             decision.reason, champion_version, run.info.run_id)
-    return RegisterResult(ds=ds, mlflow_run_id=run.info.run_id, model_kind=best_kind, model_version=version,
-                          promoted=decision.promote, reason=decision.reason, champion_version=champion_version)
+    log.info("register ds=%s: %s version %s serves the %s recipe (%s; best candidate %s%s); champion is version %s; "
+             "MLflow run %s", ds, gate.model_name, version, decision.serving_kind, decision.reason,
+             decision.best_candidate, "" if decision.moves_alias else
+             f"; a backfill older than the champion's ds {decision.champion_ds}, so the alias stays",
+             champion_version, run.info.run_id)
+    return RegisterResult(ds=ds, mlflow_run_id=run.info.run_id, model_kind=decision.serving_kind,
+                          model_version=version, promoted=decision.promote, reason=decision.reason,
+                          champion_version=champion_version, best_candidate=decision.best_candidate)
 
 
 run = register

@@ -335,8 +335,10 @@ def list_report(labels: np.ndarray, logits: np.ndarray, retrieval_scores: np.nda
     }
 
 
-def fit_two_stage(features, data, config, retrieval_dir: Path, seed: int, workdir: Path) -> TwoStageModel:
-    """Train the ranker on top of a trained retrieval model; the last training days validate it."""
+def fit_two_stage(features, data, config, retrieval_dir: Path, seed: int, workdir: Path,
+                  epochs: int | None = None) -> TwoStageModel:
+    """Train the ranker on top of a trained retrieval model; the last training days validate it, unless
+    `epochs` is given: then every day trains, for that many epochs (a refit of an early-stopped twin)."""
     from tasks.models.base import load_recommender
 
     tf.keras.utils.set_random_seed(seed)
@@ -353,22 +355,27 @@ def fit_two_stage(features, data, config, retrieval_dir: Path, seed: int, workdi
     examples = ranking_examples(touches, retrieval, users, np.expm1(popularity),
                                 max(data.event_weights.values()), config.hard_negatives, config.popular_negatives,
                                 user_spec.lists["history"][1], config.candidates, seed)
-    paths, is_validation = write_example_splits(examples, features.window.cutoff, config.validation_days, seed,
-                                                workdir, "ranking")
+    paths, is_validation = write_example_splits(examples, features.window.cutoff,
+                                                0 if epochs else config.validation_days, seed, workdir, "ranking")
     width = 1 + config.hard_negatives + config.popular_negatives
     train_data = _dataset(paths["train"], user_spec, users, width, config.batch_size, True, seed)
-    validation_data = _dataset(paths["validation"], user_spec, users, width, config.batch_size, False, seed)
+    validation_data = None if epochs else _dataset(paths["validation"], user_spec, users, width, config.batch_size,
+                                                   False, seed)
     ranker = Ranker(user_spec, item_spec, config.embedding_dim, tuple(config.deep_layers),
                     history_attributes(items, item_spec), 1.0 / retrieval.params["temperature"])
     trainer = RankingTrainer(ranker, encode(items, item_spec), popularity)
     trainer.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    history = trainer.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=[stop], verbose=0)
-    logits = np.concatenate([trainer.list_logits(inputs).numpy() for inputs, _, _ in validation_data])
-    validation = examples[is_validation.to_numpy()]
-    report = list_report(np.stack(validation["labels"]), logits, np.stack(validation["retrieval_score"]))
+    history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
+                          callbacks=[] if epochs else [stop], verbose=0)
+    report = {}  # a refit keeps no day aside: its twin's report stands for it
+    if validation_data is not None:
+        logits = np.concatenate([trainer.list_logits(inputs).numpy() for inputs, _, _ in validation_data])
+        validation = examples[is_validation.to_numpy()]
+        report = list_report(np.stack(validation["labels"]), logits, np.stack(validation["retrieval_score"]))
     log.info("two_stage: %d training / %d validation lists of %d, %d epochs, validation %s", int((~is_validation).sum()),
              int(is_validation.sum()), width, len(history.history["loss"]), {k: round(v, 4) for k, v in report.items()})
     return TwoStageModel(retrieval.item_ids, retrieval.fallback_scores,
-                         {**config.model_dump(), "epochs_run": len(history.history["loss"]), "validation": report},
+                         {**config.model_dump(), "epochs_run": len(history.history["loss"]), "validation": report,
+                          "val_loss": [float(v) for v in history.history.get("val_loss", [])]},
                          retrieval, ExportedRanker(ranker), items, retrieval_dir)

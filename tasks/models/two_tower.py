@@ -309,8 +309,10 @@ class _ExportedIndex(tf.Module):
         self.serve = tf.function(lambda inputs: index(inputs), input_signature=[tower_signature(query_spec)])
 
 
-def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd.Series) -> TwoTowerModel:
-    """Train on the feature set's training interactions; the last `validation_days` drive early stopping.
+def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd.Series,
+                  epochs: int | None = None) -> TwoTowerModel:
+    """Train on the feature set's training interactions; the last `validation_days` drive early stopping,
+    unless `epochs` is given: then every day trains, for that many epochs (a refit of an early-stopped twin).
 
     `fallback` (popularity by item id) serves users without history, the same list every model falls back to.
     """
@@ -324,12 +326,12 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
         # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples.
         probability=train["item_id"].map(counts / len(train)).astype(np.float32),
     )[["user_id", "item_id", "history", "weight", "probability", "event_ts"]]
-    paths, is_validation = write_example_splits(examples, features.window.cutoff, config.validation_days, seed,
-                                                workdir, "retrieval")
+    paths, is_validation = write_example_splits(examples, features.window.cutoff,
+                                                0 if epochs else config.validation_days, seed, workdir, "retrieval")
     users, items = features.train_users, features.train_items
     train_data = examples_dataset(paths["train"], query_spec, candidate_spec, users, items, config.batch_size, True, seed)
-    validation_data = examples_dataset(paths["validation"], query_spec, candidate_spec, users, items,
-                                       config.batch_size, False, seed)
+    validation_data = None if epochs else examples_dataset(paths["validation"], query_spec, candidate_spec, users,
+                                                           items, config.batch_size, False, seed)
     query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
                   history_attributes=history_attributes(items, candidate_spec))
     candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
@@ -337,8 +339,8 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     trainer = TwoTowerTrainer(query, candidate, config.temperature, catalog, config.extra_negatives)
     trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    history = trainer.fit(train_data, validation_data=validation_data, epochs=config.epochs, callbacks=[stop],
-                          verbose=0)
+    history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
+                          callbacks=[] if epochs else [stop], verbose=0)
     losses = history.history
     log.info("two_tower: %d training / %d validation examples, %d epochs, loss %.4f -> %.4f, val_loss %s",
              int((~is_validation).sum()), int(is_validation.sum()), len(losses["loss"]), losses["loss"][0],

@@ -1,0 +1,113 @@
+"""Recipes: a model kind with the config that shapes it, fit on any window of a feature set.
+
+The gate compares recipes, not artefacts: tonight's candidates and the champion's recipe are all fit on
+tonight's training window and scored on the same unseen days, and the winning recipe is then refit through
+ds for serving. A recipe is what the registry keeps of a version to train it again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from configs.schema import Config
+from tasks.feature_set import FeatureSet
+from tasks.models.base import MANIFEST, Recommender
+
+log = logging.getLogger(__name__)
+
+BASELINES = ("popularity", "cooccurrence", "ease")
+# The config sections each kind is shaped by; every kind falls back to the popularity list.
+SECTIONS: dict[str, tuple[str, ...]] = {
+    "popularity": ("train.popularity",),
+    "cooccurrence": ("train.popularity", "train.cooccurrence"),
+    "ease": ("train.popularity", "train.ease"),
+    "two_tower": ("train.popularity", "train_retrieval"),
+    "two_stage": ("train.popularity", "train_retrieval", "train_ranking"),
+}
+
+
+def _get(tree: dict, dotted: str) -> Any:
+    for key in dotted.split("."):
+        tree = tree[key]
+    return tree
+
+
+def recipe(kind: str, config: Config) -> dict:
+    """The kind, the seed and the resolved sections that shape it (JSON-ready, comparable with ==)."""
+    if kind not in SECTIONS:
+        raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(SECTIONS)}")
+    resolved = config.model_dump(mode="json")
+    return {"kind": kind, "seed": config.seed, "sections": {s: _get(resolved, s) for s in SECTIONS[kind]}}
+
+
+def recipe_config(config: Config, saved: dict) -> Config:
+    """Tonight's config with a saved recipe's seed and sections put back, so its kind trains as it did then.
+
+    Data, windows and paths stay tonight's: a recipe is how to train, not on what.
+    """
+    resolved = config.model_dump(mode="json")
+    resolved["seed"] = saved.get("seed", config.seed)
+    for dotted, value in saved.get("sections", {}).items():
+        *parents, last = dotted.split(".")
+        (_get(resolved, ".".join(parents)) if parents else resolved)[last] = value
+    return Config.model_validate(resolved)
+
+
+def recipe_json(kind: str, config: Config) -> str:
+    return json.dumps(recipe(kind, config), sort_keys=True)
+
+
+def best_epochs(model_dir: Path) -> int | None:
+    """The epoch a saved TFRS model's early stopping kept (its lowest validation loss); None if unknown."""
+    manifest = model_dir / MANIFEST
+    if not manifest.is_file():
+        return None
+    params = json.loads(manifest.read_text())["params"]
+    losses = params.get("val_loss") or []
+    return int(np.argmin(losses)) + 1 if losses else params.get("epochs_run")
+
+
+def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
+               epochs: dict[str, int] | None = None, retrieval_dir: Path | None = None) -> Recommender:
+    """Fit one recipe on the feature set's training interactions; nothing on or after its cutoff is read.
+
+    `epochs` ({"two_tower": n, "two_stage": m}) trains the TFRS parts for those epochs on every training day,
+    with no early-stopping split, as a refit does with the epochs its twin stopped at. `retrieval_dir` is a
+    two-tower model for the two-stage kind to re-rank; without it, one is fit here first. Save the result
+    before `workdir` goes away.
+    """
+    from tasks.train import fit_model
+
+    if kind in BASELINES:
+        return fit_model(kind, features, config.train)
+    epochs = epochs or {}
+    if kind == "two_tower" or retrieval_dir is None:
+        from tasks.models.two_tower import fit_two_tower  # TensorFlow loads only for the TFRS kinds
+
+        popularity = fit_model("popularity", features, config.train)
+        model = fit_two_tower(features, config.data, config.train_retrieval, config.seed, workdir,
+                              pd.Series(popularity.fallback_scores, index=popularity.item_ids),
+                              epochs=epochs.get("two_tower"))
+        if kind == "two_tower":
+            return model
+        retrieval_dir = workdir / "two_tower"
+        model.save(retrieval_dir)
+    from tasks.models.two_stage import fit_two_stage
+
+    return fit_two_stage(features, config.data, config.train_ranking, retrieval_dir, config.seed, workdir,
+                         epochs=epochs.get("two_stage"))
+
+
+def twin_epochs(kind: str, model_dir: Path) -> dict[str, int] | None:
+    """The epochs each TFRS part of a saved twin stopped at, for its refit; None for the baselines."""
+    if kind in BASELINES:
+        return None
+    if kind == "two_tower":
+        return {"two_tower": best_epochs(model_dir)}
+    return {"two_tower": best_epochs(model_dir / "retrieval"), "two_stage": best_epochs(model_dir)}

@@ -1,0 +1,1 @@
+"""Quality: the statistics that decide what is served."""

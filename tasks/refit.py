@@ -1,0 +1,62 @@
+"""refit: bring the gate's winning recipe up to ds, so the model served tomorrow morning has seen yesterday.
+
+The held-out days chose the recipe; the model then trains on every day of the window, held-out days
+included. The TFRS kinds train for the epochs their twin's early stopping kept, since no day is left aside
+to stop on. The twin's holdout metrics stand for the refit model (register logs them beside it).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from configs.schema import Config
+from tasks.address_book import AddressBook
+from tasks.atomic_write import atomic_directory
+from tasks.evaluate import read_decision
+from tasks.feature_set import FeatureSet
+from tasks.models.recipes import fit_recipe, recipe_config, twin_epochs
+from tasks.step_cli import step_main
+
+log = logging.getLogger(__name__)
+
+
+class RefitResult(BaseModel):
+    ds: date
+    kind: str
+    path: str
+    twin: str                    # the evaluation row (and model folder) whose recipe and metrics this model carries
+    epochs: dict[str, int] | None
+    interactions: int
+    seconds: float
+
+
+def refit(config: Config, ds: date, run_id: str) -> RefitResult:
+    """Fit the recipe evaluate chose on every interaction up to ds and save it as the ds's serving model."""
+    started = time.perf_counter()
+    book = AddressBook.from_config(config)
+    decision = read_decision(book.evaluation(ds))
+    features = FeatureSet.read(book.features(ds)).through_ds()
+    epochs = twin_epochs(decision.serving_kind, book.model(ds, decision.serving_row))
+    target = book.serving_model(ds)
+    with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="refit-") as scratch:
+        model = fit_recipe(decision.serving_kind, recipe_config(config, decision.serving_recipe), features,
+                           Path(scratch), epochs)
+        model.save(staging)
+    seconds = time.perf_counter() - started
+    log.info("refit ds=%s: %s recipe (twin: %s, epochs %s) on %d interactions through %s, %d items in %.1fs -> %s",
+             ds, decision.serving_kind, decision.serving_row, epochs, len(features.interactions), ds,
+             len(model.item_ids), seconds, target)
+    return RefitResult(ds=ds, kind=decision.serving_kind, path=str(target), twin=decision.serving_row, epochs=epochs,
+                       interactions=len(features.interactions), seconds=round(seconds, 2))
+
+
+run = refit
+
+if __name__ == "__main__":
+    step_main(refit)

@@ -1,0 +1,80 @@
+"""No model is scored on days it trained on: the champion is compared by its recipe, retrained on tonight's
+window, and a backfill never moves the champion alias."""
+
+import shutil
+from datetime import timedelta
+
+import pandas as pd
+import pytest
+
+from pipelines.runner import run_pipeline
+from tasks.address_book import AddressBook
+from tasks.evaluate import evaluate_model, held_out_window
+from tasks.feature_set import FeatureSet
+from tasks.model_registry import ModelRegistry
+from tasks.warehouse import DuckDBWarehouse
+from tests.conftest import DS, make_config
+
+# Baselines only, so no TensorFlow training: the windows are the same for every kind.
+BASELINES = ("train.models=[cooccurrence, ease]", "train_retrieval.enabled=false", "train_ranking.enabled=false")
+
+
+@pytest.fixture(scope="module")
+def first_night(shop_raw, tmp_path_factory):
+    """A var dir after one night for DS (holdout 3 days): its champion has trained on every day up to DS."""
+    var = tmp_path_factory.mktemp("first_night") / "var"
+    results = run_pipeline(make_config(var, shop_raw, *BASELINES), DS, "first")
+    return var, results
+
+
+def _second_night(first_night, shop_raw, tmp_path, *overrides):
+    var = tmp_path / "var"
+    shutil.copytree(first_night[0], var)
+    return make_config(var, shop_raw, *BASELINES, *overrides)
+
+
+def _overall(config, ds) -> pd.DataFrame:
+    table = pd.read_parquet(AddressBook.from_config(config).evaluation(ds) / "evaluation.parquet")
+    return table[table["segment"] == "all"].set_index("model")
+
+
+def test_champion_is_scored_as_its_recipe_retrained_on_tonights_window_after_a_holdout_change(
+        first_night, shop_raw, tmp_path):
+    config = _second_night(first_night, shop_raw, tmp_path, "build_features.holdout_days=1")
+    kind = first_night[1]["register"]["model_kind"]
+
+    run_pipeline(config, DS, "holdout_1")
+
+    overall = _overall(config, DS)
+    # The champion's row is its twin's: the same recipe fit on tonight's training days (before DS), not the
+    # artefact that trained on DS itself.
+    pd.testing.assert_series_equal(overall.loc["champion"], overall.loc[kind], check_names=False)
+    book = AddressBook.from_config(config)
+    artefact = ModelRegistry(book.mlflow_tracking_uri, config.register.model_name).load_version(
+        first_night[1]["register"]["champion_version"]).recommender
+    leaked = evaluate_model(artefact, held_out_window(FeatureSet.read(book.features(DS)), config),
+                            config.evaluate.ks, 1024, "artefact")[0]
+    assert leaked["ndcg_at_10"] > overall.loc["champion", "ndcg_at_10"]  # what scoring it would have shown
+
+
+def test_a_backfill_compares_recipes_on_its_own_window_and_leaves_the_champion_alias(first_night, shop_raw, tmp_path):
+    config = _second_night(first_night, shop_raw, tmp_path)
+    champion = first_night[1]["register"]["champion_version"]
+    backfill = DS - timedelta(days=3)
+
+    results = run_pipeline(config, backfill, "backfill")
+
+    decision = results["evaluate"]["decision"]
+    assert decision["champion_ds"] == DS.isoformat() and not decision["moves_alias"]
+    overall = _overall(config, backfill)  # the champion's recipe, fit on the backfill's own training days
+    kind = first_night[1]["register"]["model_kind"]
+    pd.testing.assert_series_equal(overall.loc["champion"], overall.loc[kind], check_names=False)
+    book = AddressBook.from_config(config)
+    registry = ModelRegistry(book.mlflow_tracking_uri, config.register.model_name)
+    served = results["register"]["model_version"]
+    assert served != champion and registry.alias_version("champion") == champion
+    assert registry.version_tags(served)["ds"] == backfill.isoformat()
+    assert registry.alias_version("challenger") == served
+    tables = DuckDBWarehouse(book.warehouse).query(
+        "SELECT ds, list(DISTINCT model_version) AS versions FROM recommendations GROUP BY ds ORDER BY ds")
+    assert [list(v) for v in tables["versions"]] == [[served], [champion]]

@@ -1,0 +1,36 @@
+"""The served model has seen ds: the gate's winning recipe is refit on every day up to ds."""
+
+import pandas as pd
+
+from pipelines.runner import run_pipeline
+from tasks.address_book import AddressBook
+from tasks.warehouse import DuckDBWarehouse
+from tests.conftest import DS, make_config
+
+
+def test_an_item_first_bought_on_ds_is_recommended_the_next_morning(raw_copy, tmp_path):
+    events = pd.read_parquet(raw_copy / "events")
+    before = events[events["event_ts"] < pd.Timestamp(DS.isoformat(), tz="UTC")]
+    anchor = before["item_id"].value_counts().index[5]  # a well-liked item with many earlier buyers
+    fans = sorted(before.loc[before["item_id"] == anchor, "user_id"].unique())
+    buyers, reader = fans[:-1], fans[-1]  # every fan but one buys the new item on ds; that one never sees it
+    assert len(buyers) >= 10
+    day = raw_copy / "events" / f"ds={DS}" / "part-0.parquet"
+    today = pd.read_parquet(day)
+    new_events = pd.DataFrame({
+        "event_id": [f"enew{i:05d}" for i in range(len(buyers))], "user_id": buyers, "item_id": "i_new",
+        "event_type": "purchase", "value": float("nan"),
+        "event_ts": pd.Timestamp(f"{DS}T20:00:00", tz="UTC") + pd.to_timedelta(range(len(buyers)), unit="s")})
+    pd.concat([today, new_events.astype({"event_ts": today["event_ts"].dtype})], ignore_index=True).to_parquet(day)
+    items_file = raw_copy / "items" / f"ds={DS}" / "part-0.parquet"
+    items = pd.read_parquet(items_file)
+    pd.concat([items, items[items["item_id"] == anchor].assign(item_id="i_new")], ignore_index=True).to_parquet(items_file)
+    config = make_config(tmp_path / "var", raw_copy, "train.models=[cooccurrence]", "train_retrieval.enabled=false",
+                         "train_ranking.enabled=false")
+
+    results = run_pipeline(config, DS, "new_item")
+
+    assert results["refit"]["kind"] == "cooccurrence"
+    table = DuckDBWarehouse(AddressBook.from_config(config).warehouse).query(
+        "SELECT item_id FROM recommendations WHERE ds = ? AND user_id = ?", [DS, reader])
+    assert "i_new" in table["item_id"].tolist()  # the model trained before ds never saw the item
