@@ -117,25 +117,32 @@ class TrainRetrievalConfig(Section):
     patience: int = Field(2, ge=1)
 
 
+SourceKind = Literal["popularity", "cooccurrence", "ease", "two_tower"]
+
+
 class TrainRankingConfig(Section):
-    """The TFRS DCN-v2 ranker that re-scores the retrieval model's candidates."""
+    """The two-stage model: several retrievers propose candidates, a TFRS DCN-v2 ranker orders their union."""
 
     enabled: bool = True
-    candidates: int = Field(500, ge=1, description="Candidates retrieved per user before ranking.")
+    sources: tuple[SourceKind, ...] = Field(
+        ("cooccurrence", "ease", "two_tower", "popularity"), min_length=1,
+        description="Retrievers whose candidates are pooled; each is fit with its own config section.")
+    per_source: int = Field(100, ge=1, description="Candidates each source proposes per user.")
+    candidates: int = Field(300, ge=1, description="Candidates per user after pooling, best rank in any source first.")
+    label_days: int = Field(3, ge=1, description="Days of one label window: their events label the ranker's lists, "
+                                                 "whose sources are fit on the days before them.")
+    label_windows: int = Field(1, ge=1, description="Consecutive label windows, back from the cutoff, whose lists "
+                                                    "are pooled (more lists, one more fit of the sources each).")
     positive_event_types: tuple[str, ...] = Field(
         ("click", "add_to_cart", "purchase", "rating"), min_length=1,
-        description="The ranker learns to pick items the user went on to engage with: each list is built "
-                    "around an interaction whose strongest event is of these types (views teach retrieval).")
-    hard_negatives: int = Field(
-        31, ge=1, description="Negatives in each positive's list, drawn uniformly from the retrieval candidates.")
-    popular_negatives: int = Field(0, ge=0, description="Negatives in each list drawn from the catalogue by popularity.")
-    embedding_dim: int = Field(16, ge=4)
+        description="Events in the label window that make a candidate a positive, weighted by their event weight.")
     deep_layers: tuple[int, ...] = (64, 32)
-    epochs: int = Field(5, ge=1)
-    batch_size: int = Field(256, ge=8, description="Lists (positives) per training step.")
-    learning_rate: float = Field(0.005, gt=0)
-    validation_days: int = Field(1, ge=1)
-    patience: int = Field(2, ge=1)
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(64, ge=1, description="Users' candidate lists per training step.")
+    learning_rate: float = Field(0.003, gt=0)
+    patience: int = Field(3, ge=1)
+    validation_share: float = Field(0.1, gt=0, lt=1, description="Users whose lists drive early stopping.")
+    max_lists: int = Field(20_000, ge=2, description="Most users' lists the ranker trains on (a seeded sample).")
 
 
 class EvaluateConfig(Section):
@@ -187,9 +194,8 @@ class Config(Section):
     @model_validator(mode="after")
     def _event_types_known(self) -> Config:
         known = set(self.data.event_types)
-        if self.train_ranking.enabled and not self.train_retrieval.enabled:
-            raise ValueError("train_ranking needs train_retrieval: enable it or set train_ranking.enabled=false")
         for section, types in (("evaluate.positive_event_types", self.evaluate.positive_event_types),
+                               ("train_ranking.positive_event_types", self.train_ranking.positive_event_types),
                                ("publish.exclude_event_types", self.publish.exclude_event_types)):
             unknown = sorted(set(types) - known)
             if unknown:

@@ -62,7 +62,7 @@ KNOBS: dict[str, Knob] = {
     "retrieval_batch_size": Knob("train_retrieval.batch_size", "integer", "Two-tower batch size."),
     "retrieval_embedding_dim": Knob("train_retrieval.embedding_dim", "integer", "Two-tower embedding size."),
     "retrieval_learning_rate": Knob("train_retrieval.learning_rate", "number", "Two-tower learning rate."),
-    "ranking_candidates": Knob("train_ranking.candidates", "integer", "Candidates retrieved per user for ranking."),
+    "ranking_candidates": Knob("train_ranking.candidates", "integer", "Pooled candidates per user the ranker orders."),
     "ranking_epochs": Knob("train_ranking.epochs", "integer", "Ranker training epochs."),
 }
 

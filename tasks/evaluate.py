@@ -20,7 +20,7 @@ from tasks.address_book import AddressBook
 from tasks.atomic_write import atomic_directory
 from tasks.errors import MissingInput
 from tasks.feature_set import FeatureSet
-from tasks.metrics import PER_USER, catalog_metrics, metric_name, per_user_metrics, summarize
+from tasks.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
 from tasks.model_registry import ModelRegistry
 from tasks.models.base import MANIFEST, Recommender, load_recommender
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
@@ -32,6 +32,7 @@ from tasks.train import candidate_kinds
 log = logging.getLogger(__name__)
 
 GATE_FILE = "gate.json"
+STAGES_FILE = "stages.json"  # per-stage figures of the two-stage models: candidate recall, NDCG on candidates
 SEGMENTS = ("all", "warm", "cold")
 
 
@@ -41,6 +42,7 @@ class EvaluateResult(BaseModel):
     users: dict[str, int]
     champion_version: str | None
     decision: GateDecision
+    stages: dict[str, dict[str, float]] = {}
     metrics: dict[str, dict[str, float]]
 
 
@@ -93,6 +95,42 @@ def evaluate_model(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...
             row |= catalog_metrics(recs, len(window.allowed_items), window.item_popularity, ks)
         rows.append(row)
     return rows
+
+
+def stage_metrics(model: Recommender, window: HeldOutWindow, batch_size: int) -> dict[str, float]:
+    """A two-stage model's stages on the held-out users: the share of their held-out positives in each
+    source's candidates and in the pooled ones (candidate recall), and NDCG@10 on the pooled candidate lists
+    of the ranker's order and of each source's own (over the users with a positive among them)."""
+    from tasks.models.candidates import values_at
+    from tasks.models.cooccurrence import user_item_matrix
+    from tasks.models.ranker import score_lists
+    from tasks.recommend import user_batches
+
+    candidates, item_ids = model.candidates, model.item_ids
+    relevant = window.relevant.assign(weight=1.0)
+    total = int((pd.Index(item_ids).get_indexer(relevant["item_id"]) >= 0).sum())
+    hits = dict.fromkeys((*candidates.sources, "union"), 0)
+    ndcg = dict.fromkeys(("ranker", *candidates.sources), 0.0)
+    users = 0
+    for batch, banned, allowed in user_batches(item_ids, window.users, window.history, window.excluded,
+                                               window.allowed_items, batch_size, window.user_features):
+        wanted = user_item_matrix(relevant, batch.user_ids, item_ids)
+        proposals = candidates.proposals(batch, banned, allowed)
+        frame = candidates.frame_from(batch, proposals)
+        for name, (ids, _) in proposals.items():
+            hits[name] += int((values_at(wanted, ids) > 0).sum())
+        positive = values_at(wanted, frame.ids) > 0
+        hits["union"] += int(positive.sum())
+        has = positive.any(axis=1)
+        users += int(has.sum())
+        orders = {"ranker": score_lists(model.ranker, frame.features, frame.mask)} | {
+            name: np.where(frame.mask, frame.features[..., candidates.names.index(f"{name}_score")], -np.inf)
+            for name in candidates.sources}
+        for name, scores in orders.items():
+            ndcg[name] += list_ndcg(scores[has], positive[has], 10) * has.sum() if has.any() else 0.0
+    return {"users_with_a_positive_candidate": float(users),
+            **{f"candidate_recall.{name}": count / max(total, 1) for name, count in hits.items()},
+            **{f"candidate_ndcg_at_10.{name}": value / max(users, 1) for name, value in ndcg.items()}}
 
 
 def plot_curves(table: pd.DataFrame, ks: tuple[int, ...], path: Path) -> None:
@@ -201,6 +239,8 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
         rows += [row | {"model": CHAMPION_ROW} for row in rows if row["model"] == twin_of]
     elif twin is not None:
         rows += evaluate_model(load_recommender(twin), window, ks, config.evaluate.batch_size, CHAMPION_ROW)
+    stages = {name: stage_metrics(model, window, config.evaluate.batch_size)
+              for name, model in models.items() if hasattr(model, "candidates")}
     table = pd.DataFrame(rows)
     decision = gate_decision(table, config, ds, champion, candidates, twin_of)
     target = book.evaluation(ds)
@@ -210,14 +250,16 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
         (staging / "evaluation.md").write_text(format_table(table, ks))
         plot_curves(table, ks, staging / "metrics_at_k.png")
         (staging / GATE_FILE).write_text(decision.model_dump_json(indent=2))
+        (staging / STAGES_FILE).write_text(json.dumps(stages, indent=2))
     users = {s: int(table.loc[(table["segment"] == s), "users"].iloc[0]) for s in SEGMENTS}
-    log.info("evaluate ds=%s: %d held-out users (%d warm, %d cold), %d models in %.1fs -> %s\n%s\ngate: %s "
-             "(best candidate %s); serving the %s recipe", ds, users["all"], users["warm"], users["cold"],
+    log.info("evaluate ds=%s: %d held-out users (%d warm, %d cold), %d models in %.1fs -> %s\n%s\nstages: %s\n"
+             "gate: %s (best candidate %s); serving the %s recipe", ds, users["all"], users["warm"], users["cold"],
              len(models), time.perf_counter() - started, target, format_table(table, ks),
-             decision.reason, decision.best_candidate, decision.serving_kind)
+             {m: {k: round(v, 4) for k, v in s.items()} for m, s in stages.items()}, decision.reason,
+             decision.best_candidate, decision.serving_kind)
     overall = table[table["segment"] == "all"].set_index("model").drop(columns="segment")
     return EvaluateResult(ds=ds, path=str(target), users=users, champion_version=decision.champion_version,
-                          decision=decision,
+                          decision=decision, stages=stages,
                           metrics={m: {c: float(v) for c, v in r.items()} for m, r in overall.iterrows()})
 
 

@@ -45,25 +45,39 @@ def recommend_batches(model: Recommender, user_ids: np.ndarray, history: pd.Data
     `user_features` (one row per user: declared columns and `history`) feeds models that read features.
     """
     started = time.perf_counter()
-    user_ids = np.asarray(user_ids, dtype=object)
     item_ids = model.item_ids
+    rows_out, cold = 0, 0
+    batches = user_batches(item_ids, user_ids, history, excluded, allowed_items, batch_size, user_features)
+    for batch, banned, allowed in tqdm(batches, desc=desc, unit="batch", mininterval=5,
+                                       total=-(-len(user_ids) // batch_size)):
+        found = model_top_k(model, batch, k, banned, allowed)
+        keep = found.ids >= 0
+        frame = recommendation_frame(np.repeat(batch.user_ids, keep.sum(axis=1)), np.cumsum(keep, axis=1)[keep],
+                                     item_ids[found.ids[keep]], found.scores[keep])
+        rows_out += len(frame)
+        cold += int((np.diff(batch.history.indptr) == 0).sum())
+        yield frame
+    log.info("%s: %s top-%d for %d users (%d cold) -> %d rows in %.1fs", desc, model.kind, k, len(user_ids),
+             cold, rows_out, time.perf_counter() - started)
+
+
+def user_batches(item_ids: np.ndarray, user_ids: np.ndarray, history: pd.DataFrame, excluded: pd.DataFrame,
+                 allowed_items: np.ndarray | None, batch_size: int, user_features: pd.DataFrame | None = None
+                 ) -> Iterator[tuple[UserBatch, sp.csr_matrix, np.ndarray]]:
+    """(UserBatch, banned items, allowed items) per `batch_size` users, over the given item columns.
+
+    `history` (user_id, item_id, weight) becomes each user's history row; `excluded` (user_id, item_id) pairs
+    are banned for that user; items outside `allowed_items` (None: all) are never allowed.
+    """
+    user_ids = np.asarray(user_ids, dtype=object)
     hist = user_item_matrix(history, user_ids, item_ids)
     banned = user_item_matrix(excluded.assign(weight=1.0), user_ids, item_ids).astype(bool).tocsr()
     allowed = np.ones(len(item_ids), bool) if allowed_items is None else np.isin(item_ids, allowed_items)
-    cold = np.diff(hist.indptr) == 0  # for the log line; model_top_k finds them per batch
     by_user = None if user_features is None else user_features.drop_duplicates("user_id").set_index("user_id")
-    rows_out = 0
-    for start in tqdm(range(0, len(user_ids), batch_size), desc=desc, unit="batch", mininterval=5):
+    for start in range(0, len(user_ids), batch_size):
         rows = slice(start, start + batch_size)
         features = None if by_user is None else by_user.reindex(user_ids[rows]).rename_axis("user_id").reset_index()
-        found = model_top_k(model, UserBatch(user_ids[rows], hist[rows], features), k, banned[rows], allowed)
-        keep = found.ids >= 0
-        frame = recommendation_frame(np.repeat(user_ids[rows], keep.sum(axis=1)), np.cumsum(keep, axis=1)[keep],
-                                     item_ids[found.ids[keep]], found.scores[keep])
-        rows_out += len(frame)
-        yield frame
-    log.info("%s: %s top-%d for %d users (%d cold) -> %d rows in %.1fs", desc, model.kind, k, len(user_ids),
-             int(cold.sum()), rows_out, time.perf_counter() - started)
+        yield UserBatch(user_ids[rows], hist[rows], features), banned[rows], allowed
 
 
 def model_top_k(model: Recommender, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:

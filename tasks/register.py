@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
-from tasks.evaluate import read_decision
+from tasks.evaluate import STAGES_FILE, read_decision
 from tasks.feature_set import FeatureSet
 from tasks.model_registry import ModelRegistry
 from tasks.models.base import saved_format
@@ -90,6 +90,10 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
         mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
                             for k, v in row.items() if k != "segment" and pd.notna(v)})
         mlflow.log_artifacts(str(book.evaluation(ds)), "evaluation")
+        stages = book.evaluation(ds) / STAGES_FILE
+        if stages.is_file():
+            mlflow.log_metrics({f"{model}.stage.{k}": float(v) for model, figures in json.loads(stages.read_text()).items()
+                                for k, v in figures.items()})
         ranking_report = book.model(ds, RANKING_KIND) / RANKING_REPORT
         if ranking_report.is_file():
             mlflow.log_metrics({f"two_stage.validation.{k}": float(v)

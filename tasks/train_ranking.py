@@ -1,4 +1,4 @@
-"""train_ranking: fit the TFRS DCN-v2 ranker over the retrieval model's candidates (retrieval then ranking)."""
+"""train_ranking: fit the two-stage model, a TFRS DCN-v2 ranker over the union of several retrievers' candidates."""
 
 from __future__ import annotations
 
@@ -26,12 +26,13 @@ REPORT = "ranking_validation.json"
 class TrainRankingResult(BaseModel):
     ds: date
     path: str | None
-    validation: dict[str, float]
+    validation: dict[str, float | int]
     seconds: float
 
 
 def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
-    """Fit the ranker on the features of ds over this ds's two-tower model; skipped when disabled."""
+    """Fit the two-stage model on the features of ds (its two-tower source is this ds's train_retrieval model
+    when that step ran); skipped when disabled."""
     if not config.train_ranking.enabled:
         log.info("train_ranking ds=%s: disabled in config, nothing trained", ds)
         return TrainRankingResult(ds=ds, path=None, validation={}, seconds=0.0)
@@ -39,13 +40,13 @@ def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
 
     started = time.perf_counter()
     book = AddressBook.from_config(config)
-    retrieval_dir = book.model(ds, "two_tower")
-    if not retrieval_dir.is_dir():
+    retrieval_dir = book.model(ds, "two_tower") if config.train_retrieval.enabled else None
+    if retrieval_dir is not None and not retrieval_dir.is_dir():
         raise MissingInput(f"train_ranking ds={ds}: no retrieval model at {retrieval_dir}; run train_retrieval first")
     features = FeatureSet.read(book.features(ds))
     target = book.model(ds, KIND)
     with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="two_stage-") as scratch:
-        model = fit_two_stage(features, config.data, config.train_ranking, retrieval_dir, config.seed, Path(scratch))
+        model = fit_two_stage(features, config, Path(scratch), retrieval_dir=retrieval_dir)
         model.save(staging)
         (staging / REPORT).write_text(json.dumps(model.params["validation"], indent=2))
     seconds = time.perf_counter() - started

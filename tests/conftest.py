@@ -26,7 +26,8 @@ DS = SHOP.end
 def make_config(var: Path, raw: Path, *overrides: str) -> Config:
     """The embedded default, pointed at `var` and `raw`, with small-data settings and extra overrides."""
     return load_config(None, (f"paths.var={var}", f"paths.raw={raw}", "build_features.lookback_days=14",
-                              "publish.k=20", "evaluate.ks=[5, 10, 20]", *overrides))
+                              "publish.k=20", "evaluate.ks=[5, 10, 20]", "train_ranking.per_source=40",
+                              "train_ranking.candidates=80", *overrides))
 
 
 @pytest.fixture(scope="session")

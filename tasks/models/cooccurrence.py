@@ -15,15 +15,18 @@ from tasks.models.base import Recommender, UserBatch
 TIE_BREAK = 1e-6
 
 
-def user_item_matrix(interactions: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray) -> sp.csr_matrix:
-    """Summed event weights per (user, item), log-damped; rows and columns in the given orders."""
+def user_item_matrix(interactions: pd.DataFrame, user_ids: np.ndarray, item_ids: np.ndarray,
+                     damp: bool = True) -> sp.csr_matrix:
+    """Summed event weights per (user, item), log-damped unless `damp` is False; rows and columns in the
+    given orders."""
     rows = pd.Index(user_ids).get_indexer(interactions["user_id"])
     cols = pd.Index(item_ids).get_indexer(interactions["item_id"])
     keep = (rows >= 0) & (cols >= 0)
     matrix = sp.csr_matrix((interactions["weight"].to_numpy(dtype=np.float32)[keep], (rows[keep], cols[keep])),
                            shape=(len(user_ids), len(item_ids)), dtype=np.float32)
     matrix.sum_duplicates()
-    matrix.data = np.log1p(matrix.data)
+    if damp:
+        matrix.data = np.log1p(matrix.data)
     return matrix
 
 

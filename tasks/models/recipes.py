@@ -79,29 +79,23 @@ def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
 
     `epochs` ({"two_tower": n, "two_stage": m}) trains the TFRS parts for those epochs on every training day,
     with no early-stopping split, as a refit does with the epochs its twin stopped at. `retrieval_dir` is a
-    two-tower model for the two-stage kind to re-rank; without it, one is fit here first. Save the result
+    two-tower model already fit on these days, for the two-stage kind to use as its source. Save the result
     before `workdir` goes away.
     """
     from tasks.train import fit_model
 
     if kind in BASELINES:
         return fit_model(kind, features, config.train)
-    epochs = epochs or {}
-    if kind == "two_tower" or retrieval_dir is None:
+    if kind == "two_tower":
         from tasks.models.two_tower import fit_two_tower  # TensorFlow loads only for the TFRS kinds
 
         popularity = fit_model("popularity", features, config.train)
-        model = fit_two_tower(features, config.data, config.train_retrieval, config.seed, workdir,
-                              pd.Series(popularity.fallback_scores, index=popularity.item_ids),
-                              epochs=epochs.get("two_tower"))
-        if kind == "two_tower":
-            return model
-        retrieval_dir = workdir / "two_tower"
-        model.save(retrieval_dir)
+        return fit_two_tower(features, config.data, config.train_retrieval, config.seed, workdir,
+                             pd.Series(popularity.fallback_scores, index=popularity.item_ids),
+                             epochs=(epochs or {}).get("two_tower"))
     from tasks.models.two_stage import fit_two_stage
 
-    return fit_two_stage(features, config.data, config.train_ranking, retrieval_dir, config.seed, workdir,
-                         epochs=epochs.get("two_stage"))
+    return fit_two_stage(features, config, workdir, epochs, retrieval_dir)
 
 
 def twin_epochs(kind: str, model_dir: Path) -> dict[str, int] | None:
@@ -110,4 +104,7 @@ def twin_epochs(kind: str, model_dir: Path) -> dict[str, int] | None:
         return None
     if kind == "two_tower":
         return {"two_tower": best_epochs(model_dir)}
-    return {"two_tower": best_epochs(model_dir / "retrieval"), "two_stage": best_epochs(model_dir)}
+    epochs = {"two_stage": best_epochs(model_dir)}
+    if (model_dir / "sources" / "two_tower").is_dir():
+        epochs["two_tower"] = best_epochs(model_dir / "sources" / "two_tower")
+    return epochs

@@ -1,381 +1,240 @@
-"""Retrieval then ranking: the two-tower model proposes candidates, a TFRS DCN-v2 ranker re-scores them.
+"""Two stages: several retrievers propose candidates, and a TFRS ranker orders their union.
 
-The ranker sees the user's and the item's features (ids, categorical, numeric, tags, history), the
-affinities between the user's history and the item, the retrieval score and the item's popularity, crosses
-them with `tfrs.layers.dcn.Cross`, then a deep part, and adds the result to the retrieval logit. It is
-trained listwise: each engaged interaction (`positive_event_types`, weighted by its event weight: purchase >
-add_to_cart > click; ratings by value) against negatives drawn from the retrieval model's own candidates
-and, optionally, by popularity.
+Windows (before the feature set's cutoff): the sources the ranker learns from are fit on the days before
+its label window (`train_ranking.label_days`), their candidates are labelled with what each user went on
+to engage with in that window, and the ranker learns to order them. The model then serves with the same
+sources fit on every training day: candidates, histories and features are built by the same code at both
+times, and the ranker reads ranks and per-user normalised scores, which survive the refit of the sources.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-import shutil
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from tasks.models.base import Recommender, UserBatch
-from tasks.models.tower_inputs import (
-    HistoryAttributes,
-    TowerSpec,
-    encode,
-    first_touches,
-    histories_before_each_event,
-    history_attributes,
-    write_example_splits,
-)
-from tasks.models.two_tower import (
-    Tower,
-    TwoTowerModel,
-    batch_frame,
-    stream_examples,
-    tf,
-    tfrs,
-    to_tensors,
-    tower_signature,
-)
-from tasks.topk import TopK, dense_top_k, exact_top_k
+from configs.schema import Config
+from tasks.feature_set import FeatureSet
+from tasks.metrics import list_ndcg
+from tasks.models.base import Recommender, UserBatch, load_recommender
+from tasks.models.candidates import CandidateFrame, CandidateSources, ItemSignals, values_at
+from tasks.models.cooccurrence import user_item_matrix
+from tasks.models.ease import EaseTooLarge
+from tasks.models.ranker import load_ranker, save_ranker, score_lists, train_ranker
+from tasks.topk import TopK, dense_top_k
 
 log = logging.getLogger(__name__)
-USERS_PER_CHUNK = 256   # users re-ranked at once, bounding memory to chunk x candidates rows
-
-
-class Ranker(tf.keras.Model):
-    """DCN-v2 over both sides' embeddings, their affinities, the retrieval score and popularity.
-
-    Affinities are explicit crosses of the user's history with the item: for each item attribute the user
-    tower pools (category, brand, ...), the share of the history that has the item's value; for each numeric
-    one, the distance between the item's value and the history's mean. A user vector is the user embedding
-    followed by the history's attribute profile (per categorical attribute, a share for every value); an
-    item vector, the item embedding followed by its attribute values (a categorical one as its code).
-
-    Scoring works on lists: a user's vector against that user's N items. The profile stays once per user
-    and each item reads its one share from it, so memory does not grow with the attributes' vocabularies.
-    """
-
-    def __init__(self, user_spec: TowerSpec, item_spec: TowerSpec, dim: int, deep: tuple[int, ...],
-                 history: HistoryAttributes | None = None, retrieval_weight: float = 1.0):
-        super().__init__()
-        self.dim = dim
-        # Free user ids overfit (as in retrieval); the user is their features and history.
-        self.user = Tower(user_spec, dim, normalize=False, use_id=False, history_attributes=history)
-        self.item = Tower(item_spec, dim, normalize=False)
-        self.cross = tfrs.layers.dcn.Cross()
-        self.deep = [tf.keras.layers.Dense(width, activation="relu") for width in deep]
-        self.logit = tf.keras.layers.Dense(1, kernel_initializer="zeros")
-        self.retrieval_weight = tf.Variable(retrieval_weight, dtype=tf.float32, name="retrieval_weight")
-
-    @property
-    def user_width(self) -> int:
-        return self.dim + sum(width for _, width, _ in self.user.profile_layout())
-
-    @property
-    def item_width(self) -> int:
-        return self.dim + len(self.user.profile_layout())
-
-    def user_vector(self, inputs):
-        return tf.concat([self.user(inputs), self.user.history_profile(inputs)], axis=-1)
-
-    def item_vector(self, inputs):
-        return tf.concat([self.item(inputs), self.item.attribute_values(inputs, self.user.profile_layout())], axis=-1)
-
-    def affinities(self, profile, values) -> list:
-        """Per pooled attribute, (users, N, 1): the user's share of the item's value, or minus the distance
-        of the item's value from the user's mean. `profile` is (users, profile width), `values` (users, N, A)."""
-        out, offset = [], 0
-        for position, (_, width, categorical) in enumerate(self.user.profile_layout()):
-            value = values[..., position]
-            if categorical:
-                code = tf.cast(value, tf.int32)
-                share = tf.gather(profile[:, offset:offset + width], tf.minimum(code, width - 1), batch_dims=1)
-                out.append(tf.where(code < width, share, 0.0)[..., None])
-            else:
-                out.append(-tf.abs(value - profile[:, offset:offset + 1])[..., None])
-            offset += width
-        return out
-
-    def list_logits(self, user, items, retrieval_score, popularity):
-        """Logits (users, N): for each user (a user vector) its N items (item vectors, (users, N, width)).
-
-        The retrieval logit plus a learnt correction from the crossed features of both sides. Starting from
-        retrieval's own order (the residual's weight starts at 1 / its temperature and the correction at
-        zero), the ranker only has to learn where the features say retrieval is wrong.
-        """
-        i = items[..., :self.dim]
-        u = tf.broadcast_to(user[:, None, :self.dim], tf.shape(i))
-        x = self.cross(tf.concat([u, i, u * i, retrieval_score[..., None], popularity[..., None],
-                                  *self.affinities(user[:, self.dim:], items[..., self.dim:])], axis=-1))
-        for layer in self.deep:
-            x = layer(x)
-        return self.logit(x)[..., 0] + self.retrieval_weight * retrieval_score
-
-    def call(self, inputs):
-        return self.list_logits(self.user_vector(inputs["user"]), inputs["items"], inputs["retrieval_score"],
-                                inputs["popularity"])
-
-
-class RankingTrainer(tfrs.Model):
-    """Trains the ranker listwise: each example is one positive among negatives from the serving pool.
-
-    The item side of every list is gathered in-graph from the encoded catalogue, so a list of W items costs
-    W table lookups, not W rows of pandas encoding.
-    """
-
-    def __init__(self, ranker: Ranker, item_inputs: dict[str, np.ndarray], popularity: np.ndarray):
-        super().__init__()
-        self.ranker = ranker
-        self.catalogue = [(name, tf.constant(values.astype(str) if values.dtype == object else values))
-                          for name, values in item_inputs.items()]
-        self.popularity = tf.constant(popularity.astype(np.float32))
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
-
-    def list_logits(self, inputs):
-        """Logits of shape (users, list width) for the item indices in `inputs["items"]`."""
-        shape = tf.shape(inputs["items"])
-        flat = tf.reshape(inputs["items"], [-1])
-        items = self.ranker.item_vector({name: tf.gather(values, flat) for name, values in self.catalogue})
-        items = tf.reshape(items, [shape[0], shape[1], self.ranker.item_width])
-        return self.ranker.list_logits(self.ranker.user_vector(inputs["user"]), items,
-                                       tf.reshape(inputs["retrieval_score"], shape),
-                                       tf.gather(self.popularity, inputs["items"]))
-
-    def compute_loss(self, features, training=False):
-        inputs, labels, weight = features
-        return self.task(labels=labels, predictions=self.list_logits(inputs), sample_weight=weight)
-
-
-class ExportedRanker(tf.Module):
-    """The ranker as three serving functions, so users and items are encoded once, not once per pair."""
-
-    def __init__(self, ranker: Ranker):
-        super().__init__()
-        self.ranker = ranker
-        lists = tf.TensorSpec([None, None], tf.float32)
-        # Lambdas, not bound methods: tf.function keeps only a weak reference to what it wraps.
-        self.embed_user = tf.function(lambda x: ranker.user_vector(x), input_signature=[tower_signature(ranker.user.spec)])
-        self.embed_item = tf.function(lambda x: ranker.item_vector(x), input_signature=[tower_signature(ranker.item.spec)])
-        self.score_lists = tf.function(
-            lambda user, items, retrieval_score, popularity: ranker.list_logits(user, items, retrieval_score, popularity),
-            input_signature=[tf.TensorSpec([None, ranker.user_width], tf.float32),
-                             tf.TensorSpec([None, None, ranker.item_width], tf.float32), lists, lists])
+USERS_PER_FRAME = 1024  # users whose candidate frame is built at once, bounding memory to users x size rows
 
 
 class TwoStageModel(Recommender):
     kind = "two_stage"
-    save_format = 2  # the ranker exports score_lists (format 1 exported score_pairs)
+    save_format = 3  # sources and a ranker over their candidate frame (2: a ranker over two-tower candidates)
 
-    def __init__(self, item_ids, fallback_scores, params, retrieval: TwoTowerModel | None = None, ranker=None,
-                 items: pd.DataFrame | None = None, source: Path | None = None):
+    def __init__(self, item_ids, fallback_scores, params, candidates: CandidateSources | None = None, ranker=None):
         super().__init__(item_ids, fallback_scores, params)
-        self.retrieval, self.ranker, self.items = retrieval, ranker, items
-        self.source = source  # where the retrieval model's export is copied from when saving
-        self._item_vectors = None
+        self.candidates, self.ranker = candidates, ranker
 
-    @property
-    def item_vectors(self) -> np.ndarray:
-        if self._item_vectors is None:
-            spec = self.retrieval.specs[1]
-            parts = [self.ranker.embed_item(to_tensors(encode(self.items.iloc[s:s + 4096], spec))).numpy()
-                     for s in range(0, len(self.items), 4096)]
-            self._item_vectors = np.concatenate(parts)
-        return self._item_vectors
-
-    def for_catalog(self, items: pd.DataFrame) -> TwoStageModel:
-        retrieval = self.retrieval.for_catalog(items)
-        return TwoStageModel(retrieval.item_ids, retrieval.fallback_scores, self.params, retrieval, self.ranker,
-                             items.reset_index(drop=True), self.source)
-
-    @functools.cached_property
-    def popularity(self) -> np.ndarray:
-        return np.log1p(self.items.get("n_events", pd.Series(0, index=self.items.index)).to_numpy(np.float32))
-
-    @property
-    def candidates(self) -> int:
-        return min(int(self.params["candidates"]), len(self.item_ids))
-
-    def rerank(self, frame: pd.DataFrame, candidates: np.ndarray, retrieval_scores: np.ndarray) -> np.ndarray:
-        """The ranker's logits (users x n) for each user's n candidate columns; -inf where a candidate is -1."""
-        users = self.ranker.embed_user(to_tensors(encode(frame, self.retrieval.specs[0])))
-        columns = np.maximum(candidates, 0)
-        logits = self.ranker.score_lists(users, tf.constant(self.item_vectors[columns]),
-                                         tf.constant(np.nan_to_num(retrieval_scores, neginf=0.0).astype(np.float32)),
-                                         tf.constant(self.popularity[columns])).numpy()
-        return np.where(candidates >= 0, logits, -np.inf).astype(np.float32)
-
-    def score(self, batch: UserBatch) -> np.ndarray:
-        """-inf everywhere but the retrieval model's top candidates, which get the ranker's logit."""
-        frame = batch_frame(batch)
-        out = np.full((len(batch), len(self.item_ids)), -np.inf, dtype=np.float32)
-        n = self.candidates
-        for start in range(0, len(batch), USERS_PER_CHUNK):
-            part = frame.iloc[start:start + USERS_PER_CHUNK]
-            retrieval = self.retrieval.embed_users(part) @ self.retrieval.item_embeddings.T
-            candidates = np.argpartition(-retrieval, n - 1, axis=1)[:, :n]
-            logits = self.rerank(part, candidates, np.take_along_axis(retrieval, candidates, axis=1))
-            np.put_along_axis(out[start:start + len(part)], candidates, logits, axis=1)
-        return out
+    def rank(self, batch: UserBatch, banned: sp.csr_matrix, allowed: np.ndarray) -> tuple[CandidateFrame, np.ndarray]:
+        """The batch's candidate frame and the ranker's logits for it (-inf where there is no candidate)."""
+        frame = self.candidates.frame(batch, banned, allowed)
+        return frame, score_lists(self.ranker, frame.features, frame.mask)
 
     def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
-        """Retrieve the top candidates among the allowed, unbanned items exactly, re-rank them, keep k."""
-        frame = batch_frame(batch)
-        ids, scores = [], []
-        for start in range(0, len(batch), USERS_PER_CHUNK):
-            part = frame.iloc[start:start + USERS_PER_CHUNK]
-            found = self.retrieval.retrieve(self.retrieval.embed_users(part), self.candidates,
-                                            banned[start:start + len(part)], allowed)
-            logits = self.rerank(part, found.ids, found.scores)
-            order, best = dense_top_k(logits, k)
-            ids.append(np.where(np.isfinite(best), np.take_along_axis(found.ids, order, axis=1), -1))
-            scores.append(best)
-        return TopK(np.concatenate(ids), np.concatenate(scores))
+        frame, logits = self.rank(batch, banned, allowed)
+        order, best = dense_top_k(logits, min(k, logits.shape[1]))
+        ids = np.where(np.isfinite(best), np.take_along_axis(frame.ids, order, axis=1), -1)
+        return TopK(ids, best)
+
+    def score(self, batch: UserBatch) -> np.ndarray:
+        """-inf everywhere but the union of the sources' candidates, which get the ranker's logit."""
+        everything = np.ones(len(self.item_ids), bool)
+        frame, logits = self.rank(batch, sp.csr_matrix((len(batch), len(self.item_ids)), dtype=bool), everything)
+        out = np.full((len(batch), len(self.item_ids)), -np.inf, np.float32)
+        rows, slots = np.nonzero(frame.mask)
+        out[rows, frame.ids[rows, slots]] = logits[rows, slots]
+        return out
 
     def _save_state(self, directory: Path) -> None:
-        shutil.copytree(self.source, directory / "retrieval")
-        tf.saved_model.save(self.ranker, str(directory / "ranker"))
-        self.items.to_parquet(directory / "items.parquet", index=False)
+        for name, source in self.candidates.sources.items():
+            source.save(directory / "sources" / name)
+        signals = self.candidates.signals
+        np.savez(directory / "item_signals.npz", popularity=signals.popularity, trend=signals.trend,
+                 **{f"attribute_{name}": codes for name, codes in signals.attributes.items()},
+                 **{f"numeric_{name}": values for name, values in signals.numeric.items()},
+                 **({} if signals.tokens is None else {
+                     "words_data": signals.tokens.data, "words_indices": signals.tokens.indices,
+                     "words_indptr": signals.tokens.indptr, "words_shape": np.array(signals.tokens.shape)}))
+        save_ranker(self.ranker, directory / "ranker")
 
     @classmethod
     def _load(cls, directory, item_ids, fallback, params):
-        from tasks.models.base import load_recommender
+        sources = {name: load_recommender(directory / "sources" / name) for name in params["sources"]}
+        with np.load(directory / "item_signals.npz") as saved:
+            signals = ItemSignals(saved["popularity"], saved["trend"],
+                                  {name: saved[f"attribute_{name}"] for name in params["attributes"]},
+                                  {name: saved[f"numeric_{name}"] for name in params["numeric"]},
+                                  sp.csr_matrix((saved["words_data"], saved["words_indices"], saved["words_indptr"]),
+                                                shape=tuple(saved["words_shape"])) if "words_data" in saved else None)
+        candidates = CandidateSources(sources, signals, params["per_source"], params["candidates"],
+                                      params["history_length"])
+        return cls(item_ids, fallback, params, candidates, load_ranker(directory / "ranker"))
 
-        retrieval = load_recommender(directory / "retrieval")
-        return cls(item_ids, fallback, params, retrieval, tf.saved_model.load(str(directory / "ranker")),
-                   pd.read_parquet(directory / "items.parquet"), directory / "retrieval")
+
+def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], workdir: Path,
+                epochs: dict[str, int] | None, retrieval_dir: Path | None = None,
+                required: bool = False) -> dict[str, Recommender]:
+    """Each named source fit on the feature set's training days; EASE over its item cap is left out (an
+    error where `required`: the ranker was trained with it)."""
+    from tasks.models.recipes import fit_recipe
+
+    sources = {}
+    for name in names:
+        if name == "two_tower" and retrieval_dir is not None:  # the night's own two-tower, fit on these days
+            sources[name] = load_recommender(retrieval_dir)
+            continue
+        (workdir / name).mkdir(parents=True, exist_ok=True)
+        try:
+            sources[name] = fit_recipe(name, config, features, workdir / name, epochs)
+        except EaseTooLarge as reason:
+            if required:
+                raise
+            log.warning("two_stage: source %s left out: %s", name, reason)
+    return sources
 
 
-def ranking_examples(interactions: pd.DataFrame, retrieval: TwoTowerModel, users: pd.DataFrame,
-                     popularity: np.ndarray, max_weight: float, hard: int, popular: int, history_length: int,
-                     pool: int, seed: int) -> pd.DataFrame:
-    """One list per positive: the positive first, then `hard` negatives drawn uniformly from the retrieval
-    model's top `pool` (the candidates the ranker re-orders when serving) and `popular` drawn by popularity.
+def candidate_signals(sources: dict[str, Recommender], features: FeatureSet, config: Config) -> ItemSignals:
+    first = next(iter(sources.values()))
+    cutoff = pd.Timestamp(features.window.cutoff.isoformat(), tz="UTC")
+    return ItemSignals.from_interactions(first.item_ids, first.fallback_scores, features.train_interactions,
+                                         features.train_items, config.data.items.categorical,
+                                         config.data.items.numeric, config.data.items.text + config.data.items.tags,
+                                         cutoff)
 
-    Uniform draws from the pool make the list softmax a sampled estimate of the softmax over the whole pool:
-    drawn from its very top instead, negatives would outscore positives on retrieval score by construction,
-    and the ranker would learn to distrust it. Positives that retrieval leaves out of the pool are skipped,
-    since serving never shows them to the ranker. Items are indices into `retrieval.item_ids`; the weight
-    is the positive's event weight over the largest.
+
+def labelled_lists(candidates: CandidateSources, earlier: FeatureSet, labels: pd.DataFrame, allowed: np.ndarray,
+                   exclude: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+    """Candidate frames of the labelled users, built as serving builds them, with their label rows.
+
+    labels: (user_id, item_id, weight) engaged in the label window. Returns features, mask and labels (each
+    row sums to one over its engaged candidates, in proportion to its strongest event's weight) of the users
+    with at least one engaged candidate, and the candidate recall of each source and of the union.
     """
-    rng = np.random.default_rng(seed)
-    positives = interactions.assign(history=histories_before_each_event(interactions, history_length))
-    positives = positives[positives["item_id"].isin(set(retrieval.item_ids))].reset_index(drop=True)
-    item_index = pd.Index(retrieval.item_ids)
-    popular_p = popularity / popularity.sum() if popularity.sum() else None
-    by_user = users.set_index("user_id")
-    lists = []
-    for start in range(0, len(positives), 4096):
-        part = positives.iloc[start:start + 4096]
-        side = by_user.reindex(part["user_id"]).reset_index().assign(history=part["history"].to_numpy())
-        embedded = retrieval.embed_users(side)
-        own = item_index.get_indexer(part["item_id"])
-        size = min(pool, len(retrieval.item_ids) - 1)
-        top = exact_top_k(embedded, retrieval.item_embeddings, size)  # the pool, never a positives x items matrix
-        in_pool = np.einsum("ij,ij->i", embedded, retrieval.item_embeddings[own]) >= top.scores[:, -1]
-        part, embedded, own, top_ids = part[in_pool], embedded[in_pool], own[in_pool], top.ids[in_pool]
-        picks = np.concatenate([own[:, None], np.take_along_axis(top_ids, rng.integers(0, size, (len(part), hard)), axis=1),
-                                rng.choice(len(popularity), (len(part), popular), p=popular_p)], axis=1)
-        # A negative draw that hits the positive's own item shares its label.
-        labels = (picks == own[:, None]).astype(np.float32)
-        scores = np.einsum("ij,ikj->ik", embedded, retrieval.item_embeddings[picks])
-        lists.append(pd.DataFrame({
-            "user_id": part["user_id"].to_numpy(), "history": part["history"].to_numpy(),
-            "items": list(picks.astype(np.int32)),
-            "labels": list(labels / labels.sum(axis=1, keepdims=True)),
-            "retrieval_score": list(scores.astype(np.float32)),
-            "weight": np.clip(part["weight"].to_numpy(np.float32) / max_weight, 0.0, 1.0),
-            "event_ts": part["event_ts"].to_numpy(),
-        }))
-    return pd.concat(lists, ignore_index=True)
+    from tasks.recommend import exclusions, user_batches  # recommend imports the models package
+
+    labels = labels[pd.Index(candidates.item_ids).get_indexer(labels["item_id"]) >= 0]
+    labels = labels.groupby(["user_id", "item_id"], as_index=False)["weight"].max()
+    user_ids = np.sort(labels["user_id"].unique()).astype(object)
+    features, masks, targets = [], [], []
+    found = dict.fromkeys((*candidates.sources, "union"), 0)
+    train = earlier.train_interactions
+    for batch, banned, _ in user_batches(candidates.item_ids, user_ids, train[["user_id", "item_id", "weight"]],
+                                         exclusions(train, exclude), None, USERS_PER_FRAME, earlier.train_users):
+        engaged = user_item_matrix(labels, batch.user_ids, candidates.item_ids, damp=False)
+        proposals = candidates.proposals(batch, banned, allowed)
+        frame = candidates.frame_from(batch, proposals)
+        target = values_at(engaged, frame.ids).astype(np.float32)
+        found["union"] += int((target > 0).sum())
+        for name, (ids, _) in proposals.items():
+            found[name] += int((values_at(engaged, ids) > 0).sum())
+        features.append(frame.features), masks.append(frame.mask), targets.append(target)
+    width = max(f.shape[1] for f in features)
+    features = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in features])
+    mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for m in masks])
+    target = np.concatenate([np.pad(t, ((0, 0), (0, width - t.shape[1]))) for t in targets])
+    keep = target.sum(axis=1) > 0
+    recall = {f"candidate_recall.{name}": count / max(len(labels), 1) for name, count in found.items()}
+    return features[keep], mask[keep], target[keep] / target[keep].sum(axis=1, keepdims=True), recall
 
 
-def _dataset(path: Path, user_spec: TowerSpec, users: pd.DataFrame, width: int, batch_size: int, shuffle: bool,
-             seed: int) -> tf.data.Dataset:
-    """Ranking lists: (user inputs, item indices and retrieval scores, labels, weight)."""
-    by_user = users.set_index("user_id")
-
-    def to_batch(frame):
-        user_side = by_user.reindex(frame["user_id"]).reset_index().assign(history=frame["history"].to_numpy())
-        inputs = {"user": encode(user_side, user_spec), "items": np.stack(frame["items"]).astype(np.int32),
-                  "retrieval_score": np.stack(frame["retrieval_score"]).astype(np.float32)}
-        return inputs, np.stack(frame["labels"]).astype(np.float32), frame["weight"].to_numpy(np.float32)
-
-    matrix = tf.TensorSpec([None, width], tf.float32)
-    signature = ({"user": tower_signature(user_spec), "items": tf.TensorSpec([None, width], tf.int32),
-                  "retrieval_score": matrix}, matrix, tf.TensorSpec([None], tf.float32))
-    return stream_examples(path, to_batch, signature, batch_size, shuffle, seed)
+def anchor_source(candidates: CandidateSources, lists: np.ndarray, mask: np.ndarray,
+                  labels: np.ndarray) -> tuple[int, dict[str, float]]:
+    """The feature column of the source whose own order is best on the labelled lists (NDCG@10), and each
+    source's NDCG@10 there: the bar the ranker has to clear on the same candidates."""
+    columns = {name: candidates.names.index(f"{name}_score") for name in candidates.sources}
+    ndcg = {name: list_ndcg(np.where(mask, lists[..., column], -np.inf), labels > 0, 10)
+            for name, column in columns.items()}
+    return columns[max(ndcg, key=ndcg.get)], {f"label_ndcg_at_10.{name}": value for name, value in ndcg.items()}
 
 
-def list_report(labels: np.ndarray, logits: np.ndarray, retrieval_scores: np.ndarray) -> dict[str, float]:
-    """How the ranker orders validation lists (one positive among pool negatives each).
+def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path, epochs: dict[str, int] | None,
+                 names: tuple[str, ...], required: bool):
+    """One label window [start, end): sources fit on the days before `start`, and the labelled candidate
+    lists of the users who engaged in the window (see `labelled_lists`); with the sources' CandidateSources."""
+    from tasks.build_features import features_as_of
+    from tasks.recommend import exclusions
 
-    auc: the chance a positive outscores a negative of its own list; retrieval_auc: the same for the
-    retrieval score alone; log_loss: the list softmax cross-entropy; calibration: mean top-1 probability over
-    top-1 accuracy (1.0 when the ranker is as sure as it is right).
-    """
-    def pairwise_auc(scores):
-        positive = labels > 0
-        own = np.where(positive, scores, np.nan)
-        best_positive = np.nanmax(own, axis=1, keepdims=True)
-        negatives = ~positive
-        wins = (best_positive > scores) + 0.5 * (best_positive == scores)
-        return float((wins * negatives).sum() / max(negatives.sum(), 1))
-
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(shifted) / np.exp(shifted).sum(axis=1, keepdims=True)
-    top_is_positive = labels[np.arange(len(labels)), p.argmax(axis=1)] > 0
-    return {
-        "auc": pairwise_auc(logits),
-        "retrieval_auc": pairwise_auc(retrieval_scores),
-        "log_loss": float(-np.mean(np.sum(labels * np.log(np.clip(p, 1e-12, 1.0)), axis=1))),
-        "calibration": float(p.max(axis=1).mean() / max(top_is_positive.mean(), 1e-9)),
-    }
+    rules = config.train_ranking
+    earlier = features_as_of(features, start, config)
+    sources = fit_sources(earlier, config, names, workdir, epochs, required=required)
+    if not sources:
+        raise ValueError("train_ranking.sources: no candidate source could be fit")
+    items = earlier.train_items.set_index("item_id").reindex(next(iter(sources.values())).item_ids)
+    allowed = items["is_available"].fillna(False).to_numpy(bool)
+    later = earlier.holdout_interactions
+    end_ts = pd.Timestamp(end.isoformat(), tz="UTC")
+    engaged = later[later["event_type"].isin(rules.positive_event_types) & (later["event_ts"] < end_ts)]
+    engaged = engaged.merge(exclusions(earlier.train_interactions, config.publish.exclude_event_types),
+                            how="left", indicator=True).query("_merge == 'left_only'")
+    candidates = CandidateSources(sources, candidate_signals(sources, earlier, config), rules.per_source,
+                                  rules.candidates, config.build_features.history_length)
+    if engaged.empty:
+        return candidates, None
+    return candidates, labelled_lists(candidates, earlier, engaged[["user_id", "item_id", "weight"]], allowed,
+                                      config.publish.exclude_event_types)
 
 
-def fit_two_stage(features, data, config, retrieval_dir: Path, seed: int, workdir: Path,
-                  epochs: int | None = None) -> TwoStageModel:
-    """Train the ranker on top of a trained retrieval model; the last training days validate it, unless
-    `epochs` is given: then every day trains, for that many epochs (a refit of an early-stopped twin)."""
-    from tasks.models.base import load_recommender
+def _stack(arrays: list[np.ndarray]) -> np.ndarray:
+    """Lists of several windows, padded to the widest."""
+    width = max(a.shape[1] for a in arrays)
+    return np.concatenate([np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays])
 
-    tf.keras.utils.set_random_seed(seed)
-    retrieval = load_recommender(retrieval_dir)
-    users = features.train_users
-    items = features.train_items.set_index("item_id").reindex(retrieval.item_ids).rename_axis("item_id").reset_index()
-    popularity = np.log1p(items["n_events"].fillna(0).to_numpy(np.float32))
-    user_spec, item_spec = retrieval.specs
-    touches = first_touches(features.train_interactions)
-    touches = touches[touches["event_type"].isin(config.positive_event_types)]
-    if touches.empty:
-        raise ValueError(f"train_ranking: no training interactions of types {list(config.positive_event_types)} "
-                         "(train_ranking.positive_event_types); nothing to learn from")
-    examples = ranking_examples(touches, retrieval, users, np.expm1(popularity),
-                                max(data.event_weights.values()), config.hard_negatives, config.popular_negatives,
-                                user_spec.lists["history"][1], config.candidates, seed)
-    paths, is_validation = write_example_splits(examples, features.window.cutoff,
-                                                0 if epochs else config.validation_days, seed, workdir, "ranking")
-    width = 1 + config.hard_negatives + config.popular_negatives
-    train_data = _dataset(paths["train"], user_spec, users, width, config.batch_size, True, seed)
-    validation_data = None if epochs else _dataset(paths["validation"], user_spec, users, width, config.batch_size,
-                                                   False, seed)
-    ranker = Ranker(user_spec, item_spec, config.embedding_dim, tuple(config.deep_layers),
-                    history_attributes(items, item_spec), 1.0 / retrieval.params["temperature"])
-    trainer = RankingTrainer(ranker, encode(items, item_spec), popularity)
-    trainer.compile(optimizer=tf.keras.optimizers.Adam(config.learning_rate))
-    stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
-                          callbacks=[] if epochs else [stop], verbose=0)
-    report = {}  # a refit keeps no day aside: its twin's report stands for it
-    if validation_data is not None:
-        logits = np.concatenate([trainer.list_logits(inputs).numpy() for inputs, _, _ in validation_data])
-        validation = examples[is_validation.to_numpy()]
-        report = list_report(np.stack(validation["labels"]), logits, np.stack(validation["retrieval_score"]))
-    log.info("two_stage: %d training / %d validation lists of %d, %d epochs, validation %s", int((~is_validation).sum()),
-             int(is_validation.sum()), width, len(history.history["loss"]), {k: round(v, 4) for k, v in report.items()})
-    return TwoStageModel(retrieval.item_ids, retrieval.fallback_scores,
-                         {**config.model_dump(), "epochs_run": len(history.history["loss"]), "validation": report,
-                          "val_loss": [float(v) for v in history.history.get("val_loss", [])]},
-                         retrieval, ExportedRanker(ranker), items, retrieval_dir)
+
+def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: dict[str, int] | None = None,
+                  retrieval_dir: Path | None = None) -> TwoStageModel:
+    """Fit the ranker on the label windows (each with sources fit on the days before it), then serve it over
+    sources fit on every training day. `epochs` trains every TFRS part for fixed epochs without an early-
+    stopping split (a refit); `retrieval_dir` is the two-tower model already fit on these training days."""
+    rules = config.train_ranking
+    names, parts, recall, windows = tuple(rules.sources), [], {}, []
+    for back in range(rules.label_windows):  # the newest window first: it decides which sources take part
+        end = features.window.cutoff - timedelta(days=back * rules.label_days)
+        start = end - timedelta(days=rules.label_days)
+        if start <= features.window.first:
+            break
+        candidates, found = window_lists(features, config, start, end, workdir / f"label_sources_{back}", epochs,
+                                         names, required=back > 0)
+        names = tuple(candidates.sources)
+        if found is not None:
+            parts.append(found[:3])
+            recall = recall or found[3]
+            windows.append(f"{start}..{end - timedelta(days=1)}")
+    lists, mask, labels = (_stack([p[i] for p in parts]) for i in range(3)) if parts else (np.zeros((0, 0, 0)),) * 3
+    if len(lists) < 2:
+        raise ValueError(f"train_ranking: {len(lists)} users engaged with a candidate in the label windows "
+                         f"{windows}; too few to learn from (train_ranking.positive_event_types, label_days)")
+    if len(lists) > rules.max_lists:
+        keep = np.sort(np.random.default_rng(config.seed).choice(len(lists), rules.max_lists, replace=False))
+        lists, mask, labels = lists[keep], mask[keep], labels[keep]
+    anchor, source_ndcg = anchor_source(candidates, lists, mask, labels)
+    ranker, report = train_ranker(lists, mask, labels, tuple(rules.deep_layers), anchor, rules.learning_rate,
+                                  rules.batch_size, rules.epochs, rules.patience, rules.validation_share, config.seed,
+                                  (epochs or {}).get("two_stage"))
+    report |= recall | source_ndcg
+    log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
+             "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
+             report["epochs_run"], candidates.names[anchor], {k.split(".")[1]: round(v, 3) for k, v in recall.items()})
+    sources = fit_sources(features, config, names, workdir / "sources", epochs, retrieval_dir, required=True)
+    serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
+                               rules.candidates, config.build_features.history_length)
+    first = next(iter(sources.values()))
+    params = {**rules.model_dump(mode="json"), "sources": list(sources), "attributes": list(serving.signals.attributes),
+              "numeric": list(serving.signals.numeric), "history_length": config.build_features.history_length,
+              "features": serving.names, "label_windows_used": windows, "epochs_run": report["epochs_run"],
+              "val_loss": report["val_loss"], "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
+              "validation": {k: v for k, v in report.items() if not isinstance(v, list)}}
+    return TwoStageModel(first.item_ids, first.fallback_scores, params, serving, ranker)

@@ -43,6 +43,51 @@ def test_movielens_import_writes_valid_partitions(tmp_path):
     validate_raw(config, pd.Timestamp(last).date(), "r")
 
 
+def _write_movielens_from_the_generator(folder: Path) -> None:
+    """The project's synthetic shop in MovieLens-100K's formats: one rating per (user, movie), the deeper the
+    visit went the higher (view 2 .. purchase 5); categories become genres."""
+    from datetime import date
+
+    from tasks.generate import ShopSpec, generate
+
+    shop = folder.parent / "shop"
+    generate(ShopSpec(days=150, users=300, items=200, events=12_000, seed=11, end=date(1998, 4, 22)), shop)
+    events = pd.read_parquet(shop / "events")
+    depth = events["event_type"].map({"view": 2, "click": 3, "add_to_cart": 4, "purchase": 5})
+    ratings = events.assign(rating=depth).sort_values("event_ts").groupby(["user_id", "item_id"], as_index=False) \
+        .agg(rating=("rating", "max"), ts=("event_ts", "first"))
+    items = pd.read_parquet(sorted((shop / "items").glob("ds=*"))[-1])
+    users = pd.read_parquet(sorted((shop / "users").glob("ds=*"))[-1])
+    movie = {item: n + 1 for n, item in enumerate(items["item_id"])}
+    person = {user: n + 1 for n, user in enumerate(users["user_id"])}
+    folder.mkdir()
+    (folder / "u.data").write_text("".join(
+        f"{person[u]}\t{movie[i]}\t{r}\t{int(t.timestamp())}\n"
+        for u, i, r, t in ratings[["user_id", "item_id", "rating", "ts"]].itertuples(index=False)))
+    genre = {c: GENRES[1 + n % (len(GENRES) - 1)] for n, c in enumerate(sorted(items["category"].unique()))}
+    (folder / "u.item").write_text("".join(
+        f"{movie[i]}|{title} (1995)|01-Jan-1995||http://x|" + "|".join("1" if g == genre[c] else "0" for g in GENRES)
+        + "\n" for i, title, c in items[["item_id", "title", "category"]].itertuples(index=False)), encoding="latin-1")
+    ages = {"18-24": 21, "25-34": 30, "35-44": 40, "45-54": 50, "55+": 60}
+    (folder / "u.user").write_text("".join(f"{person[u]}|{ages.get(a, 30)}|{'MF'[n % 2]}|other|00000\n"
+                                           for n, (u, a) in enumerate(users[["user_id", "age_band"]].itertuples(index=False))))
+
+
+@pytest.mark.slow
+def test_movielens_config_runs_end_to_end_on_a_folder_in_its_formats(tmp_path):
+    _write_movielens_from_the_generator(tmp_path / "ml")
+    import_movielens(tmp_path / "ml", tmp_path / "raw")
+    config = load_config(REPO / "configs" / "movielens.yaml", (f"paths.var={tmp_path / 'var'}",
+                                                               f"paths.raw={tmp_path / 'raw'}"))
+    ds = max(pd.Timestamp(p.name.removeprefix("ds=")).date() for p in (tmp_path / "raw" / "events").glob("ds=*"))
+    results = run_pipeline(config, ds, "movielens")
+    evaluation = pd.read_parquet(tmp_path / "var" / "lake" / "evaluation" / f"ds={ds}" / "evaluation.parquet")
+    overall = evaluation[evaluation["segment"] == "all"].set_index("model")
+    assert {"popularity", "cooccurrence", "ease", "two_tower", "two_stage"} <= set(overall.index)
+    assert overall["users"].iloc[0] > 20 and results["publish"]["users"] == 300
+    assert results["register"]["model_kind"] in overall.index
+
+
 def test_retail_rules_drop_guests_cancellations_and_non_products():
     source = pd.DataFrame({
         "InvoiceNo": ["1", "1", "C2", "3", "4", "5"], "StockCode": ["85123A", "22423", "85123A", "POST", "22423", "2"],

@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -44,3 +45,14 @@ def test_coverage_and_mean_popularity(example):
     assert out["coverage_at_1"] == pytest.approx(1 / 6)   # only x at rank 1
     assert out["coverage_at_3"] == pytest.approx(3 / 6)
     assert out["mean_popularity_at_3"] == pytest.approx((0.5 + 0.2 + 0.1) / 3)
+
+
+def test_list_ndcg_by_hand():
+    from tasks.metrics import list_ndcg
+
+    # Row 1: the only relevant item is ranked second: DCG 1/log2(3), ideal 1. Row 2: relevant items ranked
+    # first and third of two relevant: (1 + 1/log2(4)) / (1 + 1/log2(3)). Row 3 has none and counts 0.
+    scores = np.array([[0.9, 0.5, 0.1], [0.9, 0.5, 0.1], [0.3, 0.2, 0.1]])
+    relevant = np.array([[False, True, False], [True, False, True], [False, False, False]])
+    expected = (1 / np.log2(3) + (1 + 0.5) / (1 + 1 / np.log2(3)) + 0) / 3
+    assert list_ndcg(scores, relevant, 3) == pytest.approx(expected)

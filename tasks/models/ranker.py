@@ -1,0 +1,162 @@
+"""The TFRS ranker: a DCN-v2 over each candidate's dense features, trained listwise on a later window's labels.
+
+It reads a candidate frame (`tasks.models.candidates`) and nothing else: no ids, no tower. Features are
+standardised with the training frame's mean and spread, crossed (`tfrs.layers.dcn.Cross`), passed through a
+small deep part, and each user's list is scored with a softmax cross-entropy against the items the user went
+on to engage with (`tfrs.tasks.Ranking`). Sparse id embeddings are left out on purpose: they overfit after
+about one epoch on data this size (QUALITY.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tasks.metrics import list_ndcg
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+import tensorflow as tf  # noqa: E402
+import tensorflow_recommenders as tfrs  # noqa: E402
+
+log = logging.getLogger(__name__)
+PADDING_LOGIT = -1e9
+
+
+class ListRanker(tf.keras.Model):
+    """Logits (users, list) for candidate features (users, list, features) and a mask of real candidates.
+
+    The logit is the anchor feature (the best source's normalised score on the label lists) plus a learnt
+    correction whose last layer starts at zero: training starts from the best single source's order and
+    moves only where the other sources and the context say it is wrong, which matters with a few hundred
+    lists, where a ranker learnt from scratch loses to the source it should improve on.
+    """
+
+    def __init__(self, mean: np.ndarray, scale: np.ndarray, deep: tuple[int, ...], anchor: int):
+        super().__init__()
+        self.mean = tf.constant(mean, tf.float32)
+        self.scale = tf.constant(scale, tf.float32)
+        self.anchor = anchor
+        self.anchor_weight = tf.Variable(1.0, dtype=tf.float32, name="anchor_weight")
+        self.cross = tfrs.layers.dcn.Cross()
+        self.deep = [tf.keras.layers.Dense(width, activation="relu") for width in deep]
+        self.logit = tf.keras.layers.Dense(1, kernel_initializer="zeros")
+
+    def call(self, inputs):
+        features, mask = inputs
+        x = (features - self.mean) / self.scale
+        x = self.cross(x)
+        for layer in self.deep:
+            x = layer(x)
+        logits = self.logit(x)[..., 0] + self.anchor_weight * features[..., self.anchor]
+        return tf.where(mask, logits, PADDING_LOGIT)
+
+
+class ListRankingTrainer(tfrs.Model):
+    def __init__(self, ranker: ListRanker):
+        super().__init__()
+        self.ranker = ranker
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+
+    def compute_loss(self, inputs, training=False):
+        features, mask, labels = inputs
+        return self.task(labels=labels, predictions=self.ranker((features, mask)))
+
+
+class ExportedRanker(tf.Module):
+    """The ranker as one SavedModel function: score(features, mask) -> logits."""
+
+    def __init__(self, ranker: ListRanker, n_features: int):
+        super().__init__()
+        self.ranker = ranker
+        # A lambda, not a bound method: tf.function keeps only a weak reference to what it wraps.
+        self.score = tf.function(lambda features, mask: ranker((features, mask)),
+                                 input_signature=[tf.TensorSpec([None, None, n_features], tf.float32),
+                                                  tf.TensorSpec([None, None], tf.bool)])
+
+
+def _dataset(features, mask, labels, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+    data = tf.data.Dataset.from_tensor_slices((features, mask, labels))
+    if shuffle:
+        data = data.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
+    return data.batch(batch_size)
+
+
+class KeepBestListNdcg(tf.keras.callbacks.Callback):
+    """Early stopping on what the ranker is for: NDCG@10 of the validation lists, measured before the first
+    epoch too, so a ranker that never beats its anchor's own order keeps the anchor's (zero correction)."""
+
+    def __init__(self, ranker: ListRanker, features: np.ndarray, mask: np.ndarray, relevant: np.ndarray,
+                 patience: int):
+        super().__init__()
+        self.ranker, self.lists, self.relevant, self.patience = ranker, (features, mask), relevant, patience
+        self.scores: list[float] = []
+
+    def ndcg(self) -> float:
+        logits = self.ranker(self.lists).numpy()
+        return list_ndcg(np.where(self.lists[1], logits, -np.inf), self.relevant, 10)
+
+    def on_train_begin(self, logs=None):
+        self.scores, self.best_epoch, self.best_weights = [self.ndcg()], 0, self.model.get_weights()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.scores.append(self.ndcg())
+        if self.scores[-1] > max(self.scores[:-1]):
+            self.best_epoch, self.best_weights = epoch + 1, self.model.get_weights()
+        elif epoch + 1 - self.best_epoch >= self.patience:
+            self.model.stop_training = True
+
+    def on_train_end(self, logs=None):
+        self.model.set_weights(self.best_weights)
+
+
+def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, deep: tuple[int, ...], anchor: int,
+                 learning_rate: float, batch_size: int, epochs: int, patience: int, validation_share: float,
+                 seed: int, fixed_epochs: int | None = None) -> tuple[ExportedRanker, dict]:
+    """Fit on lists (users, list, features) whose labels sum to one over each user's engaged candidates,
+    starting from the order of feature `anchor`.
+
+    A `validation_share` of the users keeps the epoch with the best NDCG@10 (0: the anchor's order), unless
+    `fixed_epochs` is given (a refit): then every list trains for that many epochs. Returns the exported
+    ranker and a report with the validation lists' NDCG@10 of the ranker and of the anchor alone.
+    """
+    tf.keras.utils.set_random_seed(seed)
+    real = features[mask]
+    mean, scale = real.mean(axis=0), real.std(axis=0) + 1e-3
+    is_validation = np.zeros(len(features), bool)
+    if fixed_epochs is None:
+        held = max(1, int(len(features) * validation_share))
+        is_validation[np.random.default_rng(seed).permutation(len(features))[:held]] = True
+    ranker = ListRanker(mean, scale, deep, anchor)
+    trainer = ListRankingTrainer(ranker)
+    trainer.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
+    train = _dataset(features[~is_validation], mask[~is_validation], labels[~is_validation], batch_size, True, seed)
+    report = {"lists": int(len(features)), "validation_lists": int(is_validation.sum())}
+    if fixed_epochs is not None:
+        if fixed_epochs > 0:
+            trainer.fit(train, epochs=fixed_epochs, verbose=0)
+        report |= {"epochs_run": fixed_epochs, "val_loss": []}
+        return ExportedRanker(ranker, features.shape[2]), report
+    held = features[is_validation], mask[is_validation], labels[is_validation] > 0
+    keep_best = KeepBestListNdcg(ranker, *held, patience)
+    trainer.fit(train, epochs=epochs, callbacks=[keep_best], verbose=0)
+    report |= {"epochs_run": keep_best.best_epoch, "val_loss": [],
+               "validation_ndcg_at_10": max(keep_best.scores), "validation_anchor_ndcg_at_10": keep_best.scores[0],
+               "validation_ndcg_at_10_by_epoch": [round(v, 5) for v in keep_best.scores]}
+    return ExportedRanker(ranker, features.shape[2]), report
+
+
+def save_ranker(ranker: ExportedRanker, directory: Path) -> None:
+    tf.saved_model.save(ranker, str(directory))
+
+
+def load_ranker(directory: Path):
+    return tf.saved_model.load(str(directory))
+
+
+def score_lists(ranker, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Logits (users, list), -inf where there is no candidate."""
+    logits = ranker.score(tf.constant(features, tf.float32), tf.constant(mask)).numpy()
+    return np.where(mask, logits, -np.inf).astype(np.float32)
