@@ -65,6 +65,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     `RECSYS_VAR_DIR`, when set, moves the var directory; an explicit `--set paths.var=` still wins.
     """
     data = _read_yaml(Path(path) if path else DEFAULT_CONFIG)
+    data["config_file"] = str(Path(path).resolve()) if path else None
     if os.environ.get(VAR_DIR_ENV):
         data = _deep_merge(data, {"paths": {"var": os.environ[VAR_DIR_ENV]}})
     data = _deep_merge(data, parse_overrides(overrides))

@@ -172,6 +172,16 @@ class PublishConfig(Section):
     warehouse: Path | None = Field(None, description="DuckDB file; defaults to <var>/warehouse.duckdb.")
 
 
+class TuneConfig(Section):
+    """`recsys tune` and the weekly `recsys_tune` DAG: Optuna's TPE over the two-tower and ranker knobs."""
+
+    trials: int = Field(20, ge=1, description="Most trials a tuning run makes.")
+    minutes: float = Field(60.0, gt=0, description="Wall-clock budget of a tuning run; it stops after the trial "
+                                                  "running when the budget ends.")
+    overlay: Path | None = Field(None, description="Where the best parameters are written as a config overlay "
+                                                   "(`base:` the tuned config); defaults to <var>/tuning/tuned.yaml.")
+
+
 # The `register` section shares its name with ABCMeta.register, which no config object ever calls.
 warnings.filterwarnings("ignore", message='Field name "register" in "Config" shadows', category=UserWarning)
 
@@ -190,6 +200,9 @@ class Config(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     publish: PublishConfig = PublishConfig()
+    tune: TuneConfig = TuneConfig()
+    config_file: str | None = Field(None, description="The file this config was read from (set by the loader, "
+                                                      "logged with every run; a tuned overlay names itself here).")
 
     @model_validator(mode="after")
     def _event_types_known(self) -> Config:

@@ -9,8 +9,10 @@ import logging
 import os
 
 from configs import load_config
-from pipelines.nightly import data_date, knob_overrides
+from pipelines.nightly import KNOBS, data_date, knob_overrides
 from pipelines.runner import run_step, shards
+from pipelines.tuning import KNOBS as TUNING_KNOBS
+from tasks.address_book import AddressBook
 from tasks.errors import DataContractError
 
 CONFIG_VARIABLE = "recsys_config"   # Airflow Variable holding a config file path
@@ -20,15 +22,22 @@ log = logging.getLogger(__name__)
 
 
 def config_path() -> str | None:
+    """The Variable `recsys_config`, else `RECSYS_CONFIG`, else the overlay `recsys tune` wrote where the
+    embedded default says (`tune.overlay`), else None: the embedded default."""
     from airflow.sdk import Variable
 
-    return Variable.get(CONFIG_VARIABLE, default=None) or os.environ.get(CONFIG_ENV) or None
+    explicit = Variable.get(CONFIG_VARIABLE, default=None) or os.environ.get(CONFIG_ENV)
+    if explicit:
+        return explicit
+    default = load_config()
+    overlay = default.tune.overlay or AddressBook.from_config(default).tuned_overlay
+    return str(overlay) if overlay.is_file() else None
 
 
 def resolve(context: dict):
-    """The config (with the run's knobs) and ds of this DAG run."""
+    """The config (with the run's knobs, of either pipeline) and ds of this DAG run."""
     params = context["params"]
-    config = load_config(config_path(), knob_overrides(params))
+    config = load_config(config_path(), knob_overrides(params, KNOBS | TUNING_KNOBS))
     return config, data_date(context["logical_date"], params.get("ds"))
 
 

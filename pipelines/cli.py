@@ -38,6 +38,28 @@ def run(config: ConfigOption = None, set_: SetOption = None,
 
 
 @app.command()
+def tune(config: ConfigOption = None, set_: SetOption = None,
+         ds: Annotated[str | None, typer.Option(help="Data date whose features are tuned on; default: the newest "
+                                                     "events partition.")] = None,
+         trials: Annotated[int | None, typer.Option(help="Most trials; default: tune.trials.")] = None,
+         minutes: Annotated[float | None, typer.Option(help="Time budget; default: tune.minutes.")] = None) -> None:
+    """Search the two-tower and ranker knobs with Optuna; write the best as a config overlay."""
+    from tasks.address_book import AddressBook
+    from tasks.build_features import build_features
+    from tasks.tune import tune as run_tune
+
+    configure_logging()
+    cfg = load_config(config, tuple(set_ or ()))
+    book = AddressBook.from_config(cfg)
+    day = date.fromisoformat(ds) if ds else latest_event_day(book.raw)
+    run_id = f"tune__{datetime.now(UTC):%Y-%m-%dT%H%M%S}"
+    build_features(cfg, day, run_id)  # the windows of this config (cheap, and the same files if unchanged)
+    result = run_tune(cfg, day, run_id, trials, minutes)
+    typer.echo(f"best two_stage {cfg.register.primary_metric} {result.best_value:.4f} "
+               f"(current config {result.current_value}); overlay -> {result.overlay}")
+
+
+@app.command()
 def recs(user: Annotated[str, typer.Option("--user", help="User id.")],
          ds: Annotated[str | None, typer.Option(help="Data date; default: the latest published.")] = None,
          config: ConfigOption = None, set_: SetOption = None,

@@ -67,9 +67,9 @@ KNOBS: dict[str, Knob] = {
 }
 
 
-def knob_overrides(params: dict) -> list[str]:
+def knob_overrides(params: dict, knobs: dict[str, Knob] | None = None) -> list[str]:
     """`--set`-style overrides for the knobs a run was given (unset knobs keep the config's values)."""
-    return [f"{knob.key}={json.dumps(params[name])}" for name, knob in KNOBS.items()
+    return [f"{knob.key}={json.dumps(params[name])}" for name, knob in (knobs or KNOBS).items()
             if params.get(name) is not None]
 
 

@@ -14,7 +14,10 @@ log = logging.getLogger(__name__)
 
 
 def find_step(step: Step | str) -> Step:
-    return step if isinstance(step, Step) else next(s for s in STEPS if s.name == step)
+    """A step of the nightly or the tuning pipeline, by name."""
+    from pipelines.tuning import STEPS as TUNING_STEPS
+
+    return step if isinstance(step, Step) else next(s for s in (*STEPS, *TUNING_STEPS) if s.name == step)
 
 
 def shards(step: Step | str, config: Config) -> list[int]:

@@ -56,6 +56,11 @@ class AddressBook:
         return self.var / "reports" / f"ds={ds.isoformat()}" / _safe(run_id) / step
 
     @property
+    def tuned_overlay(self) -> Path:
+        """Where `recsys tune` writes its best parameters by default (`tune.overlay` moves it)."""
+        return self.var / "tuning" / "tuned.yaml"
+
+    @property
     def warehouse(self) -> Path:
         return self.var / "warehouse.duckdb"
 

@@ -1,0 +1,52 @@
+"""Turn a pipeline's steps into Airflow tasks: what both thin DAG files call at parse time.
+
+Light on purpose: only the Airflow authoring API and the pipelines' step lists are imported here; a task's
+work is imported when it runs (`pipelines.airflow_step`).
+"""
+
+from __future__ import annotations
+
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import Asset, Param
+
+from pipelines.nightly import Knob, Step
+
+
+def run_step(step_name: str, shard: int | None = None, **context) -> dict:
+    from pipelines.airflow_step import execute
+
+    return execute(step_name, context, shard)
+
+
+def plan_shards(step_name: str, **context) -> list[dict]:
+    from pipelines.airflow_step import plan_shards
+
+    return plan_shards(step_name, context)
+
+
+def trigger_params(knobs: dict[str, Knob]) -> dict[str, Param]:
+    """The trigger form: `ds` and each knob, all empty by default (empty keeps the config's value)."""
+    return {"ds": Param(None, type=["null", "string"], format="date",
+                        description="Data date to process; empty means the day before the logical date."),
+            **{name: Param(None, type=["null", knob.type], description=f"{knob.description} Empty keeps the config.")
+               for name, knob in knobs.items()}}
+
+
+def add_step_tasks(steps: tuple[Step, ...]) -> None:
+    """One task per step, inside the DAG being defined, wired as the steps say; a sharded step becomes a
+    planning task and one dynamically mapped task instance per shard."""
+    tasks, entries = {}, {}
+    for step in steps:
+        outlets = [Asset(name) for name in step.produces]
+        if step.sharded:  # a planning task lists the shards; Airflow maps one task instance per shard
+            plan = PythonOperator(task_id=f"plan_{step.name}", python_callable=plan_shards,
+                                  op_kwargs={"step_name": step.name})
+            tasks[step.name] = PythonOperator.partial(task_id=step.name, python_callable=run_step,
+                                                      outlets=outlets).expand(op_kwargs=plan.output)
+            entries[step.name] = plan
+        else:
+            tasks[step.name] = entries[step.name] = PythonOperator(
+                task_id=step.name, python_callable=run_step, op_kwargs={"step_name": step.name}, outlets=outlets)
+    for step in steps:
+        for upstream in step.upstream:
+            tasks[upstream] >> entries[step.name]
