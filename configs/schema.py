@@ -87,7 +87,7 @@ class EaseConfig(Section):
                                   "line giving the memory it would need (8 bytes x items^2).")
 
 
-ModelKind = Literal["popularity", "cooccurrence", "ease"]  # fitted by `train`; the TFRS models have steps of their own
+ModelKind = Literal["popularity", "cooccurrence", "ease", "recent"]  # fitted by `train`; the TFRS models have steps of their own
 
 
 class TrainConfig(Section):
@@ -117,7 +117,7 @@ class TrainRetrievalConfig(Section):
     patience: int = Field(2, ge=1)
 
 
-SourceKind = Literal["popularity", "cooccurrence", "ease", "two_tower"]
+SourceKind = Literal["popularity", "cooccurrence", "ease", "two_tower", "recent"]
 
 
 class TrainRankingConfig(Section):

@@ -165,7 +165,7 @@ class ChampionRecipe:
 
 def champion_recipe(registry: ModelRegistry, config: Config) -> ChampionRecipe | None:
     """The champion's recipe from its version's tags; a version an older release registered without a
-    `recipe` tag stands for its kind with tonight's settings."""
+    `recipe` tag, or with one this release's schema rejects, stands for its kind with tonight's settings."""
     version = registry.alias_version(CHAMPION_ROW)
     if version is None:
         return None
@@ -176,6 +176,12 @@ def champion_recipe(registry: ModelRegistry, config: Config) -> ChampionRecipe |
                     version, kind)
         return None
     saved = json.loads(tags["recipe"]) if "recipe" in tags else recipe(kind, config)
+    try:
+        recipe_config(config, saved)
+    except ValueError as error:  # sections an older release wrote that this release's schema no longer takes
+        log.warning("champion version %s's recipe does not fit this release's config (%s); its kind %s with "
+                    "tonight's settings stands for it", version, error, kind)
+        saved = recipe(kind, config)
     return ChampionRecipe(version, kind, saved, date.fromisoformat(tags["ds"]) if "ds" in tags else None)
 
 

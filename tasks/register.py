@@ -85,7 +85,6 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
         mlflow.log_params(flatten(resolved))
         mlflow.log_dict(resolved, "config/resolved_config.json")
         mlflow.log_dict(manifest, "data/features_manifest.json")
-        mlflow.log_dict(decision.model_dump(mode="json"), "evaluation/gate.json")
         mlflow.log_metrics({k: float(v) for k, v in twin_metrics.items()})  # the served recipe's holdout metrics
         mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
                             for k, v in row.items() if k != "segment" and pd.notna(v)})

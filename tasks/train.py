@@ -19,6 +19,7 @@ from tasks.models.base import Recommender
 from tasks.models.cooccurrence import fit_cooccurrence
 from tasks.models.ease import EaseTooLarge, fit_ease
 from tasks.models.popularity import fit_popularity
+from tasks.models.recent import RecentModel
 from tasks.step_cli import step_main
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,9 @@ def fit_model(kind: str, features: FeatureSet, config: TrainConfig) -> Recommend
         return fit_cooccurrence(train, item_ids, popularity.fallback_scores, config.cooccurrence)
     if kind == "ease":
         return fit_ease(train, item_ids, popularity.fallback_scores, config.ease)
-    raise ValueError(f"unknown model kind {kind!r}; known: popularity, cooccurrence, ease")
+    if kind == "recent":  # nothing to learn: the user's own history is the model
+        return RecentModel(item_ids, popularity.fallback_scores, {})
+    raise ValueError(f"unknown model kind {kind!r}; known: popularity, cooccurrence, ease, recent")
 
 
 def baseline_kinds(config: Config) -> tuple[str, ...]:

@@ -22,6 +22,7 @@ KINDS = {
     "popularity": "tasks.models.popularity:PopularityModel",
     "cooccurrence": "tasks.models.cooccurrence:CooccurrenceModel",
     "ease": "tasks.models.ease:EaseModel",
+    "recent": "tasks.models.recent:RecentModel",
     "two_tower": "tasks.models.two_tower:TwoTowerModel",
     "two_stage": "tasks.models.two_stage:TwoStageModel",
 }

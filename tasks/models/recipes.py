@@ -21,12 +21,13 @@ from tasks.models.base import MANIFEST, Recommender
 
 log = logging.getLogger(__name__)
 
-BASELINES = ("popularity", "cooccurrence", "ease")
+BASELINES = ("popularity", "cooccurrence", "ease", "recent")
 # The config sections each kind is shaped by; every kind falls back to the popularity list.
 SECTIONS: dict[str, tuple[str, ...]] = {
     "popularity": ("train.popularity",),
     "cooccurrence": ("train.popularity", "train.cooccurrence"),
     "ease": ("train.popularity", "train.ease"),
+    "recent": ("train.popularity",),
     "two_tower": ("train.popularity", "train_retrieval"),
     "two_stage": ("train.popularity", "train_retrieval", "train_ranking"),
 }

@@ -10,6 +10,7 @@ from tasks.models.candidates import MISSING_SCORE, CandidateSources, ItemSignals
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.popularity import PopularityModel
 from tasks.recommend import exclusions, model_top_k
+from tasks.train import fit_model
 from tests.conftest import DS
 
 ITEMS = np.array(list("abcde"), dtype=object)
@@ -47,12 +48,12 @@ def test_banned_and_unavailable_items_never_become_candidates():
     assert ITEMS[frame.ids[0][frame.mask[0]]].tolist() == ["b", "d", "c"]
 
 
-@pytest.mark.parametrize("kind", ["popularity", "cooccurrence", "ease", "two_tower"])
+@pytest.mark.parametrize("kind", ["popularity", "cooccurrence", "ease", "two_tower", "recent"])
 def test_every_retriever_returns_its_exact_top_n_over_allowed_unexcluded_items(pipeline_run, kind):
     config, _ = pipeline_run
     book = AddressBook.from_config(config)
     features = FeatureSet.read(book.features(DS))
-    model = load_recommender(book.model(DS, kind))
+    model = fit_model(kind, features, config.train) if kind == "recent" else load_recommender(book.model(DS, kind))
     users = features.train_users[features.train_users["n_events"] > 0].head(50).reset_index(drop=True)
     train = features.train_interactions
     history = user_item_matrix(train, users["user_id"].to_numpy(dtype=object), model.item_ids)
