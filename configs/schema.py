@@ -84,7 +84,7 @@ class EaseConfig(Section):
     l2: float = Field(200.0, gt=0, description="L2 penalty added to the item Gram matrix's diagonal.")
     max_items: int = Field(
         20_000, ge=1, description="Most interacted items EASE is fit on; above it the kind is skipped, with a log "
-                                  "line giving the memory it would need (8 bytes x items^2).")
+                                  "line giving the memory it would need (4 bytes x items^2).")
 
 
 ModelKind = Literal["popularity", "cooccurrence", "ease", "recent"]  # fitted by `train`; the TFRS models have steps of their own

@@ -31,7 +31,7 @@ STEPS: tuple[Step, ...] = (
     Step("build_features", ("validate_raw",), ("recsys_features",)),
     Step("train", ("build_features",)),
     Step("train_retrieval", ("build_features",)),
-    Step("train_ranking", ("train_retrieval",)),
+    Step("train_ranking", ("train", "train_retrieval")),  # their models serve as its sources
     Step("evaluate", ("train", "train_ranking")),
     Step("refit", ("evaluate",)),
     Step("register", ("refit",), ("recsys_model",)),

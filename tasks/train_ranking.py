@@ -16,7 +16,9 @@ from tasks.address_book import AddressBook
 from tasks.atomic_write import atomic_directory
 from tasks.errors import MissingInput
 from tasks.feature_set import FeatureSet
+from tasks.models.base import MANIFEST
 from tasks.step_cli import step_main
+from tasks.train import baseline_kinds
 
 log = logging.getLogger(__name__)
 KIND = "two_stage"
@@ -31,8 +33,8 @@ class TrainRankingResult(BaseModel):
 
 
 def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
-    """Fit the two-stage model on the features of ds (its two-tower source is this ds's train_retrieval model
-    when that step ran); skipped when disabled."""
+    """Fit the two-stage model on the features of ds (the sources train and train_retrieval fit tonight are
+    used as they are); skipped when disabled."""
     if not config.train_ranking.enabled:
         log.info("train_ranking ds=%s: disabled in config, nothing trained", ds)
         return TrainRankingResult(ds=ds, path=None, validation={}, seconds=0.0)
@@ -40,13 +42,17 @@ def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
 
     started = time.perf_counter()
     book = AddressBook.from_config(config)
-    retrieval_dir = book.model(ds, "two_tower") if config.train_retrieval.enabled else None
-    if retrieval_dir is not None and not retrieval_dir.is_dir():
-        raise MissingInput(f"train_ranking ds={ds}: no retrieval model at {retrieval_dir}; run train_retrieval first")
+    if config.train_retrieval.enabled and not book.model(ds, "two_tower").is_dir():
+        raise MissingInput(f"train_ranking ds={ds}: no retrieval model at {book.model(ds, 'two_tower')}; run "
+                           "train_retrieval first")
+    # What train and train_retrieval fit tonight on these days with this config serves as sources as it is.
+    fitted = {kind: book.model(ds, kind) for kind in config.train_ranking.sources
+              if (book.model(ds, kind) / MANIFEST).is_file()
+              and (kind in baseline_kinds(config) or (kind == "two_tower" and config.train_retrieval.enabled))}
     features = FeatureSet.read(book.features(ds))
     target = book.model(ds, KIND)
     with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="two_stage-") as scratch:
-        model = fit_two_stage(features, config, Path(scratch), retrieval_dir=retrieval_dir)
+        model = fit_two_stage(features, config, Path(scratch), fitted=fitted)
         model.save(staging)
         (staging / REPORT).write_text(json.dumps(model.params["validation"], indent=2))
     seconds = time.perf_counter() - started

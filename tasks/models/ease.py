@@ -27,8 +27,9 @@ class EaseTooLarge(RuntimeError):
 
 
 def gram_bytes(items: int) -> int:
-    """Memory for the fit: the Gram matrix, inverted in place, and the weight matrix (float32 each)."""
-    return 2 * items * items * 4
+    """Memory for the fit: one dense float32 items x items matrix, factored, inverted and turned into the
+    weights in place."""
+    return items * items * 4
 
 
 def ease_weights(user_items: sp.csr_matrix, l2: float) -> np.ndarray:
@@ -44,11 +45,15 @@ def ease_weights(user_items: sp.csr_matrix, l2: float) -> np.ndarray:
     inverse, info = scipy.linalg.lapack.spotri(factor, lower=False, overwrite_c=True)
     if info != 0:
         raise np.linalg.LinAlgError(f"EASE Gram matrix could not be inverted (potri info {info})")
-    upper = np.triu(inverse)
-    precision = upper + np.triu(upper, 1).T  # potri fills one triangle only
-    weights = -precision / np.diag(precision)[None, :]
-    np.fill_diagonal(weights, 0.0)
-    return weights.astype(np.float32)
+    for start in range(0, len(inverse), 2048):  # potri fills the upper triangle: mirror it, block by block
+        end = min(start + 2048, len(inverse))
+        inverse[start:end, :start] = inverse[:start, start:end].T
+        block, lower = inverse[start:end, start:end], np.tril_indices(end - start, -1)
+        block[lower] = block.T[lower]
+    diagonal = np.diag(inverse).copy()
+    inverse /= -diagonal[None, :]  # B = -P / diag(P) off the diagonal, in place
+    np.fill_diagonal(inverse, 0.0)
+    return inverse
 
 
 class EaseModel(Recommender):
@@ -86,6 +91,6 @@ def fit_ease(interactions: pd.DataFrame, item_ids: np.ndarray, fallback_scores: 
     if len(columns) > config.max_items:
         raise EaseTooLarge(f"EASE skipped: {len(columns):,} interacted items exceed ease.max_items="
                            f"{config.max_items:,}; its fit would need about {gram_bytes(len(columns)) / 2**30:.1f} GiB "
-                           "(two dense item x item float32 matrices)")
+                           "(a dense item x item float32 matrix)")
     weights = ease_weights(matrix[:, columns], config.l2)
     return EaseModel(item_ids, fallback_scores, config.model_dump(), columns, weights)

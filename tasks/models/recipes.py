@@ -75,13 +75,13 @@ def best_epochs(model_dir: Path) -> int | None:
 
 
 def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
-               epochs: dict[str, int] | None = None, retrieval_dir: Path | None = None) -> Recommender:
+               epochs: dict[str, int] | None = None, fitted: dict[str, Path] | None = None) -> Recommender:
     """Fit one recipe on the feature set's training interactions; nothing on or after its cutoff is read.
 
     `epochs` ({"two_tower": n, "two_stage": m}) trains the TFRS parts for those epochs on every training day,
-    with no early-stopping split, as a refit does with the epochs its twin stopped at. `retrieval_dir` is a
-    two-tower model already fit on these days, for the two-stage kind to use as its source. Save the result
-    before `workdir` goes away.
+    with no early-stopping split, as a refit does with the epochs its twin stopped at. `fitted` maps kinds to
+    models already fit on these days with this config, which the two-stage kind uses as its sources. Save
+    the result before `workdir` goes away.
     """
     from tasks.train import fit_model
 
@@ -96,7 +96,7 @@ def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
                              epochs=(epochs or {}).get("two_tower"))
     from tasks.models.two_stage import fit_two_stage
 
-    return fit_two_stage(features, config, workdir, epochs, retrieval_dir)
+    return fit_two_stage(features, config, workdir, epochs, fitted)
 
 
 def twin_epochs(kind: str, model_dir: Path) -> dict[str, int] | None:

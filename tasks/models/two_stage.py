@@ -86,16 +86,17 @@ class TwoStageModel(Recommender):
 
 
 def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], workdir: Path,
-                epochs: dict[str, int] | None, retrieval_dir: Path | None = None,
+                epochs: dict[str, int] | None, fitted: dict[str, Path] | None = None,
                 required: bool = False) -> dict[str, Recommender]:
-    """Each named source fit on the feature set's training days; EASE over its item cap is left out (an
-    error where `required`: the ranker was trained with it)."""
+    """Each named source fit on the feature set's training days, or loaded from `fitted` where the night
+    already fit that kind on these days with this config; EASE over its item cap is left out (an error where
+    `required`: the ranker was trained with it)."""
     from tasks.models.recipes import fit_recipe
 
     sources = {}
     for name in names:
-        if name == "two_tower" and retrieval_dir is not None:  # the night's own two-tower, fit on these days
-            sources[name] = load_recommender(retrieval_dir)
+        if name in (fitted or {}):
+            sources[name] = load_recommender(fitted[name])
             continue
         (workdir / name).mkdir(parents=True, exist_ok=True)
         try:
@@ -195,10 +196,11 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: dict[str, int] | None = None,
-                  retrieval_dir: Path | None = None) -> TwoStageModel:
+                  fitted: dict[str, Path] | None = None) -> TwoStageModel:
     """Fit the ranker on the label windows (each with sources fit on the days before it), then serve it over
     sources fit on every training day. `epochs` trains every TFRS part for fixed epochs without an early-
-    stopping split (a refit); `retrieval_dir` is the two-tower model already fit on these training days."""
+    stopping split (a refit); `fitted` names models the night already fit on these training days with this
+    config (`train`'s and `train_retrieval`'s), which serve as sources as they are."""
     rules = config.train_ranking
     names, parts, recall, windows = tuple(rules.sources), [], {}, []
     for back in range(rules.label_windows):  # the newest window first: it decides which sources take part
@@ -228,7 +230,7 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
              "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
              report["epochs_run"], candidates.names[anchor], {k.split(".")[1]: round(v, 3) for k, v in recall.items()})
-    sources = fit_sources(features, config, names, workdir / "sources", epochs, retrieval_dir, required=True)
+    sources = fit_sources(features, config, names, workdir / "sources", epochs, fitted, required=True)
     serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
                                rules.candidates, config.build_features.history_length)
     first = next(iter(sources.values()))
