@@ -41,12 +41,18 @@ def refit(config: Config, ds: date, run_id: str) -> RefitResult:
     started = time.perf_counter()
     book = AddressBook.from_config(config)
     decision = read_decision(book.evaluation(ds))
-    features = FeatureSet.read(book.features(ds)).through_ds()
-    epochs = twin_epochs(decision.serving_kind, book.model(ds, decision.serving_row))
+    held_out = FeatureSet.read(book.features(ds))
+    features = held_out.through_ds()
+    twin = book.model(ds, decision.serving_row)
+    epochs = twin_epochs(decision.serving_kind, twin)
+    # A two-stage twin's sources were fit on the days before the held-out ones: where a label window of the
+    # refit starts there, they are that window's sources as they are.
+    fitted = {held_out.window.cutoff: {source.name: source for source in (twin / "sources").iterdir()}} \
+        if (twin / "sources").is_dir() else None
     target = book.serving_model(ds)
     with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="refit-") as scratch:
         model = fit_recipe(decision.serving_kind, recipe_config(config, decision.serving_recipe), features,
-                           Path(scratch), epochs)
+                           Path(scratch), epochs, fitted)
         model.save(staging)
     seconds = time.perf_counter() - started
     log.info("refit ds=%s: %s recipe (twin: %s, epochs %s) on %d interactions through %s, %d items in %.1fs -> %s",

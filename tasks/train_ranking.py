@@ -52,7 +52,7 @@ def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
     features = FeatureSet.read(book.features(ds))
     target = book.model(ds, KIND)
     with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="two_stage-") as scratch:
-        model = fit_two_stage(features, config, Path(scratch), fitted=fitted)
+        model = fit_two_stage(features, config, Path(scratch), fitted={features.window.cutoff: fitted})
         model.save(staging)
         (staging / REPORT).write_text(json.dumps(model.params["validation"], indent=2))
     seconds = time.perf_counter() - started

@@ -136,7 +136,7 @@ def tune(config: Config, ds: date, run_id: str, trials: int | None = None, minut
                 mlflow.set_tag("pruned", "true")
                 raise optuna.TrialPruned(f"two_tower {primary} {first:.4f} below the median of earlier trials")
             two_stage = fit_recipe("two_stage", trial_config, features, Path(scratch) / "two_stage",
-                                   fitted={"two_tower": Path(scratch) / "two_tower"})
+                                   fitted={features.window.cutoff: {"two_tower": Path(scratch) / "two_tower"}})
             value = evaluate_model(two_stage, window, ks, config.evaluate.batch_size, "two_stage")[0][primary]
             mlflow.log_metric(f"two_stage.{primary}", value)
         log.info("tune ds=%s: trial %d %s two_tower %.4f two_stage %.4f", ds, trial.number, params, first, value)

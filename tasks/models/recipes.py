@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -75,13 +76,14 @@ def best_epochs(model_dir: Path) -> int | None:
 
 
 def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
-               epochs: dict[str, int] | None = None, fitted: dict[str, Path] | None = None) -> Recommender:
+               epochs: dict[str, int] | None = None, fitted: dict[date, dict[str, Path]] | None = None
+               ) -> Recommender:
     """Fit one recipe on the feature set's training interactions; nothing on or after its cutoff is read.
 
     `epochs` ({"two_tower": n, "two_stage": m}) trains the TFRS parts for those epochs on every training day,
-    with no early-stopping split, as a refit does with the epochs its twin stopped at. `fitted` maps kinds to
-    models already fit on these days with this config, which the two-stage kind uses as its sources. Save
-    the result before `workdir` goes away.
+    with no early-stopping split, as a refit does with the epochs its twin stopped at. `fitted` maps a day to
+    models already fit with this config on the days before it, which the two-stage kind uses as the sources
+    of the window ending there (see `fit_two_stage`). Save the result before `workdir` goes away.
     """
     from tasks.train import fit_model
 

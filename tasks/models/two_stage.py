@@ -10,7 +10,7 @@ times, and the ranker reads ranks and per-user normalised scores, which survive 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -163,7 +163,7 @@ def anchor_source(candidates: CandidateSources, lists: np.ndarray, mask: np.ndar
 
 
 def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path, epochs: dict[str, int] | None,
-                 names: tuple[str, ...], required: bool):
+                 names: tuple[str, ...], required: bool, fitted: dict[str, Path] | None = None):
     """One label window [start, end): sources fit on the days before `start`, and the labelled candidate
     lists of the users who engaged in the window (see `labelled_lists`); with the sources' CandidateSources."""
     from tasks.build_features import features_as_of
@@ -171,7 +171,7 @@ def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path
 
     rules = config.train_ranking
     earlier = features_as_of(features, start, config)
-    sources = fit_sources(earlier, config, names, workdir, epochs, required=required)
+    sources = fit_sources(earlier, config, names, workdir, epochs, fitted, required=required)
     if not sources:
         raise ValueError("train_ranking.sources: no candidate source could be fit")
     items = earlier.train_items.set_index("item_id").reindex(next(iter(sources.values())).item_ids)
@@ -196,11 +196,13 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: dict[str, int] | None = None,
-                  fitted: dict[str, Path] | None = None) -> TwoStageModel:
+                  fitted: dict[date, dict[str, Path]] | None = None) -> TwoStageModel:
     """Fit the ranker on the label windows (each with sources fit on the days before it), then serve it over
     sources fit on every training day. `epochs` trains every TFRS part for fixed epochs without an early-
-    stopping split (a refit); `fitted` names models the night already fit on these training days with this
-    config (`train`'s and `train_retrieval`'s), which serve as sources as they are."""
+    stopping split (a refit); `fitted` maps a day to models the night already fit, with this config, on the
+    days before it (`train`'s and `train_retrieval`'s before the cutoff; for a refit, its twin's sources),
+    which serve as the sources of that window as they are."""
+    fitted = fitted or {}
     rules = config.train_ranking
     names, parts, recall, windows = tuple(rules.sources), [], {}, []
     for back in range(rules.label_windows):  # the newest window first: it decides which sources take part
@@ -209,7 +211,7 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
         if start <= features.window.first:
             break
         candidates, found = window_lists(features, config, start, end, workdir / f"label_sources_{back}", epochs,
-                                         names, required=back > 0)
+                                         names, required=back > 0, fitted=fitted.get(start))
         names = tuple(candidates.sources)
         if found is not None:
             parts.append(found[:3])
@@ -230,7 +232,8 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
              "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
              report["epochs_run"], candidates.names[anchor], {k.split(".")[1]: round(v, 3) for k, v in recall.items()})
-    sources = fit_sources(features, config, names, workdir / "sources", epochs, fitted, required=True)
+    sources = fit_sources(features, config, names, workdir / "sources", epochs, fitted.get(features.window.cutoff),
+                          required=True)
     serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
                                rules.candidates, config.build_features.history_length)
     first = next(iter(sources.values()))
