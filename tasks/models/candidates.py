@@ -203,12 +203,13 @@ class CandidateSources:
             rows, slots = np.nonzero(history >= 0)
             seen = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, history[rows, slots])),
                                  shape=(len(batch), tokens.shape[0])) @ tokens  # users x words: history counts
-            binary = seen.copy()
-            binary.data[:] = 1.0
-            pair_rows = np.repeat(np.arange(len(batch)), ids.shape[1])
+            # Only the (user, candidate) pairs: each candidate's word row against its user's, elementwise, so
+            # the cost follows the pairs' words, never users x items.
+            candidate_words = tokens[columns.ravel()]
+            user_words = seen.tocsr()[np.repeat(np.arange(len(batch)), ids.shape[1])]
+            weighted = np.asarray(candidate_words.multiply(user_words).sum(axis=1)).reshape(ids.shape)
+            shared = np.asarray(candidate_words.multiply(user_words > 0).sum(axis=1)).reshape(ids.shape)
             size = np.asarray(tokens.sum(axis=1)).ravel()[columns]
-            shared = np.asarray((binary @ tokens.T)[pair_rows, columns.ravel()]).reshape(ids.shape)
-            weighted = np.asarray((seen @ tokens.T)[pair_rows, columns.ravel()]).reshape(ids.shape)
             parts += [shared / np.maximum(size, 1), weighted / np.maximum(size * history_length[:, None], 1)]
         context = np.stack([np.asarray(p, np.float32) for p in parts], axis=2)
         return np.where((ids >= 0)[..., None], context, 0.0)

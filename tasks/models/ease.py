@@ -50,10 +50,13 @@ def ease_weights(user_items: sp.csr_matrix, l2: float) -> np.ndarray:
         inverse[start:end, :start] = inverse[:start, start:end].T
         block, lower = inverse[start:end, start:end], np.tril_indices(end - start, -1)
         block[lower] = block.T[lower]
-    diagonal = np.diag(inverse).copy()
-    inverse /= -diagonal[None, :]  # B = -P / diag(P) off the diagonal, in place
-    np.fill_diagonal(inverse, 0.0)
-    return inverse
+    # LAPACK hands back Fortran order; P is symmetric, so its transpose is the same matrix in C order, which
+    # is what scoring (sparse history @ weights) reads without a copy.
+    precision = inverse.T if inverse.flags.f_contiguous else inverse
+    diagonal = np.diag(precision).copy()
+    precision /= -diagonal[None, :]  # B = -P / diag(P) off the diagonal, in place
+    np.fill_diagonal(precision, 0.0)
+    return precision
 
 
 class EaseModel(Recommender):
@@ -79,7 +82,7 @@ class EaseModel(Recommender):
     @classmethod
     def _load(cls, directory, item_ids, fallback, params):
         return cls(item_ids, fallback, params, np.load(directory / "columns.npy"),
-                   np.load(directory / "weights.npy", mmap_mode="r"))
+                   np.load(directory / "weights.npy"))  # in memory: sparse @ a memory map copies it per call
 
 
 def fit_ease(interactions: pd.DataFrame, item_ids: np.ndarray, fallback_scores: np.ndarray,
