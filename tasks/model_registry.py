@@ -87,11 +87,6 @@ class ModelRegistry:
     def version_tags(self, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(self.model_name, version).tags)
 
-    def load(self, alias: str = CHAMPION) -> RegisteredModel | None:
-        """The model behind an alias, loaded through MLflow (`models:/<name>@<alias>`), or None if unset."""
-        version = self.alias_version(alias)
-        return None if version is None else self.load_version(version)
-
     def load_version(self, version: str) -> RegisteredModel:
         """One version, loaded through MLflow (`models:/<name>/<version>`)."""
         pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")

@@ -51,11 +51,13 @@ class ItemSignals:
                           items: pd.DataFrame, categorical: tuple[str, ...], numeric: tuple[str, ...],
                           text: tuple[str, ...], as_of: pd.Timestamp) -> ItemSignals:
         age = (as_of - interactions["event_ts"]).dt.days.to_numpy()
-        index = pd.Index(item_ids)
-        recent = np.bincount(np.maximum(index.get_indexer(interactions["item_id"][age < 7]), 0),
-                             minlength=len(item_ids)) if len(item_ids) else np.zeros(0)
-        before = np.bincount(np.maximum(index.get_indexer(interactions["item_id"][(age >= 7) & (age < 14)]), 0),
-                             minlength=len(item_ids)) if len(item_ids) else np.zeros(0)
+        columns = pd.Index(item_ids).get_indexer(interactions["item_id"])
+        known = columns >= 0  # events on items outside these columns count nowhere
+
+        def events_per_item(in_window: np.ndarray) -> np.ndarray:
+            return np.bincount(columns[known & in_window], minlength=len(item_ids))
+
+        recent, before = events_per_item(age < 7), events_per_item((age >= 7) & (age < 14))
         by_item = items.drop_duplicates("item_id").set_index("item_id").reindex(item_ids)
         attributes = {c: pd.factorize(by_item[c].astype("object"), use_na_sentinel=True)[0].astype(np.int64)
                       for c in categorical if c in by_item.columns}

@@ -7,7 +7,6 @@ the dense n x n Gram matrix, so it runs only up to `max_items` items that were i
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +17,6 @@ import scipy.sparse as sp
 from configs.schema import EaseConfig
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.cooccurrence import TIE_BREAK, user_item_matrix
-
-log = logging.getLogger(__name__)
 
 
 class EaseTooLarge(RuntimeError):

@@ -77,11 +77,9 @@ class ExportedRanker(tf.Module):
                                                   tf.TensorSpec([None, None], tf.bool)])
 
 
-def _dataset(features, mask, labels, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+def _shuffled_batches(features, mask, labels, batch_size: int, seed: int) -> tf.data.Dataset:
     data = tf.data.Dataset.from_tensor_slices((features, mask, labels))
-    if shuffle:
-        data = data.shuffle(len(features), seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size)
+    return data.shuffle(len(features), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
 
 
 class KeepBestListNdcg(tf.keras.callbacks.Callback):
@@ -132,17 +130,17 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
     ranker = ListRanker(mean, scale, deep, anchor)
     trainer = ListRankingTrainer(ranker)
     trainer.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
-    train = _dataset(features[~is_validation], mask[~is_validation], labels[~is_validation], batch_size, True, seed)
+    train = _shuffled_batches(features[~is_validation], mask[~is_validation], labels[~is_validation], batch_size, seed)
     report = {"lists": int(len(features)), "validation_lists": int(is_validation.sum())}
     if fixed_epochs is not None:
         if fixed_epochs > 0:
             trainer.fit(train, epochs=fixed_epochs, verbose=0)
-        report |= {"epochs_run": fixed_epochs, "val_loss": []}
+        report["epochs_run"] = fixed_epochs
         return ExportedRanker(ranker, features.shape[2]), report
     held = features[is_validation], mask[is_validation], labels[is_validation] > 0
     keep_best = KeepBestListNdcg(ranker, *held, patience)
     trainer.fit(train, epochs=epochs, callbacks=[keep_best], verbose=0)
-    report |= {"epochs_run": keep_best.best_epoch, "val_loss": [],
+    report |= {"epochs_run": keep_best.best_epoch,
                "validation_ndcg_at_10": max(keep_best.scores), "validation_anchor_ndcg_at_10": keep_best.scores[0],
                "validation_ndcg_at_10_by_epoch": [round(v, 5) for v in keep_best.scores]}
     return ExportedRanker(ranker, features.shape[2]), report

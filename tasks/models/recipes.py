@@ -8,7 +8,6 @@ ds for serving. A recipe is what the registry keeps of a version to train it aga
 from __future__ import annotations
 
 import json
-import logging
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ import pandas as pd
 from configs.schema import Config
 from tasks.feature_set import FeatureSet
 from tasks.models.base import MANIFEST, Recommender
-
-log = logging.getLogger(__name__)
 
 BASELINES = ("popularity", "cooccurrence", "ease", "recent")
 # The config sections each kind is shaped by; every kind falls back to the popularity list.
@@ -59,10 +56,6 @@ def recipe_config(config: Config, saved: dict) -> Config:
         *parents, last = dotted.split(".")
         (_get(resolved, ".".join(parents)) if parents else resolved)[last] = value
     return Config.model_validate(resolved)
-
-
-def recipe_json(kind: str, config: Config) -> str:
-    return json.dumps(recipe(kind, config), sort_keys=True)
 
 
 def best_epochs(model_dir: Path) -> int | None:

@@ -118,14 +118,15 @@ def candidate_signals(sources: dict[str, Recommender], features: FeatureSet, con
 
 
 def labelled_lists(candidates: CandidateSources, earlier: FeatureSet, labels: pd.DataFrame, allowed: np.ndarray,
-                   exclude: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                   excluded: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Candidate frames of the labelled users, built as serving builds them, with their label rows.
 
-    labels: (user_id, item_id, weight) engaged in the label window. Returns features, mask and labels (each
+    labels: (user_id, item_id, weight) engaged in the label window; excluded: the (user_id, item_id) pairs
+    publishing would ban at the window's start. Returns features, mask and labels (each
     row sums to one over its engaged candidates, in proportion to its strongest event's weight) of the users
     with at least one engaged candidate, and the candidate recall of each source and of the union.
     """
-    from tasks.recommend import exclusions, user_batches  # recommend imports the models package
+    from tasks.recommend import user_batches  # recommend imports the models package
 
     labels = labels[pd.Index(candidates.item_ids).get_indexer(labels["item_id"]) >= 0]
     labels = labels.groupby(["user_id", "item_id"], as_index=False)["weight"].max()
@@ -134,7 +135,7 @@ def labelled_lists(candidates: CandidateSources, earlier: FeatureSet, labels: pd
     found = dict.fromkeys((*candidates.sources, "union"), 0)
     train = earlier.train_interactions
     for batch, banned, _ in user_batches(candidates.item_ids, user_ids, train[["user_id", "item_id", "weight"]],
-                                         exclusions(train, exclude), None, USERS_PER_FRAME, earlier.train_users):
+                                         excluded, None, USERS_PER_FRAME, earlier.train_users):
         engaged = user_item_matrix(labels, batch.user_ids, candidates.item_ids, damp=False)
         proposals = candidates.proposals(batch, banned, allowed)
         frame = candidates.frame_from(batch, proposals)
@@ -143,10 +144,7 @@ def labelled_lists(candidates: CandidateSources, earlier: FeatureSet, labels: pd
         for name, (ids, _) in proposals.items():
             found[name] += int((values_at(engaged, ids) > 0).sum())
         features.append(frame.features), masks.append(frame.mask), targets.append(target)
-    width = max(f.shape[1] for f in features)
-    features = np.concatenate([np.pad(f, ((0, 0), (0, width - f.shape[1]), (0, 0))) for f in features])
-    mask = np.concatenate([np.pad(m, ((0, 0), (0, width - m.shape[1]))) for m in masks])
-    target = np.concatenate([np.pad(t, ((0, 0), (0, width - t.shape[1]))) for t in targets])
+    features, mask, target = _stack(features), _stack(masks), _stack(targets)
     keep = target.sum(axis=1) > 0
     recall = {f"candidate_recall.{name}": count / max(len(labels), 1) for name, count in found.items()}
     return features[keep], mask[keep], target[keep] / target[keep].sum(axis=1, keepdims=True), recall
@@ -179,18 +177,18 @@ def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path
     later = earlier.holdout_interactions
     end_ts = pd.Timestamp(end.isoformat(), tz="UTC")
     engaged = later[later["event_type"].isin(rules.positive_event_types) & (later["event_ts"] < end_ts)]
-    engaged = engaged.merge(exclusions(earlier.train_interactions, config.publish.exclude_event_types),
-                            how="left", indicator=True).query("_merge == 'left_only'")
+    excluded = exclusions(earlier.train_interactions, config.publish.exclude_event_types)
+    engaged = engaged.merge(excluded, how="left", indicator=True).query("_merge == 'left_only'")
     candidates = CandidateSources(sources, candidate_signals(sources, earlier, config), rules.per_source,
                                   rules.candidates, config.build_features.history_length)
     if engaged.empty:
         return candidates, None
     return candidates, labelled_lists(candidates, earlier, engaged[["user_id", "item_id", "weight"]], allowed,
-                                      config.publish.exclude_event_types)
+                                      excluded)
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
-    """Lists of several windows, padded to the widest."""
+    """Lists of several batches or windows, one under the other, padded to the widest."""
     width = max(a.shape[1] for a in arrays)
     return np.concatenate([np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays])
 
@@ -240,6 +238,6 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     params = {**rules.model_dump(mode="json"), "sources": list(sources), "attributes": list(serving.signals.attributes),
               "numeric": list(serving.signals.numeric), "history_length": config.build_features.history_length,
               "features": serving.names, "label_windows_used": windows, "epochs_run": report["epochs_run"],
-              "val_loss": report["val_loss"], "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
+              "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
               "validation": {k: v for k, v in report.items() if not isinstance(v, list)}}
     return TwoStageModel(first.item_ids, first.fallback_scores, params, serving, ranker)

@@ -110,3 +110,13 @@ def test_evaluation_reports_each_stage_on_the_held_out_users(pipeline_run):
     # On the same pooled lists the ranker's order beats the order of the source it is anchored on.
     anchored = max(stages[f"candidate_ndcg_at_10.{s}"] for s in config.train_ranking.sources)
     assert stages["candidate_ndcg_at_10.ranker"] > anchored
+
+
+def test_item_trend_counts_each_items_own_events_and_nothing_else():
+    as_of = pd.Timestamp("2026-11-20", tz="UTC")
+    # a: 3 events in the last week, 1 the week before -> log(4 / 2). "gone" is not a column: it counts nowhere.
+    events = pd.DataFrame({"item_id": ["a", "a", "a", "a", "gone", "gone"],
+                           "event_ts": [as_of - pd.Timedelta(days=d) for d in (1, 2, 3, 9, 1, 2)]})
+    signals = ItemSignals.from_interactions(ITEMS, np.ones(5, np.float32), events, pd.DataFrame({"item_id": ITEMS}),
+                                            (), (), (), as_of)
+    assert signals.trend.tolist() == pytest.approx([np.log(4 / 2), 0, 0, 0, 0])
