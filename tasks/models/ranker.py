@@ -112,19 +112,23 @@ class KeepBestListNdcg(tf.keras.callbacks.Callback):
 
 def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, deep: tuple[int, ...], anchor: int,
                  learning_rate: float, batch_size: int, epochs: int, patience: int, validation_share: float,
-                 seed: int, fixed_epochs: int | None = None) -> tuple[ExportedRanker, dict]:
+                 seed: int, fixed_epochs: int | None = None,
+                 validation: np.ndarray | None = None) -> tuple[ExportedRanker, dict]:
     """Fit on lists (users, list, features) whose labels sum to one over each user's engaged candidates,
     starting from the order of feature `anchor`.
 
-    A `validation_share` of the users keeps the epoch with the best NDCG@10 (0: the anchor's order), unless
-    `fixed_epochs` is given (a refit): then every list trains for that many epochs. Returns the exported
+    The lists marked in `validation` (else a random `validation_share` of them) keep the epoch with the best
+    NDCG@10 (0: the anchor's order), unless `fixed_epochs` is given (a refit): then every list trains for that
+    many epochs. Returns the exported
     ranker and a report with the validation lists' NDCG@10 of the ranker and of the anchor alone.
     """
     tf.keras.utils.set_random_seed(seed)
     real = features[mask]
     mean, scale = real.mean(axis=0), real.std(axis=0) + 1e-3
     is_validation = np.zeros(len(features), bool)
-    if fixed_epochs is None:
+    if fixed_epochs is None and validation is not None:
+        is_validation = np.asarray(validation, bool)
+    elif fixed_epochs is None:
         held = max(1, int(len(features) * validation_share))
         is_validation[np.random.default_rng(seed).permutation(len(features))[:held]] = True
     ranker = ListRanker(mean, scale, deep, anchor)

@@ -202,7 +202,7 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     which serve as the sources of that window as they are."""
     fitted = fitted or {}
     rules = config.train_ranking
-    names, parts, recall, windows = tuple(rules.sources), [], {}, []
+    names, parts, recall, windows, newest = tuple(rules.sources), [], {}, [], []
     for back in range(rules.label_windows):  # the newest window first: it decides which sources take part
         end = features.window.cutoff - timedelta(days=back * rules.label_days)
         start = end - timedelta(days=rules.label_days)
@@ -213,19 +213,25 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
         names = tuple(candidates.sources)
         if found is not None:
             parts.append(found[:3])
+            newest.append(np.full(len(found[0]), back == 0))
             recall = recall or found[3]
             windows.append(f"{start}..{end - timedelta(days=1)}")
     lists, mask, labels = (_stack([p[i] for p in parts]) for i in range(3)) if parts else (np.zeros((0, 0, 0)),) * 3
     if len(lists) < 2:
         raise ValueError(f"train_ranking: {len(lists)} users engaged with a candidate in the label windows "
                          f"{windows}; too few to learn from (train_ranking.positive_event_types, label_days)")
+    newest = np.concatenate(newest) if newest else np.zeros(0, bool)
     if len(lists) > rules.max_lists:
         keep = np.sort(np.random.default_rng(config.seed).choice(len(lists), rules.max_lists, replace=False))
-        lists, mask, labels = lists[keep], mask[keep], labels[keep]
+        lists, mask, labels, newest = lists[keep], mask[keep], labels[keep], newest[keep]
+    # Early stopping looks ahead in time, as serving does: with several windows, the ranker learns on the older
+    # ones and keeps the epoch that orders the newest window best. Users of the same window would reward what
+    # was in fashion that fortnight, which the next one does not repeat.
+    validation = newest if len(parts) > 1 and newest.any() and not newest.all() else None
     anchor, source_ndcg = anchor_source(candidates, lists, mask, labels)
     ranker, report = train_ranker(lists, mask, labels, tuple(rules.deep_layers), anchor, rules.learning_rate,
                                   rules.batch_size, rules.epochs, rules.patience, rules.validation_share, config.seed,
-                                  (epochs or {}).get("two_stage"))
+                                  (epochs or {}).get("two_stage"), validation)
     report |= recall | source_ndcg
     log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
              "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
@@ -235,9 +241,13 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
                                rules.candidates, config.build_features.history_length)
     first = next(iter(sources.values()))
+    stopping = "fixed epochs" if (epochs or {}).get("two_stage") is not None else \
+        f"the newest label window {windows[0]}" if validation is not None else \
+        f"a random {rules.validation_share:.0%} of the labelled users"
     params = {**rules.model_dump(mode="json"), "sources": list(sources), "attributes": list(serving.signals.attributes),
               "numeric": list(serving.signals.numeric), "history_length": config.build_features.history_length,
-              "features": serving.names, "label_windows_used": windows, "epochs_run": report["epochs_run"],
+              "features": serving.names, "label_windows_used": windows,
+              "early_stopping_on": stopping, "epochs_run": report["epochs_run"],
               "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
               "validation": {k: v for k, v in report.items() if not isinstance(v, list)}}
     return TwoStageModel(first.item_ids, first.fallback_scores, params, serving, ranker)

@@ -9,9 +9,10 @@ from tasks.models import UserBatch, load_recommender
 from tasks.models.candidates import MISSING_SCORE, CandidateSources, ItemSignals
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.popularity import PopularityModel
+from tasks.models.two_stage import fit_two_stage
 from tasks.recommend import exclusions, model_top_k
 from tasks.train import fit_model
-from tests.conftest import DS
+from tests.conftest import DS, make_config
 
 ITEMS = np.array(list("abcde"), dtype=object)
 
@@ -120,3 +121,17 @@ def test_item_trend_counts_each_items_own_events_and_nothing_else():
     signals = ItemSignals.from_interactions(ITEMS, np.ones(5, np.float32), events, pd.DataFrame({"item_id": ITEMS}),
                                             (), (), (), as_of)
     assert signals.trend.tolist() == pytest.approx([np.log(4 / 2), 0, 0, 0, 0])
+
+
+def test_with_several_label_windows_early_stopping_looks_ahead_to_the_newest(pipeline_run, tmp_path):
+    """The ranker learns on the older windows and keeps the epoch that orders the newest one best, as serving
+    orders days it never saw; a random share of the same windows' users would reward that fortnight's fashion."""
+    config, _ = pipeline_run
+    two_windows = make_config(config.paths.var, config.paths.raw, "train_ranking.label_windows=2",
+                              "train_ranking.sources=[cooccurrence, popularity]", "train_ranking.epochs=2")
+    features = FeatureSet.read(AddressBook.from_config(two_windows).features(DS))
+    model = fit_two_stage(features, two_windows, tmp_path)
+    newest, older = model.params["label_windows_used"]
+    assert newest > older and model.params["early_stopping_on"] == f"the newest label window {newest}"
+    report = model.params["validation"]
+    assert 0 < report["validation_lists"] < report["lists"]
