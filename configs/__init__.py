@@ -34,11 +34,16 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return _deep_merge(_read_yaml((path.parent / base).resolve()), data)
 
 
-def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+# Mappings a config replaces whole instead of merging into its base's: a table's numeric columns with their
+# value rules are one declaration (MovieLens declares `year`, and must not inherit the shop's `price`).
+REPLACED_WHOLE = {("data", "items", "numeric"), ("data", "users", "numeric")}
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any], path: tuple[str, ...] = ()) -> dict[str, Any]:
     merged = dict(base)
     for key, value in top.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
+        if isinstance(value, dict) and isinstance(merged.get(key), dict) and (*path, key) not in REPLACED_WHOLE:
+            merged[key] = _deep_merge(merged[key], value, (*path, key))
         else:
             merged[key] = value
     return merged

@@ -20,17 +20,56 @@ class PathsConfig(Section):
     raw: Path | None = Field(None, description="Landing zone; defaults to <var>/lake/raw.")
 
 
+class ValueRule(Section):
+    """What the values of a declared numeric column must be. Missing values (null, NaN) pass unless `not_null`."""
+
+    min: float | None = Field(None, description="Smallest allowed value (inclusive).")
+    max: float | None = Field(None, description="Largest allowed value (inclusive).")
+    finite: bool = Field(True, description="No infinite values.")
+    not_null: bool = Field(False, description="No missing values.")
+
+    def bounds(self) -> str:
+        """The bounds in words, e.g. "min 0" or "min 1, max 5" (empty without bounds)."""
+        return ", ".join(f"{name} {value:g}" for name, value in (("min", self.min), ("max", self.max))
+                         if value is not None)
+
+
 class FeatureColumns(Section):
-    """Declared feature columns of a raw snapshot table (items or users)."""
+    """Declared feature columns of a raw snapshot table (items or users), with the value rules of the numeric
+    ones (a numeric column without a rule must still be finite)."""
 
     categorical: tuple[str, ...] = ()
     numeric: tuple[str, ...] = ()
     text: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
+    rules: dict[str, ValueRule] = Field(default_factory=dict, description="Value rules by numeric column; YAML "
+                                                                          "usually gives them in `numeric`.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numeric_with_rules(cls, data):
+        """`numeric` may map each column to its rule (`numeric: {price: {min: 0}}`), so that a config declaring
+        other numeric columns replaces the rules with the columns."""
+        if isinstance(data, dict) and isinstance(data.get("numeric"), dict):
+            declared = data["numeric"]
+            data = {**data, "numeric": tuple(declared),
+                    "rules": {**{c: r or {} for c, r in declared.items()}, **(data.get("rules") or {})}}
+        return data
+
+    @model_validator(mode="after")
+    def _rules_name_numeric_columns(self) -> FeatureColumns:
+        unknown = sorted(set(self.rules) - set(self.numeric))
+        if unknown:
+            raise ValueError(f"rules for {unknown}: value rules apply to declared numeric columns only "
+                             f"(numeric: {list(self.numeric)})")
+        return self
 
     @property
     def all(self) -> tuple[str, ...]:
         return self.categorical + self.numeric + self.text + self.tags
+
+    def rule(self, column: str) -> ValueRule:
+        return self.rules.get(column, ValueRule())
 
 
 class DataConfig(Section):
@@ -42,7 +81,8 @@ class DataConfig(Section):
     rating_scales_weight: bool = Field(
         True, description="A rating event's weight is multiplied by its value.")
     items: FeatureColumns = FeatureColumns(
-        categorical=("category", "brand"), numeric=("price",), text=("title",), tags=("tags",))
+        categorical=("category", "brand"), numeric=("price",), text=("title",), tags=("tags",),
+        rules={"price": ValueRule(min=0)})
     users: FeatureColumns = FeatureColumns(categorical=("country", "age_band"))
 
     @property
@@ -157,9 +197,16 @@ class RegisterConfig(Section):
     experiment: str = "recsys_nightly"
     model_name: str = "recsys_recommender"
     primary_metric: str = "ndcg_at_10"
-    margin: float = Field(0.0, ge=0, description="Relative improvement over the champion needed to promote.")
+    margin: float = Field(0.0, ge=0, description="Relative gain over the champion that the lower bound of the "
+                                                 "gain's confidence interval must clear to promote.")
+    confidence: float = Field(0.9, gt=0, lt=1, description="Level of the paired bootstrap interval of the gain "
+                                                           "(0.9: promote when its 5% quantile clears the margin).")
+    bootstrap_resamples: int = Field(2000, ge=100, description="Resamples of the held-out users.")
+    min_users: int = Field(50, ge=1, description="Held-out users below which nothing is promoted: no evidence.")
     guard_metrics: tuple[str, ...] = ("recall_at_100", "hit_rate_at_10")
     guard_tolerance: float = Field(0.05, ge=0, description="Relative drop of a guard metric that blocks promotion.")
+    http_retries: int = Field(2, ge=0, description="Retries of a call to an MLflow server before the step fails.")
+    http_timeout_s: float = Field(5.0, gt=0, description="Seconds an MLflow server has to answer one call.")
 
 
 class PublishConfig(Section):

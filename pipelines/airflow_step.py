@@ -42,14 +42,14 @@ def resolve(context: dict):
 
 
 def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
-    """Run `step_name` (one shard of it, if sharded) for this DAG run; bad data fails the task at once
-    instead of being retried."""
+    """Run `step_name` (one shard of it, if sharded) for this DAG run; bad data or a malformed parameter
+    fails the task at once instead of being retried."""
     from airflow.exceptions import AirflowFailException
 
-    config, ds = resolve(context)
-    log.info("%s%s: ds=%s, config %s, knobs %s", step_name, "" if shard is None else f" shard {shard}", ds,
-             config_path() or "embedded default", knob_overrides(context["params"]))
     try:
+        config, ds = resolve(context)
+        log.info("%s%s: ds=%s, config %s, knobs %s", step_name, "" if shard is None else f" shard {shard}", ds,
+                 config_path() or "embedded default", knob_overrides(context["params"]))
         return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
         raise AirflowFailException(f"{type(error).__name__}: {error}") from error

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from configs import load_config
-from tasks.step_cli import ConfigOption, SetOption, configure_logging
+from tasks.step_cli import ConfigOption, SetOption, configure_logging, day_option
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 log = logging.getLogger("recsys")
@@ -25,7 +25,8 @@ def latest_event_day(raw: Path) -> date:
 
 @app.command()
 def run(config: ConfigOption = None, set_: SetOption = None,
-        ds: Annotated[str | None, typer.Option(help="Data date; default: the newest events partition.")] = None,
+        ds: Annotated[str | None, typer.Option(help="Data date YYYY-MM-DD; default: the newest events partition.",
+                                               callback=day_option)] = None,
         run_id: Annotated[str | None, typer.Option(help="Run id; default: local__<time>.")] = None) -> None:
     """Run every step of the nightly pipeline for one ds, in this process."""
     from pipelines.runner import run_pipeline
@@ -33,14 +34,14 @@ def run(config: ConfigOption = None, set_: SetOption = None,
 
     configure_logging()
     cfg = load_config(config, tuple(set_ or ()))
-    day = date.fromisoformat(ds) if ds else latest_event_day(AddressBook.from_config(cfg).raw)
+    day = ds or latest_event_day(AddressBook.from_config(cfg).raw)
     run_pipeline(cfg, day, run_id or f"local__{datetime.now(UTC):%Y-%m-%dT%H%M%S}")
 
 
 @app.command()
 def tune(config: ConfigOption = None, set_: SetOption = None,
          ds: Annotated[str | None, typer.Option(help="Data date whose features are tuned on; default: the newest "
-                                                     "events partition.")] = None,
+                                                     "events partition.", callback=day_option)] = None,
          trials: Annotated[int | None, typer.Option(help="Most trials; default: tune.trials.")] = None,
          minutes: Annotated[float | None, typer.Option(help="Time budget; default: tune.minutes.")] = None) -> None:
     """Search the two-tower and ranker knobs with Optuna; write the best as a config overlay."""
@@ -51,7 +52,7 @@ def tune(config: ConfigOption = None, set_: SetOption = None,
     configure_logging()
     cfg = load_config(config, tuple(set_ or ()))
     book = AddressBook.from_config(cfg)
-    day = date.fromisoformat(ds) if ds else latest_event_day(book.raw)
+    day = ds or latest_event_day(book.raw)
     run_id = f"tune__{datetime.now(UTC):%Y-%m-%dT%H%M%S}"
     build_features(cfg, day, run_id)  # the windows of this config (cheap, and the same files if unchanged)
     result = run_tune(cfg, day, run_id, trials, minutes)
@@ -61,7 +62,8 @@ def tune(config: ConfigOption = None, set_: SetOption = None,
 
 @app.command()
 def recs(user: Annotated[str, typer.Option("--user", help="User id.")],
-         ds: Annotated[str | None, typer.Option(help="Data date; default: the latest published.")] = None,
+         ds: Annotated[str | None, typer.Option(help="Data date; default: the latest published.",
+                                                callback=day_option)] = None,
          config: ConfigOption = None, set_: SetOption = None,
          top: Annotated[int, typer.Option(help="Rows to show.")] = 10) -> None:
     """Print one user's recommendations from the table, with item attributes."""
@@ -73,7 +75,7 @@ def recs(user: Annotated[str, typer.Option("--user", help="User id.")],
     cfg = load_config(config, tuple(set_ or ()))
     book = AddressBook.from_config(cfg)
     frame = DuckDBWarehouse(cfg.publish.warehouse or book.warehouse).user_recommendations(
-        user, date.fromisoformat(ds) if ds else None)
+        user, ds)
     if frame.empty:
         typer.echo(f"no recommendations for user {user!r}" + (f" on {ds}" if ds else " in recommendations_latest"))
         raise typer.Exit(1)
@@ -92,14 +94,14 @@ def generate(out: Annotated[Path, typer.Option(help="Landing zone to write.")],
              days: int = 30, users: int = 10_000, items: int = 5_000,
              events: Annotated[int, typer.Option(help="Approximate number of events.")] = 120_000,
              seed: int = 42,
-             end: Annotated[str, typer.Option(help="Last day YYYY-MM-DD.")] = "2026-11-22") -> None:
+             end: Annotated[str, typer.Option(help="Last day YYYY-MM-DD.", callback=day_option)] = "2026-11-22") -> None:
     """Write a synthetic shop's events, items and users as daily partitions."""
     from tasks.generate import ShopSpec
     from tasks.generate import generate as generate_shop
 
     configure_logging()
     generate_shop(ShopSpec(days=days, users=users, items=items, events=events, seed=seed,
-                           end=date.fromisoformat(end)), out)
+                           end=end), out)
 
 
 @app.command("import-movielens")

@@ -79,7 +79,9 @@ def data_date(logical_date: datetime, override: str | None = None) -> date:
     With a cron trigger, a run at 02:00 on day D has logical date D and processes day D-1, which is complete.
     """
     if override:
-        return date.fromisoformat(override)
+        from tasks.step_cli import parse_day
+
+        return parse_day(str(override), "the run's ds parameter")
     return (logical_date - timedelta(days=1)).date()
 
 

@@ -74,4 +74,5 @@ def _describe(table: str, result) -> Failure:
         detail = f"could not be evaluated: {result.exception_info.get('exception_message')}"
     else:
         detail = "missing" if config.type == "expect_column_to_exist" else "failed"
-    return Failure(table, config.type, config.kwargs.get("column"), detail)
+    rule = (config.meta or {}).get("rule")
+    return Failure(table, config.type + (f" [rule: {rule}]" if rule else ""), config.kwargs.get("column"), detail)

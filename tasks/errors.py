@@ -1,4 +1,5 @@
-"""Errors that mean the data, not the code or the infrastructure, is wrong: retrying will not help."""
+"""Errors that mean the input (data or a run's parameters), not the code or the infrastructure, is wrong:
+retrying will not help."""
 
 
 class DataContractError(Exception):
@@ -7,6 +8,14 @@ class DataContractError(Exception):
 
 class RawDataInvalid(DataContractError):
     """A raw partition failed its Great Expectations suite."""
+
+
+class RawDataUnreadable(DataContractError):
+    """A raw file is corrupt or malformed (not Parquet, a ragged CSV line): the message names the file."""
+
+
+class InvalidParameter(DataContractError):
+    """A run's parameter is malformed (a ds that is not a date, say): the message names the parameter."""
 
 
 class FeaturesInvalid(DataContractError):

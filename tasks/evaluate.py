@@ -21,7 +21,7 @@ from tasks.atomic_write import atomic_directory
 from tasks.errors import MissingInput
 from tasks.feature_set import FeatureSet
 from tasks.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
-from tasks.model_registry import ModelRegistry
+from tasks.model_registry import ModelRegistry, registry_for
 from tasks.models.base import MANIFEST, Recommender, load_recommender
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
 from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
@@ -32,6 +32,7 @@ from tasks.train import candidate_kinds
 log = logging.getLogger(__name__)
 
 GATE_FILE = "gate.json"
+PER_USER_FILE = "per_user.parquet"  # every model's metrics per held-out user: what the gate resampled
 STAGES_FILE = "stages.json"  # per-stage figures of the two-stage models: candidate recall, NDCG on candidates
 SEGMENTS = ("all", "warm", "cold")
 
@@ -84,9 +85,16 @@ def held_out_window(features: FeatureSet, config: Config) -> HeldOutWindow:
 def evaluate_model(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], batch_size: int,
                    name: str) -> list[dict]:
     """One row per segment (all, warm, cold) with the model's metrics on the held-out window."""
+    return scored_rows(model, window, ks, batch_size, name)[0]
+
+
+def scored_rows(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], batch_size: int,
+                name: str) -> tuple[list[dict], pd.DataFrame]:
+    """The segment rows of `evaluate_model` and the per-user metrics behind them (one row per held-out user,
+    in the window's user order), which the gate's bootstrap resamples."""
     recs = recommend(model, window.users, window.history, window.excluded, window.allowed_items, max(ks),
                      batch_size, desc=f"evaluate {name}", user_features=window.user_features)
-    per_user = per_user_metrics(recs, window.relevant, ks)
+    per_user = per_user_metrics(recs, window.relevant, ks).set_index("user_id").reindex(window.users).reset_index()
     warm = per_user["user_id"].isin(window.warm_users)
     rows = []
     for segment, mask in (("all", slice(None)), ("warm", warm), ("cold", ~warm)):
@@ -94,7 +102,7 @@ def evaluate_model(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...
         if segment == "all":
             row |= catalog_metrics(recs, len(window.allowed_items), window.item_popularity, ks)
         rows.append(row)
-    return rows
+    return rows, per_user
 
 
 def stage_metrics(model: Recommender, window: HeldOutWindow, batch_size: int) -> dict[str, float]:
@@ -200,24 +208,30 @@ def champion_twin(champion: ChampionRecipe, config: Config, features: FeatureSet
     return target
 
 
-def gate_decision(table: pd.DataFrame, config: Config, ds: date, champion: ChampionRecipe | None,
-                  candidates: dict[str, Path], twin_of: str | None) -> GateDecision:
+def gate_decision(table: pd.DataFrame, per_user: dict[str, pd.DataFrame], config: Config, ds: date,
+                  champion: ChampionRecipe | None, candidates: dict[str, Path], twin_of: str | None) -> GateDecision:
     """Tonight's best candidate against the champion's twin (`twin_of`: the candidate of the champion's
-    recipe, None when it was trained apart); the winner's recipe is what gets served."""
+    recipe, None when it was trained apart) and the baseline, on the per-user metrics of the same users; the
+    winner's recipe is what gets served: the candidate's, else the champion's, else (no champion yet) the
+    baseline's."""
     overall = table[table["segment"] == "all"].set_index("model")
-    primary = config.register.primary_metric
+    primary, baseline = config.register.primary_metric, config.evaluate.baseline
     best = str(overall.loc[list(candidates), primary].idxmax())
-    champion_row = overall.loc[CHAMPION_ROW].to_dict() if champion is not None else None
-    promotion = decide_promotion(overall.loc[best].to_dict(), champion_row, config.register)
+    promotion = decide_promotion(per_user[best], per_user[CHAMPION_ROW] if champion is not None else None,
+                                 per_user.get(baseline) if best != baseline else None, config.register, baseline)
+    reason = promotion.reason
     if promotion.promote:
         kind, serving_recipe, row = best, recipe(best, config), best
-    else:
+    elif champion is not None:
         kind, serving_recipe, row = champion.kind, champion.recipe, twin_of or CHAMPION_ROW
-    return GateDecision(best_candidate=best, promote=promotion.promote, reason=promotion.reason, serving_kind=kind,
+    else:
+        kind, serving_recipe, row = baseline, recipe(baseline, config), baseline
+        reason += f"; no champion yet, so the baseline {baseline} serves until a candidate beats it"
+    return GateDecision(best_candidate=best, promote=promotion.promote, reason=reason, serving_kind=kind,
                         serving_recipe=serving_recipe, serving_row=row,
                         moves_alias=moves_alias(ds, champion.ds if champion else None),
                         champion_version=champion.version if champion else None,
-                        champion_ds=champion.ds if champion else None)
+                        champion_ds=champion.ds if champion else None, evidence=promotion.evidence)
 
 
 def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
@@ -234,25 +248,31 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
     if not candidates:
         raise MissingInput(f"evaluate ds={ds}: no candidate model was trained (train.models, train_retrieval, "
                            "train_ranking); nothing to choose from")
-    registry = ModelRegistry(config.register.tracking_uri or book.mlflow_tracking_uri, config.register.model_name)
+    registry = registry_for(config, book)
     champion = champion_recipe(registry, config)
     twin = champion_twin(champion, config, features, candidates, book, ds) if champion else None
     models = {name: load_recommender(path) for name, path in trained.items()}
-    rows = [row for name, model in models.items()
-            for row in evaluate_model(model, window, ks, config.evaluate.batch_size, name)]
+    rows, per_user = [], {}
+    for name, model in models.items():
+        found, per_user[name] = scored_rows(model, window, ks, config.evaluate.batch_size, name)
+        rows += found
     twin_of = next((kind for kind, path in candidates.items() if path == twin), None)
     if twin_of is not None:  # the champion's recipe is one of tonight's candidates: its rows are the twin's
         rows += [row | {"model": CHAMPION_ROW} for row in rows if row["model"] == twin_of]
+        per_user[CHAMPION_ROW] = per_user[twin_of]
     elif twin is not None:
-        rows += evaluate_model(load_recommender(twin), window, ks, config.evaluate.batch_size, CHAMPION_ROW)
+        found, per_user[CHAMPION_ROW] = scored_rows(load_recommender(twin), window, ks, config.evaluate.batch_size,
+                                                    CHAMPION_ROW)
+        rows += found
     stages = {name: stage_metrics(model, window, config.evaluate.batch_size)
               for name, model in models.items() if hasattr(model, "candidates")}
     table = pd.DataFrame(rows)
-    decision = gate_decision(table, config, ds, champion, candidates, twin_of)
+    decision = gate_decision(table, per_user, config, ds, champion, candidates, twin_of)
     target = book.evaluation(ds)
     with atomic_directory(target) as staging:
         table.to_parquet(staging / "evaluation.parquet", index=False)
         table.to_csv(staging / "evaluation.csv", index=False)
+        pd.concat(per_user, names=["model"]).reset_index(level=0).to_parquet(staging / PER_USER_FILE, index=False)
         (staging / "evaluation.md").write_text(format_table(table, ks))
         plot_curves(table, ks, staging / "metrics_at_k.png")
         (staging / GATE_FILE).write_text(decision.model_dump_json(indent=2))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +49,44 @@ class RegisteredModel:
     tags: dict[str, str]
 
 
+class TrackingServerUnreachable(RuntimeError):
+    """The MLflow server did not answer within the configured retries: an outage, which a later retry may mend."""
+
+
+def reach_tracking_server(uri: str, retries: int, timeout_s: float) -> None:
+    """Check that the MLflow server at `uri` answers its health endpoint, trying `retries` more times with a
+    short backoff, and bound MLflow's own HTTP retries and timeout to the same figures: a dead server fails
+    the step in seconds, naming the URI, instead of MLflow's default of several minutes."""
+    import requests
+    from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(retries)
+    os.environ["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"] = "1"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(max(1, round(timeout_s)))
+    started = time.perf_counter()
+
+    @retry(stop=stop_after_attempt(retries + 1), wait=wait_exponential(multiplier=0.5, max=4), reraise=True,
+           retry=retry_if_exception_type(requests.RequestException))
+    def health() -> None:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s).raise_for_status()
+
+    try:
+        health()
+    except requests.RequestException as error:
+        raise TrackingServerUnreachable(
+            f"MLflow tracking server {uri} did not answer /health in {retries + 1} tries over "
+            f"{time.perf_counter() - started:.0f}s (register.http_retries, register.http_timeout_s): "
+            f"{type(error).__name__}: {error}") from None
+
+
 class ModelRegistry:
     """Register model versions and move the `champion` / `challenger` aliases of one registered model."""
 
-    def __init__(self, tracking_uri: str, model_name: str):
+    def __init__(self, tracking_uri: str, model_name: str, http_retries: int = 2, http_timeout_s: float = 5.0):
         self.tracking_uri = tracking_uri
         self.model_name = model_name
+        if tracking_uri.startswith(("http://", "https://")):
+            reach_tracking_server(tracking_uri, http_retries, http_timeout_s)
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
         self.client = MlflowClient(tracking_uri, registry_uri=tracking_uri)
@@ -116,3 +150,10 @@ class ModelRegistry:
     def set_challenger(self, version: str) -> None:
         """A served version that may not become champion (a backfill's): the alias `challenger` shows it."""
         self.client.set_registered_model_alias(self.model_name, CHALLENGER, version)
+
+
+def registry_for(config, book) -> ModelRegistry:
+    """The registry a config names (its MLflow server, else the SQLite store under var), with its HTTP bounds."""
+    rules = config.register
+    return ModelRegistry(rules.tracking_uri or book.mlflow_tracking_uri, rules.model_name, rules.http_retries,
+                         rules.http_timeout_s)

@@ -22,7 +22,7 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
-from tasks.model_registry import ModelRegistry
+from tasks.model_registry import registry_for
 from tasks.recommend import exclusions, recommend_batches, recommendation_frame
 from tasks.step_cli import step_main
 
@@ -88,7 +88,7 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
     shards = shard_count(config)
     book = AddressBook.from_config(config)
     features = FeatureSet.read(book.features(ds))
-    registry = ModelRegistry(config.register.tracking_uri or book.mlflow_tracking_uri, config.register.model_name)
+    registry = registry_for(config, book)
     version = registry.serving_version(str(ds))
     if version is None:
         raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")

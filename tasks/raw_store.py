@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import hashlib
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -9,8 +10,10 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
-from tasks.errors import MissingInput
+from tasks.errors import MissingInput, RawDataUnreadable
 
 SUFFIXES = (".parquet", ".csv")
 
@@ -29,13 +32,21 @@ class RawStore:
         return bool(self.partition_files(table, ds))
 
     def read(self, table: str, ds: date) -> pd.DataFrame:
-        """One partition as a DataFrame, in the column types the files carry."""
+        """One partition as a DataFrame, in the column types the files carry. A file that cannot be read (not
+        Parquet, truncated, a CSV line with more or fewer fields than the header) is a RawDataUnreadable naming
+        the file and the reason: bad data, which no retry mends."""
         files = self.partition_files(table, ds)
         if not files:
             raise MissingInput(f"{table} ds={ds}: no Parquet or CSV file under {self.root / table / f'ds={ds}'}")
-        if all(p.suffix == ".parquet" for p in files):
-            return pd.read_parquet(files)
-        frame = self._relation(duckdb.connect(), files).df()
+        for path in files:
+            check_readable(path, f"{table} ds={ds}")
+        try:
+            if all(p.suffix == ".parquet" for p in files):
+                return pd.read_parquet(files)
+            frame = self._relation(duckdb.connect(), files).df()
+        except (pa.ArrowException, duckdb.Error, OSError, ValueError) as error:
+            raise RawDataUnreadable(f"{table} ds={ds}: cannot read {', '.join(map(str, files))}: "
+                                    f"{type(error).__name__}: {error}") from None
         # CSV carries no types: ids that look numeric are still strings, and timestamps are UTC (the contract).
         frame = frame.astype({c: "str" for c in frame.columns if c.endswith("_id")})
         for column in frame.select_dtypes(include=["datetime", "datetimetz"]).columns:
@@ -67,6 +78,8 @@ class RawStore:
         files = self.partition_files(table, ds)
         if not files:
             return None
+        for path in files:
+            check_readable(path, f"{table} ds={ds}")
         return self._relation(duckdb.connect(), files).aggregate("count(*)").fetchall()[0][0]
 
     def fingerprint(self, table: str, ds: date) -> str:
@@ -85,3 +98,23 @@ class RawStore:
         if all(p.suffix == ".parquet" for p in files):
             return con.read_parquet(names, union_by_name=True)
         return con.read_csv(names, union_by_name=True)
+
+
+def check_readable(path: Path, what: str) -> None:
+    """Raise RawDataUnreadable, naming the file (and for a CSV the line), where `path` is not a readable Parquet
+    file or not a rectangular CSV: the Parquet footer is read, and each CSV record's fields are counted."""
+    try:
+        if path.suffix == ".parquet":
+            pq.read_metadata(path)
+            return
+        with path.open(newline="", encoding="utf-8") as handle:
+            records = csv.reader(handle)
+            header = next(records, None)
+            if header is None:
+                raise RawDataUnreadable(f"{what}: {path} is empty: a CSV file needs a header line")
+            for record in records:
+                if len(record) != len(header) and record:
+                    raise RawDataUnreadable(f"{what}: {path} line {records.line_num} has {len(record)} fields where "
+                                            f"the header has {len(header)} ({', '.join(header)})")
+    except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as error:
+        raise RawDataUnreadable(f"{what}: cannot read {path}: {type(error).__name__}: {error}") from None

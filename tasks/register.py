@@ -16,7 +16,7 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.evaluate import STAGES_FILE, read_decision
 from tasks.feature_set import FeatureSet
-from tasks.model_registry import ModelRegistry
+from tasks.model_registry import registry_for
 from tasks.models.base import saved_format
 from tasks.step_cli import step_main
 from tasks.train_ranking import KIND as RANKING_KIND
@@ -75,7 +75,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     serving = book.serving_model(ds)
     run_key = model_key(ds, decision.serving_recipe, manifest["fingerprints"], config, saved_format(serving))
 
-    registry = ModelRegistry(gate.tracking_uri or book.mlflow_tracking_uri, gate.model_name)
+    registry = registry_for(config, book)
     if mlflow.get_experiment_by_name(gate.experiment) is None:
         mlflow.create_experiment(gate.experiment, artifact_location=book.mlflow_artifacts.as_uri())
     mlflow.set_experiment(gate.experiment)
@@ -120,6 +120,10 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
             registry.promote(version)
         else:
             registry.set_challenger(version)
+        for evidence in decision.evidence:  # the bootstraps the decision rests on, beside its reason
+            against = evidence.against.replace(" ", "_")
+            mlflow.log_metrics({f"gate.vs_{against}.{k}": float(getattr(evidence, k))
+                                for k in ("gain", "low", "high", "users")})
         mlflow.set_tags({"model_version": version, "promoted": str(decision.promote), "gate_reason": decision.reason,
                          "moves_alias": str(decision.moves_alias)})
     champion_version = registry.alias_version("champion") or version

@@ -13,9 +13,26 @@ import typer
 from pydantic import BaseModel
 
 from configs import load_config
+from tasks.errors import InvalidParameter
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config; default: the embedded one.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override: dotted.key=value (repeatable).")]
+
+
+def parse_day(value: str, name: str = "--ds") -> date:
+    """A day given as YYYY-MM-DD; anything else is an InvalidParameter naming `name` and the format."""
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError) as error:
+        raise InvalidParameter(f"{name}: {value!r} is not a day in the format YYYY-MM-DD ({error})") from None
+
+
+def day_option(value: str | None) -> date | None:
+    """Typer callback of a --ds style option: a clear usage error instead of a traceback."""
+    try:
+        return None if value is None else parse_day(value, "")
+    except InvalidParameter as error:
+        raise typer.BadParameter(str(error).removeprefix(": ")) from None
 
 
 def configure_logging() -> None:
@@ -28,14 +45,14 @@ def step_main(run: Callable[..., BaseModel]) -> None:
     """`python -m tasks.<step> --ds D [--config F] [--set k=v] [--run-id R] [--shard N]`: runs the step, prints
     its result. `--shard` is for sharded steps (publish_shard) only."""
 
-    def command(ds: Annotated[str, typer.Option(help="Logical date YYYY-MM-DD.")],
+    def command(ds: Annotated[str, typer.Option(help="Logical date YYYY-MM-DD.", callback=day_option)],
                 config: ConfigOption = None, set_: SetOption = None,
                 run_id: Annotated[str, typer.Option(help="Pipeline run id; reports are kept under it.")] = "manual",
                 shard: Annotated[int | None, typer.Option(help="Shard index, for sharded steps.")] = None,
                 ) -> None:
         configure_logging()
         extra = {} if shard is None else {"shard": shard}
-        result = run(load_config(config, tuple(set_ or ())), date.fromisoformat(ds), run_id, **extra)
+        result = run(load_config(config, tuple(set_ or ())), ds, run_id, **extra)
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
 
     command.__doc__ = (run.__doc__ or "").strip()

@@ -7,10 +7,11 @@ import time
 from datetime import date, timedelta
 
 import great_expectations.expectations as gxe
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from configs.schema import Config, DataConfig, ValidateRawConfig
+from configs.schema import Config, DataConfig, FeatureColumns, ValidateRawConfig, ValueRule
 from tasks.address_book import RAW_TABLES, AddressBook
 from tasks.data_checks import STRING_TYPES, TIMESTAMP_TYPES, run_suites
 from tasks.errors import RawDataInvalid
@@ -20,6 +21,8 @@ from tasks.step_cli import dump_json, step_main
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "event_ts")
+NUMERIC_TYPES = ["int", "float", "int32", "int64", "float32", "float64", "Int64", "Float64"]
+FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
 class ValidateRawResult(BaseModel):
@@ -29,13 +32,30 @@ class ValidateRawResult(BaseModel):
     fingerprints: dict[str, str]
 
 
-def _snapshot_suite(table: str, key: str, frame: pd.DataFrame, declared: tuple[str, ...]) -> list[gxe.Expectation]:
-    suite: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in (key, *declared)]
+def _snapshot_suite(table: str, key: str, frame: pd.DataFrame, declared: FeatureColumns) -> list[gxe.Expectation]:
+    suite: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in (key, *declared.all)]
     if key in frame.columns:
         suite += [gxe.ExpectColumnValuesToNotBeNull(column=key), gxe.ExpectColumnValuesToBeUnique(column=key),
                   gxe.ExpectColumnValuesToBeInTypeList(column=key, type_list=STRING_TYPES)]
+    for column in (c for c in declared.numeric if c in frame.columns):
+        suite += value_rule_suite(column, declared.rule(column))
     if "is_available" in frame.columns:
         suite.append(gxe.ExpectColumnValuesToBeInTypeList(column="is_available", type_list=["bool", "bool_"]))
+    return suite
+
+
+def value_rule_suite(column: str, rule: ValueRule) -> list[gxe.Expectation]:
+    """A declared numeric column's rule as expectations, each tagged with the rule it checks (the error names it)."""
+    suite: list[gxe.Expectation] = [gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC_TYPES,
+                                                                         meta={"rule": "numeric"})]
+    if rule.finite:  # GX leaves NaN to the null check, and +-inf outside any finite bound
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FLOAT_MAX, max_value=FLOAT_MAX,
+                                                       meta={"rule": "finite"}))
+    if rule.min is not None or rule.max is not None:
+        suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=rule.min, max_value=rule.max,
+                                                       meta={"rule": rule.bounds()}))
+    if rule.not_null:
+        suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column, meta={"rule": "not null"}))
     return suite
 
 
@@ -85,8 +105,8 @@ def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
         "events": events_suite(frames["events"], ds, config.data, config.validate_raw,
                                set(items.get("item_id", pd.Series(dtype=str)).dropna()),
                                set(users.get("user_id", pd.Series(dtype=str)).dropna()), trailing),
-        "items": _snapshot_suite("items", "item_id", items, config.data.items.all),
-        "users": _snapshot_suite("users", "user_id", users, config.data.users.all),
+        "items": _snapshot_suite("items", "item_id", items, config.data.items),
+        "users": _snapshot_suite("users", "user_id", users, config.data.users),
     }
     report_dir = book.reports(ds, run_id, "validate_raw")
     failures, html, results = run_suites(frames, suites, report_dir)

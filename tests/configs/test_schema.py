@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from configs import ConfigError, load_config, parse_overrides
+from configs import CONFIG_DIR, ConfigError, load_config, parse_overrides
 
 
 def test_default_config_loads_with_documented_defaults():
@@ -55,3 +55,11 @@ def test_shipped_configs_validate(name):
 def test_override_without_equals_sign_is_an_error():
     with pytest.raises(ConfigError, match="dotted.key=value"):
         parse_overrides(["publish.k"])
+
+
+def test_numeric_columns_carry_their_value_rules_and_a_dataset_replaces_them_whole():
+    shop = load_config()
+    assert shop.data.items.numeric == ("price",) and shop.data.items.rule("price").min == 0
+    movies = load_config(CONFIG_DIR / "movielens.yaml")  # declares year, so the shop's price rule is gone
+    assert movies.data.items.numeric == ("year",) and set(movies.data.items.rules) == {"year"}
+    assert movies.data.items.rule("year").finite and shop.data.users.rule("age").finite  # the default rule

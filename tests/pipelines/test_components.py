@@ -35,3 +35,11 @@ def test_step_cli_rejects_a_config_typo(tmp_path):
     done = subprocess.run([sys.executable, "-m", "tasks.train", "--ds", DS.isoformat(), "--set", "trian.models=[x]"],
                           cwd=REPO, capture_output=True, text=True)
     assert done.returncode != 0 and "trian" in done.stderr
+
+
+@pytest.mark.parametrize("command", [["-m", "tasks.validate_raw"], ["-m", "pipelines.cli", "run"]])
+def test_a_bad_ds_names_the_option_and_the_format(command):
+    done = subprocess.run([sys.executable, *command, "--ds", "2026-13-45"], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 2  # a usage error, before anything runs
+    assert "Invalid value for '--ds'" in done.stderr and "YYYY-MM-DD" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -3,6 +3,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 from pipelines.nightly import STEPS, Step, data_date, knob_overrides, topological
+from tasks.errors import DataContractError, InvalidParameter
 
 
 def test_scheduled_run_processes_the_previous_day():
@@ -11,6 +12,12 @@ def test_scheduled_run_processes_the_previous_day():
 
 def test_explicit_ds_wins():
     assert data_date(datetime(2026, 11, 24, 2, 0, tzinfo=UTC), "2026-10-01") == date(2026, 10, 1)
+
+
+def test_a_malformed_ds_parameter_is_an_input_error_naming_it():
+    with pytest.raises(InvalidParameter, match="the run's ds parameter: '2026-13-45' is not a day in the format YYYY"):
+        data_date(datetime(2026, 11, 24, 2, 0, tzinfo=UTC), "2026-13-45")
+    assert issubclass(InvalidParameter, DataContractError)  # what the Airflow task fails at once, no retry
 
 
 def test_knobs_become_overrides_and_unset_knobs_keep_the_config():

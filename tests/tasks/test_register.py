@@ -1,12 +1,15 @@
 import json
+import re
 import shutil
+import socket
+import time
 
 import pandas as pd
 import pytest
 
 from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
-from tasks.model_registry import ModelRegistry
+from tasks.model_registry import ModelRegistry, TrackingServerUnreachable, registry_for
 from tasks.models.base import MANIFEST
 from tasks.warehouse import DuckDBWarehouse
 from tests.conftest import DS, make_config
@@ -40,7 +43,7 @@ def test_worse_candidate_loses_to_the_champion_recipe_which_keeps_serving(pipeli
     rerun = run_pipeline(crippled, DS, "crippled")
 
     assert rerun["register"]["best_candidate"] == "two_tower" and not rerun["register"]["promoted"]
-    assert "does not beat the champion recipe" in rerun["register"]["reason"]
+    assert "does not beat the baseline" in rerun["register"]["reason"]  # it loses to popularity, too
     # The champion's recipe won, so it is what was refit and served: the same data and recipe as the first
     # night give the same version, and the table the same rows.
     assert rerun["register"]["model_kind"] == results["register"]["model_kind"]
@@ -105,3 +108,15 @@ def test_model_key_follows_the_recipe_data_and_windows_but_not_publish_settings(
     assert key("build_features.lookback_days=20") != base
     assert key(fingerprints={"e": "y"}) != base
     assert key(save_format=2) != base
+
+
+def test_a_dead_mlflow_server_fails_the_step_within_30_seconds_naming_its_uri(tmp_path):
+    with socket.socket() as silent:  # takes connections and never answers: a hung server
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        config = make_config(tmp_path / "var", tmp_path / "raw", f"register.tracking_uri={uri}")  # default bounds
+        started = time.perf_counter()
+        with pytest.raises(TrackingServerUnreachable, match=re.escape(f"MLflow tracking server {uri}")):
+            registry_for(config, AddressBook.from_config(config))
+        assert time.perf_counter() - started < 30

@@ -6,7 +6,7 @@ import pytest
 
 from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
-from tasks.errors import RawDataInvalid
+from tasks.errors import DataContractError, RawDataInvalid, RawDataUnreadable
 from tasks.model_registry import ModelRegistry
 from tasks.validate_raw import validate_raw
 from tasks.warehouse import DuckDBWarehouse
@@ -96,3 +96,64 @@ def test_unknown_items_within_tolerance_pass(raw_copy, tmp_path):
     validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
     with pytest.raises(RawDataInvalid, match="item_id failed expect_column_values_to_be_in_set"):
         validate_raw(make_config(tmp_path / "var", raw_copy, "validate_raw.unknown_item_tolerance=0"), DS, "r2")
+
+
+def _items_partition(raw):
+    return next((raw / "items" / f"ds={DS}").glob("*.parquet"))
+
+
+@pytest.mark.parametrize(("value", "rule"), [(float("inf"), "finite"), (float("-inf"), "finite"), (-3.5, "min 0")])
+def test_declared_value_rules_name_the_column_the_rule_and_the_count(raw_copy, tmp_path, value, rule):
+    partition = _items_partition(raw_copy)
+    items = pd.read_parquet(partition)
+    items.assign(price=items["price"].where(items.index != 7, value)).to_parquet(partition, index=False)
+    with pytest.raises(RawDataInvalid) as failure:
+        validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
+    message = str(failure.value)
+    assert f"items: column price failed expect_column_values_to_be_between [rule: {rule}]" in message
+    assert f"1 of {len(items)} rows unexpected" in message and str(partition) in message
+
+
+def test_a_missing_value_passes_unless_the_rule_says_not_null(raw_copy, tmp_path):
+    partition = _items_partition(raw_copy)
+    items = pd.read_parquet(partition)
+    items.assign(price=items["price"].where(items.index != 7, float("nan"))).to_parquet(partition, index=False)
+    validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
+    strict = make_config(tmp_path / "var", raw_copy, "data.items.numeric={price: {min: 0, not_null: true}}")
+    with pytest.raises(RawDataInvalid, match=r"price failed expect_column_values_to_not_be_null \[rule: not null\]"):
+        validate_raw(strict, DS, "r2")
+
+
+def test_a_value_rule_for_an_undeclared_column_is_a_config_error(tmp_path):
+    with pytest.raises(ValueError, match="value rules apply to declared numeric columns only"):
+        make_config(tmp_path / "var", tmp_path / "raw", "data.items.rules={colour: {min: 0}}")
+
+
+def _corrupt_parquet(partition):
+    partition.write_bytes(partition.read_bytes()[: len(partition.read_bytes()) // 2])  # a copy cut short
+    return partition, r"cannot read .*part-0\.parquet: ArrowInvalid"
+
+
+def _ragged_csv(partition):
+    events = pd.read_parquet(partition)
+    partition.unlink()
+    target = partition.with_suffix(".csv")
+    events.to_csv(target, index=False)
+    lines = target.read_text().splitlines()
+    lines[3] += ",an extra field"  # line 4 of the file
+    target.write_text("\n".join(lines) + "\n")
+    columns = len(events.columns)
+    return target, rf"part-0\.csv line 4 has {columns + 1} fields where the header has {columns}"
+
+
+@pytest.mark.parametrize("breaker", [_corrupt_parquet, _ragged_csv])
+def test_an_unreadable_file_is_a_data_error_naming_it_and_changes_nothing(breaker, published_var, raw_copy):
+    target, message = breaker(raw_copy / "events" / f"ds={DS}" / "part-0.parquet")
+    config = make_config(published_var, raw_copy)
+    warehouse = DuckDBWarehouse(AddressBook.from_config(config).warehouse)
+    before = warehouse.query("SELECT * FROM recommendations ORDER BY ds, user_id, rank")
+    with pytest.raises(RawDataUnreadable, match=message) as failure:
+        run_pipeline(config, DS, "unreadable")
+    assert f"events ds={DS}" in str(failure.value) and str(target) in str(failure.value)
+    assert isinstance(failure.value, DataContractError)  # the Airflow task fails at once instead of retrying
+    pd.testing.assert_frame_equal(warehouse.query("SELECT * FROM recommendations ORDER BY ds, user_id, rank"), before)
