@@ -42,8 +42,10 @@ bench: setup  ## per-step wall time, peak RSS and throughput at SCALE=S|M|L -> v
 bench-topk: setup  ## exact top-K scorer against the GEMM peak, faiss, TensorFlow and numpy -> var/bench/
 	$(BIN)/python -m benchmarks.topk --approximate --out $(VAR)/bench
 
-airflow: setup  ## Airflow UI on :8080 with this DAG folder; the password is printed and kept in $(AIRFLOW_HOME)
-	$(BIN)/airflow standalone
+PASSWORDS := $(AIRFLOW_HOME)/simple_auth_manager_passwords.json.generated
+airflow: setup  ## Airflow UI on http://127.0.0.1:8080 (this host only); the admin password is printed and kept, mode 0600, in $(PASSWORDS)
+	mkdir -p $(AIRFLOW_HOME) && touch $(PASSWORDS) && chmod 600 $(PASSWORDS)
+	umask 077 && AIRFLOW__API__HOST=127.0.0.1 $(BIN)/airflow standalone
 
 mlflow: setup  ## MLflow UI on :5000 over the pipeline's tracking store
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(VAR)/mlflow/mlflow.db \
