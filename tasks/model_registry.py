@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
+from tasks.fault_points import fault_point
 from tasks.models.base import Recommender, load_recommender
 
 log = logging.getLogger(__name__)
@@ -104,13 +105,34 @@ class ModelRegistry:
         signature = infer_signature(example, loaded.predict(None, example))
         info = mlflow.pyfunc.log_model(  # a fresh wrapper: the model travels as artifacts, not in the pickle
             name="recommender", python_model=RecommenderPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)},
-            signature=signature, input_example=example, registered_model_name=self.model_name,
+            signature=signature, input_example=example,
             pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"],
         )
-        version = str(info.registered_model_version)
-        for key, value in tags.items():
-            self.client.set_model_version_tag(self.model_name, version, key, value)
-        return version
+        fault_point("register.after_log_model")
+        # The tags are written with the version, in one call: a version never exists without its run_key, so a
+        # retry after any kill finds it instead of registering a second one.
+        return str(mlflow.register_model(info.model_uri, self.model_name, tags=tags).version)
+
+    def experiment(self, name: str, artifact_location: str) -> str:
+        """The id of experiment `name`, created if missing (by this process or a concurrent one)."""
+        found = mlflow.get_experiment_by_name(name)
+        if found is None:
+            try:
+                return mlflow.create_experiment(name, artifact_location=artifact_location)
+            except MlflowException:  # created meanwhile
+                found = mlflow.get_experiment_by_name(name)
+        return found.experiment_id
+
+    def run_with_tags(self, experiment_id: str, tags: dict[str, str]) -> str | None:
+        """The newest run of the experiment carrying every tag, or None."""
+        query = " and ".join(f"tags.{key} = '{value}'" for key, value in tags.items())
+        runs = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time DESC"], max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def record_decision(self, version: str, promoted: bool, reason: str) -> None:
+        """The gate's decision on the version: promoted or rejected, and why (with its evidence)."""
+        self.client.set_model_version_tag(self.model_name, version, "promoted", str(promoted).lower())
+        self.client.set_model_version_tag(self.model_name, version, "gate_reason", reason)
 
     def alias_version(self, alias: str) -> str | None:
         try:
@@ -133,6 +155,7 @@ class ModelRegistry:
             return
         if previous:
             self.client.set_registered_model_alias(self.model_name, PREVIOUS_CHAMPION, previous)
+        fault_point("register.between_aliases")
         self.client.set_registered_model_alias(self.model_name, CHAMPION, version)
         log.info("registry: %s version %s is now %s", self.model_name, version, CHAMPION)
 

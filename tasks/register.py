@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.evaluate import STAGES_FILE, read_decision
+from tasks.fault_points import fault_point
 from tasks.feature_set import FeatureSet
 from tasks.model_registry import registry_for
 from tasks.models.base import saved_format
@@ -76,12 +77,13 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     run_key = model_key(ds, decision.serving_recipe, manifest["fingerprints"], config, saved_format(serving))
 
     registry = registry_for(config, book)
-    if mlflow.get_experiment_by_name(gate.experiment) is None:
-        mlflow.create_experiment(gate.experiment, artifact_location=book.mlflow_artifacts.as_uri())
-    mlflow.set_experiment(gate.experiment)
-    with mlflow.start_run(run_name=f"nightly {ds}", tags={"ds": str(ds), "pipeline_run_id": run_id,
-                                                         "best_candidate": decision.best_candidate,
-                                                         "serving_kind": decision.serving_kind}) as run:
+    experiment = registry.experiment(gate.experiment, book.mlflow_artifacts.as_uri())
+    # A retry of this step (a killed try, a transient server error) resumes the MLflow run the try began.
+    resumed = registry.run_with_tags(experiment, {"ds": str(ds), "pipeline_run_id": run_id})
+    with mlflow.start_run(run_id=resumed, experiment_id=experiment,
+                          run_name=None if resumed else f"nightly {ds}",
+                          tags={"ds": str(ds), "pipeline_run_id": run_id, "best_candidate": decision.best_candidate,
+                                "serving_kind": decision.serving_kind}) as run:
         mlflow.log_params(flatten(resolved))
         mlflow.log_dict(resolved, "config/resolved_config.json")
         mlflow.log_dict(manifest, "data/features_manifest.json")
@@ -102,6 +104,9 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
             if reports.is_dir():
                 mlflow.log_artifacts(str(reports), f"reports/{step}")
 
+        fault_point("register.after_logging")
+        # Each MLflow call below is safe to repeat: the version is found again by its run_key (a tag it gets
+        # as it is created), and tags and aliases are set to what the decision says, whatever they were.
         version = registry.version_with_tag("run_key", run_key)
         if version is None:
             users = pd.read_parquet(book.features(ds) / "serving_users.parquet", columns=["user_id", "n_events", "history"])
@@ -112,14 +117,18 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
                 "ds": str(ds), "model_kind": decision.serving_kind, "recipe": json.dumps(decision.serving_recipe),
                 "run_key": run_key, "pipeline_run_id": run_id, "twin": decision.serving_row,
                 gate.primary_metric: f"{twin_metrics[gate.primary_metric]:.6f}"})
-        else:  # a rerun of the same ds on the same data and recipe: the same version, the decision applied again
+        else:  # a rerun or a retry on the same data and recipe: the same version, the decision applied again
             log.info("register ds=%s: run_key %s already registered as version %s; reused", ds, run_key, version)
+        fault_point("register.after_version")
+        registry.record_decision(version, decision.promote, decision.reason)
+        fault_point("register.after_decision")
         registry.mark_serving(version, str(ds))
-        registry.client.set_model_version_tag(gate.model_name, version, "gate_reason", decision.reason)
+        fault_point("register.after_serving_tag")
         if decision.moves_alias:
             registry.promote(version)
         else:
             registry.set_challenger(version)
+        fault_point("register.after_alias")
         for evidence in decision.evidence:  # the bootstraps the decision rests on, beside its reason
             against = evidence.against.replace(" ", "_")
             mlflow.log_metrics({f"gate.vs_{against}.{k}": float(getattr(evidence, k))

@@ -23,11 +23,21 @@ SHOP = ShopSpec(days=14, users=600, items=300, events=24_000, seed=7, end=date(2
 DS = SHOP.end
 
 
+SMALL_DATA = ("build_features.lookback_days=14", "publish.k=20", "evaluate.ks=[5, 10, 20]",
+              "train_ranking.per_source=40", "train_ranking.candidates=80")
+
+
 def make_config(var: Path, raw: Path, *overrides: str) -> Config:
     """The embedded default, pointed at `var` and `raw`, with small-data settings and extra overrides."""
-    return load_config(None, (f"paths.var={var}", f"paths.raw={raw}", "build_features.lookback_days=14",
-                              "publish.k=20", "evaluate.ks=[5, 10, 20]", "train_ranking.per_source=40",
-                              "train_ranking.candidates=80", *overrides))
+    return load_config(None, (f"paths.var={var}", f"paths.raw={raw}", *SMALL_DATA, *overrides))
+
+
+def step_command(module: str, var: Path, raw: Path, *overrides: str) -> list[str]:
+    """`python -m tasks.<step>` for DS with the settings of `make_config(var, raw, *overrides)`."""
+    import sys
+
+    settings = (f"paths.var={var}", f"paths.raw={raw}", *SMALL_DATA, *overrides)
+    return [sys.executable, "-m", module, "--ds", DS.isoformat(), *(a for s in settings for a in ("--set", s))]
 
 
 @pytest.fixture(scope="session")

@@ -1,18 +1,23 @@
 import json
+import os
 import re
 import shutil
+import signal
 import socket
+import subprocess
 import time
 
+import mlflow
 import pandas as pd
 import pytest
 
 from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
+from tasks.fault_points import MODE_ENV, POINT_ENV
 from tasks.model_registry import ModelRegistry, TrackingServerUnreachable, registry_for
 from tasks.models.base import MANIFEST
 from tasks.warehouse import DuckDBWarehouse
-from tests.conftest import DS, make_config
+from tests.conftest import DS, REPO, make_config, step_command
 
 
 def test_champion_loads_by_alias_through_mlflow(pipeline_run):
@@ -120,3 +125,44 @@ def test_a_dead_mlflow_server_fails_the_step_within_30_seconds_naming_its_uri(tm
         with pytest.raises(TrackingServerUnreachable, match=re.escape(f"MLflow tracking server {uri}")):
             registry_for(config, AddressBook.from_config(config))
         assert time.perf_counter() - started < 30
+
+
+def _fresh_registry_copy(pipeline_run, tmp_path):
+    """A copy of the night's var dir up to register: evaluated and refit, with an empty MLflow store."""
+    config, _ = pipeline_run
+    var = tmp_path / "var"
+    shutil.copytree(config.paths.var, var, ignore=shutil.ignore_patterns("mlflow"))
+    return config, var
+
+
+def _register(config, var, run_id, fault=None, mode="kill"):
+    env = {k: v for k, v in os.environ.items() if k not in (POINT_ENV, MODE_ENV)}
+    if fault:
+        env |= {POINT_ENV: fault, MODE_ENV: mode}
+    return subprocess.run([*step_command("tasks.register", var, config.paths.raw), "--run-id", run_id], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize(("fault", "mode"), [
+    ("register.after_logging", "kill"), ("register.after_log_model", "kill"), ("register.after_version", "kill"),
+    ("register.after_decision", "kill"), ("register.after_serving_tag", "kill"), ("register.after_alias", "kill"),
+    ("register.after_version", "raise")])
+def test_register_killed_at_any_point_ends_where_one_clean_run_would_on_retry(pipeline_run, tmp_path, fault, mode):
+    config, var = _fresh_registry_copy(pipeline_run, tmp_path)
+    failed = _register(config, var, "night", fault, mode)
+    assert failed.returncode == (-signal.SIGKILL if mode == "kill" else 1), failed.stderr[-2000:]
+
+    retried = _register(config, var, "night")  # Airflow's retry: same run id, same ds
+
+    assert retried.returncode == 0, retried.stderr[-3000:]
+    result = json.loads(retried.stdout)
+    book = AddressBook.from_config(make_config(var, config.paths.raw))
+    registry = ModelRegistry(book.mlflow_tracking_uri, config.register.model_name)
+    versions = registry.client.search_model_versions(f"name = '{config.register.model_name}'")
+    assert [str(v.version) for v in versions] == [result["model_version"]]  # one version, not one per try
+    tags = registry.version_tags(result["model_version"])
+    assert tags["promoted"] == "true" and tags["gate_reason"] == result["reason"] and tags["serves_ds"] == str(DS)
+    assert {"run_key", "recipe", "model_kind"} <= set(tags)
+    assert registry.alias_version("champion") == result["model_version"] == result["champion_version"]
+    runs = mlflow.search_runs(experiment_names=[config.register.experiment], filter_string="tags.pipeline_run_id = 'night'")
+    assert len(runs) == 1 and runs["status"].tolist() == ["FINISHED"]  # the retry resumed the try's run
