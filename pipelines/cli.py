@@ -70,7 +70,7 @@ def recs(user: Annotated[str, typer.Option("--user", help="User id.")],
     import pandas as pd
 
     from tasks.address_book import AddressBook
-    from tasks.warehouse import DuckDBWarehouse
+    from tasks.storage.warehouse import DuckDBWarehouse
 
     cfg = load_config(config, tuple(set_ or ()))
     book = AddressBook.from_config(cfg)

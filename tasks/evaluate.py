@@ -17,16 +17,16 @@ from pydantic import BaseModel
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
-from tasks.atomic_write import atomic_directory
 from tasks.errors import MissingInput
 from tasks.feature_set import FeatureSet
 from tasks.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
-from tasks.model_registry import ModelRegistry, registry_for
 from tasks.models.base import MANIFEST, Recommender, load_recommender
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
 from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
 from tasks.recommend import exclusions, recommend
 from tasks.step_cli import step_main
+from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.model_registry import ModelRegistry, registry_for
 from tasks.train import candidate_kinds
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.atomic_write import atomic_directory
+from tasks.storage.atomic_write import atomic_directory
 
 log = logging.getLogger(__name__)
 

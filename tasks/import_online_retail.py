@@ -20,8 +20,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.atomic_write import atomic_directory
 from tasks.snapshots import daily_snapshots
+from tasks.storage.atomic_write import atomic_directory
 
 log = logging.getLogger(__name__)
 

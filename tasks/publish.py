@@ -1,8 +1,11 @@
 """publish: commit every staged shard of the run as the ds partition, in one transaction, or nothing.
 
 `publish_shard` tasks score the users shard by shard; this step checks that all of them are there and come
-from one model version, then swaps them in: the lake folder atomically, the warehouse table inside one
-DuckDB transaction (which rejects a user ranked twice). Until then readers keep yesterday's rows.
+from one model version, then commits them: first the warehouse table, inside one DuckDB transaction (which
+rejects a user ranked twice), the night's commit point; then the lake folder, exchanged whole in one atomic
+rename. Until then readers keep the previous rows. A crash between the two leaves the lake a whole night
+behind, and the next run of the ds rebuilds it from the warehouse before anything else (`tasks.storage.lake`
+has the order and the reasons). A successful publish sweeps the ds's leftovers of killed or failed runs.
 """
 
 from __future__ import annotations
@@ -17,11 +20,13 @@ from pydantic import BaseModel
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
-from tasks.atomic_write import atomic_directory
 from tasks.errors import MissingInput, RecommendationsInvalid
+from tasks.fault_points import fault_point
 from tasks.publish_shard import shard_count, shard_file
 from tasks.step_cli import step_main
-from tasks.warehouse import DuckDBWarehouse
+from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.lake import publication_token, reconcile_recommendations, sweep_leftovers, write_marker
+from tasks.storage.warehouse import DuckDBWarehouse
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +46,8 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
     """Replace the ds partition of the lake and the warehouse with this run's shards."""
     started = time.perf_counter()
     book = AddressBook.from_config(config)
+    warehouse = DuckDBWarehouse(config.publish.warehouse or book.warehouse)
+    agreement = reconcile_recommendations(book, warehouse, ds)  # a crash of an earlier try is mended first
     staging, shards = book.publish_staging(ds, run_id), shard_count(config)
     files = [staging / shard_file(shard, shards) for shard in range(shards)]
     missing = [f.name for f in files if not f.is_file()]
@@ -53,19 +60,23 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
         raise RecommendationsInvalid(f"recommendations ds={ds} not published: the shards come from more than one "
                                      f"model {sorted(models)}; rerun publish_shard for all of them")
     (model_name, model_version), = models
-    warehouse_path = config.publish.warehouse or book.warehouse
+    generated_at = datetime.now(UTC).replace(tzinfo=None)
     # The table's transaction runs inside the lake folder's swap: if it fails, the new folder is dropped too.
     with atomic_directory(book.recommendations(ds)) as lake:
-        for f in files:
-            shutil.copyfile(f, lake / f.name)
-        rows, users = DuckDBWarehouse(warehouse_path).replace_partition(
-            ds, files, model_name, model_version, datetime.now(UTC).replace(tzinfo=None))
-    shutil.rmtree(staging, ignore_errors=True)
-    log.info("publish ds=%s: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s (recommendations) and %s",
-             ds, rows, users, shards, model_name, model_version, time.perf_counter() - started, warehouse_path,
-             book.recommendations(ds))
+        for f in files:  # named after the publication: a reader that spans a swap fails instead of mixing nights
+            shutil.copyfile(f, lake / f"{f.stem}-{publication_token(generated_at)}.parquet")
+        rows, users = warehouse.replace_partition(ds, files, model_name, model_version, generated_at)
+        fault_point("publish.after_warehouse_commit")
+        write_marker(lake, {"ds": ds, "model_name": model_name, "model_version": model_version, "users": users,
+                            "rows": rows, "generated_at": generated_at, "run_id": run_id})
+    fault_point("publish.after_lake_swap")
+    removed = sweep_leftovers(book, ds)
+    log.info("publish ds=%s: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s (recommendations) and %s; "
+             "lake before: %s; %d leftovers of earlier runs removed", ds, rows, users, shards, model_name,
+             model_version, time.perf_counter() - started, warehouse.path, book.recommendations(ds), agreement,
+             len(removed))
     return PublishResult(ds=ds, model_name=model_name, model_version=model_version, shards=shards, users=users,
-                         rows=rows, table=str(warehouse_path), parquet=str(book.recommendations(ds)))
+                         rows=rows, table=str(warehouse.path), parquet=str(book.recommendations(ds)))
 
 
 run = publish

@@ -22,9 +22,9 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
-from tasks.model_registry import registry_for
 from tasks.recommend import exclusions, recommend_batches, recommendation_frame
 from tasks.step_cli import step_main
+from tasks.storage.model_registry import registry_for
 
 log = logging.getLogger(__name__)
 _EMPTY = recommendation_frame([], [], [], [])

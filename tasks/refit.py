@@ -17,11 +17,11 @@ from pydantic import BaseModel
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
-from tasks.atomic_write import atomic_directory
 from tasks.evaluate import read_decision
 from tasks.feature_set import FeatureSet
 from tasks.models.recipes import fit_recipe, recipe_config, twin_epochs
 from tasks.step_cli import step_main
+from tasks.storage.atomic_write import atomic_directory
 
 log = logging.getLogger(__name__)
 

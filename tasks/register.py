@@ -17,9 +17,10 @@ from tasks.address_book import AddressBook
 from tasks.evaluate import STAGES_FILE, read_decision
 from tasks.fault_points import fault_point
 from tasks.feature_set import FeatureSet
-from tasks.model_registry import registry_for
 from tasks.models.base import saved_format
+from tasks.models.pyfunc import logged_pyfunc
 from tasks.step_cli import step_main
+from tasks.storage.model_registry import registry_for
 from tasks.train_ranking import KIND as RANKING_KIND
 from tasks.train_ranking import REPORT as RANKING_REPORT
 
@@ -113,7 +114,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
             sample = users.loc[users["n_events"] > 0].head(2)
             example = pd.DataFrame({"user_id": sample["user_id"].astype(str).to_list(),
                                     "history": [" ".join(h[:5]) for h in sample["history"]]})
-            version = registry.log_and_register(serving, example, {
+            version = registry.log_and_register(**logged_pyfunc(serving, example), tags={
                 "ds": str(ds), "model_kind": decision.serving_kind, "recipe": json.dumps(decision.serving_recipe),
                 "run_key": run_key, "pipeline_run_id": run_id, "twin": decision.serving_row,
                 gate.primary_metric: f"{twin_metrics[gate.primary_metric]:.6f}"})

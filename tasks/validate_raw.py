@@ -13,10 +13,12 @@ from pydantic import BaseModel
 
 from configs.schema import Config, DataConfig, FeatureColumns, ValidateRawConfig, ValueRule
 from tasks.address_book import RAW_TABLES, AddressBook
-from tasks.data_checks import STRING_TYPES, TIMESTAMP_TYPES, run_suites
 from tasks.errors import RawDataInvalid
-from tasks.raw_store import RawStore
+from tasks.quality.data_checks import STRING_TYPES, TIMESTAMP_TYPES, run_suites
 from tasks.step_cli import dump_json, step_main
+from tasks.storage.lake import reconcile_recommendations
+from tasks.storage.raw_store import RawStore
+from tasks.storage.warehouse import DuckDBWarehouse
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,8 @@ def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
     """Validate events, items and users of `ds`; raise RawDataInvalid naming each broken rule."""
     started = time.perf_counter()
     book = AddressBook.from_config(config)
+    # The first step of any run of ds mends a lake folder an earlier crash left behind the warehouse.
+    reconcile_recommendations(book, DuckDBWarehouse(config.publish.warehouse or book.warehouse), ds)
     raw = RawStore(book.raw)
     frames = {table: raw.read(table, ds) for table in RAW_TABLES}
     items, users = frames["items"], frames["users"]

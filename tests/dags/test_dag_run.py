@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pipelines.nightly import DAG_ID
-from tasks.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS, REPO
 
 pytestmark = pytest.mark.slow

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.build_features import compute_features, feature_window
-from tasks.raw_store import RawStore
+from tasks.storage.raw_store import RawStore
 from tests.conftest import DS, make_config
 
 

@@ -11,8 +11,8 @@ from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
 from tasks.evaluate import evaluate_model, held_out_window
 from tasks.feature_set import FeatureSet
-from tasks.model_registry import ModelRegistry
-from tasks.warehouse import DuckDBWarehouse
+from tasks.storage.model_registry import ModelRegistry
+from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS, make_config
 
 # Baselines only, so no TensorFlow training: the windows are the same for every kind.

@@ -1,3 +1,4 @@
+import os
 from datetime import date, datetime
 
 import duckdb
@@ -8,7 +9,7 @@ import pytest
 from tasks.address_book import AddressBook
 from tasks.feature_set import FeatureSet
 from tasks.publish_shard import check_recommendations
-from tasks.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS
 
 GOOD = pd.DataFrame({"user_id": ["u", "u", "v"], "rank": [1, 2, 1], "item_id": ["a", "b", "a"],
@@ -153,3 +154,74 @@ def test_publish_commits_only_a_complete_set_of_shards_from_one_model(pipeline_r
     table = warehouse.query("SELECT * FROM recommendations WHERE ds = ?", [DS])
     assert len(table) == done.rows and table["model_version"].eq(results["register"]["champion_version"]).all()
     assert not AddressBook.from_config(config).publish_staging(DS, "night").exists()
+
+
+def _lake(book, ds) -> pd.DataFrame:
+    """The night as a lake reader sees it: a plain glob of the ds folder's Parquet files."""
+    files = str(book.recommendations(ds) / "*.parquet")
+    return duckdb.sql(f"SELECT user_id, rank, item_id FROM read_parquet('{files}') ORDER BY ALL").df()
+
+
+def _table(warehouse, ds) -> pd.DataFrame:
+    return warehouse.query("SELECT user_id, rank, item_id FROM recommendations WHERE ds = ? ORDER BY ALL", [ds])
+
+
+@pytest.mark.parametrize("fault", ["publish.after_warehouse_commit", "publish.after_lake_swap"])
+def test_publish_killed_between_its_commits_leaves_a_whole_night_and_the_next_run_mends_the_lake(
+        pipeline_run, tmp_path, fault):
+    import shutil
+    import signal
+    import subprocess
+
+    from tasks.fault_points import MODE_ENV, POINT_ENV
+    from tasks.publish import publish
+    from tasks.publish_shard import publish_shard
+    from tasks.storage.lake import MARKER
+    from tasks.validate_raw import validate_raw
+    from tests.conftest import REPO, make_config, step_command
+
+    config, _ = pipeline_run
+    var = tmp_path / "var"
+    shutil.copytree(config.paths.var, var)
+    night = make_config(var, config.paths.raw, "publish.k=5")  # tonight's lists are shorter than last night's
+    book, warehouse = AddressBook.from_config(night), DuckDBWarehouse(AddressBook.from_config(night).warehouse)
+    last_night = _lake(book, DS)
+    assert last_night.groupby("user_id").size().eq(config.publish.k).all()
+    for shard in range(night.publish.shards):
+        publish_shard(night, DS, "night", shard)
+    # Leftovers of earlier killed runs, which a successful publish of the ds removes.
+    dead = [book.recommendations(DS).parent / f".staging-ds={DS}-deadbeef", book.features(DS).parent / f".retired-ds={DS}-0"]
+    for folder in dead:
+        folder.mkdir()
+        (folder / "part-0.parquet").write_bytes(b"half")
+    (book.publish_staging(DS, "killed") / "part-0-of-2.partial").parent.mkdir(parents=True)
+    (book.publish_staging(DS, "killed") / "part-0-of-2.partial").write_bytes(b"half")
+
+    killed = subprocess.run([*step_command("tasks.publish", var, config.paths.raw, "publish.k=5"), "--run-id", "night"],
+                            cwd=REPO, env=os.environ | {POINT_ENV: fault, MODE_ENV: "kill"}, capture_output=True,
+                            text=True, timeout=600)
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert _table(warehouse, DS).groupby("user_id").size().eq(5).all()  # the warehouse committed tonight
+    lake = _lake(book, DS)  # and the lake holds one whole night: last night's, or tonight's, never a mix
+    assert lake.equals(last_night) if fault == "publish.after_warehouse_commit" else lake.equals(_table(warehouse, DS))
+    # The next run of the ds mends the lake first of all, whatever else then happens.
+    validate_raw(night, DS, "next")
+    assert _lake(book, DS).equals(_table(warehouse, DS))
+    assert (book.recommendations(DS) / MARKER).is_file()
+    publish(night, DS, "night")
+    assert _lake(book, DS).equals(_table(warehouse, DS))
+    assert not any(p.exists() for p in dead) and not book.publish_staging(DS, "killed").parent.exists()
+
+
+def test_a_lake_folder_the_warehouse_never_committed_is_removed(tmp_path):
+    from tasks.address_book import AddressBook as Book
+    from tasks.storage.lake import reconcile_recommendations
+    from tests.conftest import make_config
+
+    book = Book.from_config(make_config(tmp_path / "var", tmp_path / "raw"))
+    orphan = book.recommendations(DS)
+    orphan.mkdir(parents=True)
+    GOOD.to_parquet(orphan / "part-0.parquet")
+    assert reconcile_recommendations(book, DuckDBWarehouse(book.warehouse), DS) == "removed: not in the warehouse"
+    assert not orphan.exists()

@@ -4,7 +4,7 @@ import pandas as pd
 
 from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
-from tasks.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS, make_config
 
 

@@ -7,9 +7,9 @@ import pytest
 from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
 from tasks.errors import DataContractError, RawDataInvalid, RawDataUnreadable
-from tasks.model_registry import ModelRegistry
+from tasks.storage.model_registry import ModelRegistry
+from tasks.storage.warehouse import DuckDBWarehouse
 from tasks.validate_raw import validate_raw
-from tasks.warehouse import DuckDBWarehouse
 from tests.conftest import DS, make_config
 
 

@@ -1,4 +1,7 @@
-"""The model registry: MLflow's, with a SQLite store by default and an MLflow server in production."""
+"""The model registry: MLflow's, with a SQLite store by default and an MLflow server in production.
+
+Storage stands below the models: this module registers and loads whatever pyfunc model it is given and
+never imports a model class (the project's pyfunc wrapper is `tasks.models.pyfunc`)."""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -16,38 +18,22 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from tasks.fault_points import fault_point
-from tasks.models.base import Recommender, load_recommender
 
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
-ARTIFACT_KEY = "recommender"
 SERVES_DS = "serves_ds"
-SERVING_TOP_K = 10
-
-
-class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
-    """MLflow's view of any project recommender: user ids and histories in, top items out."""
-
-    def load_context(self, context) -> None:
-        self.recommender = load_recommender(Path(context.artifacts[ARTIFACT_KEY]))
-
-    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from tasks.recommend import recommend
-
-        lists = model_input.assign(history=model_input["history"].str.split())
-        history = lists.explode("history").dropna().rename(columns={"history": "item_id"})
-        recs = recommend(self.recommender, model_input["user_id"].to_numpy(dtype=object),
-                         history.assign(weight=1.0), history.iloc[0:0], None, SERVING_TOP_K, 1024, "pyfunc",
-                         user_features=lists)
-        return recs
 
 
 @dataclass(frozen=True)
 class RegisteredModel:
     version: str
-    recommender: Recommender
+    python_model: mlflow.pyfunc.PythonModel  # what `log_and_register` was given (a project pyfunc wraps its model)
     tags: dict[str, str]
+
+    @property
+    def recommender(self):
+        return self.python_model.recommender
 
 
 class TrackingServerUnreachable(RuntimeError):
@@ -98,14 +84,12 @@ class ModelRegistry:
         newest = max((int(v.version) for v in found), default=None)
         return None if newest is None else str(newest)
 
-    def log_and_register(self, model_dir: Path, example: pd.DataFrame, tags: dict[str, str]) -> str:
-        """Log a saved recommender as a pyfunc model in the active run and register it; returns the version."""
-        loaded = RecommenderPyfunc()
-        loaded.recommender = load_recommender(model_dir)
-        signature = infer_signature(example, loaded.predict(None, example))
-        info = mlflow.pyfunc.log_model(  # a fresh wrapper: the model travels as artifacts, not in the pickle
-            name="recommender", python_model=RecommenderPyfunc(), artifacts={ARTIFACT_KEY: str(model_dir)},
-            signature=signature, input_example=example,
+    def log_and_register(self, python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str],
+                         example: pd.DataFrame, example_output: pd.DataFrame, tags: dict[str, str]) -> str:
+        """Log a pyfunc model (its files as `artifacts`) in the active run and register it; returns the version."""
+        info = mlflow.pyfunc.log_model(  # the model travels as artifacts, not in the pickle
+            name="recommender", python_model=python_model, artifacts=artifacts,
+            signature=infer_signature(example, example_output), input_example=example,
             pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"],
         )
         fault_point("register.after_log_model")
@@ -144,9 +128,9 @@ class ModelRegistry:
         return dict(self.client.get_model_version(self.model_name, version).tags)
 
     def load_version(self, version: str) -> RegisteredModel:
-        """One version, loaded through MLflow (`models:/<name>/<version>`)."""
+        """One version, loaded through MLflow (`models:/<name>/<version>`): the python model it was logged with."""
         pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
-        return RegisteredModel(version, pyfunc.unwrap_python_model().recommender, self.version_tags(version))
+        return RegisteredModel(version, pyfunc.unwrap_python_model(), self.version_tags(version))
 
     def promote(self, version: str) -> None:
         """Make version the champion; the one it replaces keeps the alias `previous_champion`."""

@@ -89,6 +89,25 @@ class DuckDBWarehouse:
                 raise
         return rows, users
 
+    def publication(self, ds: date) -> dict | None:
+        """The committed publication of ds (model_name, model_version, users, rows, generated_at), or None."""
+        if not self.path.exists():
+            return None
+        with self._connect(read_only=True) as con:
+            if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = 'publications'").fetchone()[0]:
+                return None
+            found = con.execute("SELECT model_name, model_version, users, rows, generated_at FROM publications "
+                                "WHERE ds = ?", [ds]).fetchone()
+        keys = ("model_name", "model_version", "users", "rows", "generated_at")
+        return None if found is None else dict(zip(keys, found, strict=True))
+
+    def export_partition(self, ds: date, path: Path) -> None:
+        """Write the rows of ds to one Parquet file, in the columns the publish shards have."""
+        target = str(path).replace("'", "''")
+        with self._connect(read_only=True) as con:
+            con.execute(f"COPY (SELECT user_id, rank, item_id, score, ds, model_name, model_version FROM recommendations "
+                        f"WHERE ds = DATE '{ds.isoformat()}' ORDER BY user_id, rank) TO '{target}' (FORMAT parquet)")
+
     def user_recommendations(self, user_id: str, ds: date | None = None) -> pd.DataFrame:
         """One user's list for ds, or from `recommendations_latest` when ds is None."""
         with self._connect(read_only=True) as con:
