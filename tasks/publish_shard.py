@@ -22,7 +22,7 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
-from tasks.recommend import exclusions, recommend_batches, recommendation_frame
+from tasks.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
 from tasks.storage.model_registry import registry_for
 
@@ -94,13 +94,8 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
         raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")
     champion = registry.load_version(version)
     users = shard_users(features.serving_users["user_id"].to_numpy(dtype=object), shard, shards)
-    interactions = features.interactions[features.interactions["user_id"].isin(users)]
-    excluded = exclusions(interactions, config.publish.exclude_event_types)
-    items = features.serving_items
-    allowed = items.loc[items["is_available"], "item_id"].to_numpy(dtype=object) if config.publish.only_available \
-        else None
-    model = champion.recommender.for_catalog(items)  # feature models embed items that arrived after training
-    served = features.serving_users[features.serving_users["user_id"].isin(users)]
+    inputs = ServingInputs.of_features(features, config.publish).for_users(users)
+    model = champion.recommender.for_catalog(inputs.items)  # feature models embed items newer than their training
     model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
     staging = book.publish_staging(ds, run_id)
     staging.mkdir(parents=True, exist_ok=True)
@@ -109,10 +104,8 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
     rows = 0
     writer = None
     try:  # batch by batch: checked, then appended to the shard's file, so memory holds one batch of rows
-        for recs in recommend_batches(model, users, interactions[["user_id", "item_id", "weight"]], excluded,
-                                      allowed, config.publish.k, config.publish.batch_size,
-                                      desc=f"publish shard {shard}/{shards}", user_features=served):
-            problems = check_recommendations(recs, config.publish.k, excluded, allowed)
+        for recs in inputs.recommend(model, users, config.publish.batch_size, f"publish shard {shard}/{shards}"):
+            problems = check_recommendations(recs, config.publish.k, inputs.excluded, inputs.allowed)
             if problems:
                 raise RecommendationsInvalid(f"recommendations ds={ds} shard {shard}/{shards} not published; the "
                                              "table keeps its previous rows:\n" + "\n".join(f"  - {p}" for p in problems))

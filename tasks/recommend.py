@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -22,6 +25,88 @@ def exclusions(interactions: pd.DataFrame, event_types: tuple[str, ...]) -> pd.D
     """The (user_id, item_id) pairs never to recommend: items the user already had one of these events on."""
     mask = interactions["event_type"].isin(event_types)
     return interactions.loc[mask, ["user_id", "item_id"]].drop_duplicates(ignore_index=True)
+
+
+@dataclass(frozen=True)
+class ServingInputs:
+    """Everything besides the model that decides a night's lists: each user's past (what the model scores
+    from), the pairs never to recommend, the allowed items, the night's catalogue and user features, and K.
+
+    `publish_shard` and the registered MLflow model both recommend through it, so a model served online
+    answers a known user with the very rows the nightly table holds for that night.
+    """
+
+    history: pd.DataFrame        # (user_id, item_id, weight): summed weight per pair
+    excluded: pd.DataFrame       # (user_id, item_id)
+    allowed: np.ndarray | None   # item ids that may be recommended; None: all
+    items: pd.DataFrame          # the night's catalogue (feature models embed items newer than their training)
+    users: pd.DataFrame          # one row per known user: declared columns, `history` (most recent first), counts
+    k: int
+
+    @classmethod
+    def of_night(cls, interactions: pd.DataFrame, items: pd.DataFrame, users: pd.DataFrame,
+                 exclude_event_types: tuple[str, ...], only_available: bool, k: int) -> ServingInputs:
+        history = interactions.groupby(["user_id", "item_id"], as_index=False, sort=False, observed=True)["weight"].sum()
+        allowed = items.loc[items["is_available"], "item_id"].to_numpy(dtype=object) if only_available else None
+        return cls(history, exclusions(interactions, exclude_event_types), allowed, items, users, k)
+
+    @classmethod
+    def of_features(cls, features, rules) -> ServingInputs:
+        """The night's inputs from its FeatureSet under the `publish` rules (exclusions, availability, K)."""
+        return cls.of_night(features.interactions, features.serving_items, features.serving_users,
+                            rules.exclude_event_types, rules.only_available, rules.k)
+
+    def for_users(self, user_ids: np.ndarray) -> ServingInputs:
+        return replace(self, history=self.history[self.history["user_id"].isin(user_ids)],
+                       excluded=self.excluded[self.excluded["user_id"].isin(user_ids)],
+                       users=self.users[self.users["user_id"].isin(user_ids)])
+
+    def with_request(self, request: pd.DataFrame) -> ServingInputs:
+        """These inputs for an online request: a row's `history` (item ids, most recent first), where given,
+        replaces what the night knew of that user; its `exclude` (item ids) is banned on top of the rule."""
+        request = request.reset_index(drop=True)
+        inputs = self.for_users(request["user_id"].to_numpy(dtype=object))
+        if "history" in request.columns:
+            given = request[request["history"].map(_is_list)]
+            if len(given):
+                lists = given.assign(history=given["history"].map(list))
+                rows = lists[["user_id", "history"]].explode("history").dropna().rename(columns={"history": "item_id"})
+                kept = inputs.users[~inputs.users["user_id"].isin(lists["user_id"])]
+                known = inputs.users.set_index("user_id").reindex(lists["user_id"]).reset_index()
+                inputs = replace(inputs, history=pd.concat(
+                    [inputs.history[~inputs.history["user_id"].isin(lists["user_id"])], rows.assign(weight=1.0)]),
+                    users=pd.concat([kept, known.assign(history=lists["history"].to_list(),
+                                                        n_events=lists["history"].map(len).to_list())]))
+        if "exclude" in request.columns:
+            banned = request.loc[request["exclude"].map(_is_list), ["user_id", "exclude"]]
+            pairs = banned.explode("exclude").dropna().rename(columns={"exclude": "item_id"})
+            inputs = replace(inputs, excluded=pd.concat([inputs.excluded, pairs], ignore_index=True))
+        return inputs
+
+    def recommend(self, model: Recommender, user_ids: np.ndarray, batch_size: int,
+                  desc: str = "recommend") -> Iterator[pd.DataFrame]:
+        """`recommend_batches` of `model` (already `for_catalog(self.items)`) under these inputs."""
+        return recommend_batches(model, np.asarray(user_ids, dtype=object), self.history, self.excluded,
+                                 self.allowed, self.k, batch_size, desc, user_features=self.users)
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("history", "excluded", "items", "users"):
+            getattr(self, name).to_parquet(directory / f"{name}.parquet", index=False)
+        rules = {"k": self.k, "allowed": None if self.allowed is None else [str(i) for i in self.allowed]}
+        (directory / "rules.json").write_text(json.dumps(rules))
+
+    @classmethod
+    def load(cls, directory: Path) -> ServingInputs:
+        frames = {name: pd.read_parquet(directory / f"{name}.parquet") for name in ("history", "excluded", "items",
+                                                                                   "users")}
+        rules = json.loads((directory / "rules.json").read_text())
+        allowed = None if rules["allowed"] is None else np.asarray(rules["allowed"], dtype=object)
+        return cls(allowed=allowed, k=rules["k"], **frames)
+
+
+def _is_list(value) -> bool:
+    return isinstance(value, list | tuple | np.ndarray)
 
 
 def recommend(model: Recommender, user_ids: np.ndarray, history: pd.DataFrame, excluded: pd.DataFrame,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import tempfile
 from datetime import date
+from pathlib import Path
 
 import mlflow
 import pandas as pd
@@ -19,6 +21,7 @@ from tasks.fault_points import fault_point
 from tasks.feature_set import FeatureSet
 from tasks.models.base import saved_format
 from tasks.models.pyfunc import logged_pyfunc
+from tasks.recommend import ServingInputs
 from tasks.step_cli import step_main
 from tasks.storage.model_registry import registry_for
 from tasks.train_ranking import KIND as RANKING_KIND
@@ -52,14 +55,16 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, str]:
 
 def model_key(ds: date, serving_recipe: dict, fingerprints: dict[str, str], config: Config,
               save_format: int = 1) -> str:
-    """What determines the served model: ds, data, the recipe, the data and window settings, and the format it
-    is saved in (code that saves another format trains another model).
+    """What determines the served model: ds, data, the recipe, the data and window settings, the rules its
+    lists follow (K, exclusions, availability: the version carries them to answer online as the table does),
+    and the format it is saved in (code that saves another format trains another model).
 
-    Publishing or gating settings (publish.k, register.margin) are left out, so changing them reuses the model.
+    Gating settings (register.margin) are left out, so changing them reuses the model.
     """
     resolved = config.model_dump(mode="json")
+    rules = {key: resolved["publish"][key] for key in ("k", "exclude_event_types", "only_available")}
     payload = {"ds": str(ds), "recipe": serving_recipe, "data": fingerprints, "format": save_format,
-               "config": {section: resolved[section] for section in ("data", "build_features")}}
+               "config": {section: resolved[section] for section in ("data", "build_features")}, "lists": rules}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -110,14 +115,16 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
         # as it is created), and tags and aliases are set to what the decision says, whatever they were.
         version = registry.version_with_tag("run_key", run_key)
         if version is None:
-            users = pd.read_parquet(book.features(ds) / "serving_users.parquet", columns=["user_id", "n_events", "history"])
-            sample = users.loc[users["n_events"] > 0].head(2)
-            example = pd.DataFrame({"user_id": sample["user_id"].astype(str).to_list(),
-                                    "history": [" ".join(h[:5]) for h in sample["history"]]})
-            version = registry.log_and_register(**logged_pyfunc(serving, example), tags={
-                "ds": str(ds), "model_kind": decision.serving_kind, "recipe": json.dumps(decision.serving_recipe),
-                "run_key": run_key, "pipeline_run_id": run_id, "twin": decision.serving_row,
-                gate.primary_metric: f"{twin_metrics[gate.primary_metric]:.6f}"})
+            inputs = ServingInputs.of_features(FeatureSet.read(book.features(ds)), config.publish)
+            known = inputs.users.loc[inputs.users["n_events"] > 0].iloc[0]
+            # Both ways in: a known user by id alone (the night's history), a visitor with a history given.
+            example = pd.DataFrame({"user_id": [str(known["user_id"]), "a-visitor"],
+                                    "history": [None, [str(i) for i in known["history"][:5]]]})
+            with tempfile.TemporaryDirectory(prefix="serving-inputs-") as scratch:
+                version = registry.log_and_register(**logged_pyfunc(serving, inputs, Path(scratch), example), tags={
+                    "ds": str(ds), "model_kind": decision.serving_kind, "recipe": json.dumps(decision.serving_recipe),
+                    "run_key": run_key, "pipeline_run_id": run_id, "twin": decision.serving_row,
+                    gate.primary_metric: f"{twin_metrics[gate.primary_metric]:.6f}"})
         else:  # a rerun or a retry on the same data and recipe: the same version, the decision applied again
             log.info("register ds=%s: run_key %s already registered as version %s; reused", ds, run_key, version)
         fault_point("register.after_version")

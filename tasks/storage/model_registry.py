@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature
 
 from tasks.fault_points import fault_point
 
@@ -85,11 +85,11 @@ class ModelRegistry:
         return None if newest is None else str(newest)
 
     def log_and_register(self, python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str],
-                         example: pd.DataFrame, example_output: pd.DataFrame, tags: dict[str, str]) -> str:
+                         example: pd.DataFrame, signature: ModelSignature, tags: dict[str, str]) -> str:
         """Log a pyfunc model (its files as `artifacts`) in the active run and register it; returns the version."""
         info = mlflow.pyfunc.log_model(  # the model travels as artifacts, not in the pickle
             name="recommender", python_model=python_model, artifacts=artifacts,
-            signature=infer_signature(example, example_output), input_example=example,
+            signature=signature, input_example=example,
             pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"],
         )
         fault_point("register.after_log_model")

@@ -27,8 +27,8 @@ def test_champion_loads_by_alias_through_mlflow(pipeline_run):
 
     mlflow.set_tracking_uri(book.mlflow_tracking_uri)
     model = mlflow.pyfunc.load_model(f"models:/{config.register.model_name}@champion")
-    out = model.predict(pd.DataFrame({"user_id": ["someone"], "history": ["i000001 i000002"]}))
-    assert len(out) == 10 and out["rank"].tolist() == list(range(1, 11))
+    out = model.predict(pd.DataFrame({"user_id": ["someone"], "history": [["i000001", "i000002"]]}))
+    assert len(out) == config.publish.k and out["rank"].tolist() == list(range(1, config.publish.k + 1))
     runs = mlflow.search_runs(experiment_names=[config.register.experiment])
     assert results["register"]["mlflow_run_id"] in runs["run_id"].tolist()
     assert runs["metrics.ndcg_at_10"].notna().all()
@@ -93,7 +93,7 @@ def test_evaluation_reports_every_model_on_the_same_users(pipeline_run, metric):
     assert table.set_index(["model", "segment"]).loc[("cooccurrence", "all"), metric] > 0
 
 
-def test_model_key_follows_the_recipe_data_and_windows_but_not_publish_settings():
+def test_model_key_follows_the_recipe_data_windows_and_list_rules_but_not_gating_settings():
     from datetime import date
 
     from configs import load_config
@@ -106,7 +106,9 @@ def test_model_key_follows_the_recipe_data_and_windows_but_not_publish_settings(
                          save_format)
 
     base = key()
-    assert key("publish.k=15") == base and key("register.margin=0.1") == base
+    assert key("register.margin=0.1") == base and key("publish.shards=4") == base
+    # The version answers online with the night's lists, so the rules they follow are part of it.
+    assert key("publish.k=15") != base and key("publish.exclude_event_types=[]") != base
     assert key("train_retrieval.epochs=3") == base  # another kind's settings do not shape this one
     assert key("train.cooccurrence.neighbours=5") != base
     assert key("train.popularity.half_life_days=3") != base  # its fallback list
