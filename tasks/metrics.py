@@ -64,8 +64,13 @@ def summarize(per_user: pd.DataFrame, ks: tuple[int, ...]) -> dict[str, float]:
 def list_ndcg(scores: np.ndarray, relevant: np.ndarray, k: int) -> float:
     """Mean NDCG@k over lists: each row's candidates ordered by `scores` (users x list, -inf for padding),
     `relevant` true where the candidate was engaged with (binary gain). Rows without a relevant item count 0."""
+    return float(np.mean(list_ndcg_per_row(scores, relevant, k)))
+
+
+def list_ndcg_per_row(scores: np.ndarray, relevant: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of each row of `list_ndcg`."""
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     gains = np.take_along_axis(relevant, order, axis=1) / np.log2(np.arange(2, order.shape[1] + 2))
     ideal = np.cumsum(1.0 / np.log2(np.arange(2, k + 2)))
     n_relevant = np.minimum(relevant.sum(axis=1), k)
-    return float(np.mean(np.where(n_relevant > 0, gains.sum(axis=1) / ideal[np.maximum(n_relevant, 1) - 1], 0.0)))
+    return np.where(n_relevant > 0, gains.sum(axis=1) / ideal[np.maximum(n_relevant, 1) - 1], 0.0)

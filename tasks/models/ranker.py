@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.metrics import list_ndcg
+from tasks.metrics import list_ndcg_per_row
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
@@ -84,29 +84,48 @@ def _shuffled_batches(features, mask, labels, batch_size: int, seed: int) -> tf.
 
 class KeepBestListNdcg(tf.keras.callbacks.Callback):
     """Early stopping on what the ranker is for: NDCG@10 of the validation lists, measured before the first
-    epoch too, so a ranker that never beats its anchor's own order keeps the anchor's (zero correction)."""
+    epoch too, so a ranker that never beats its anchor's own order keeps the anchor's (zero correction).
+
+    The best epoch is kept only on evidence: a paired bootstrap over the validation lists of its gain over
+    the anchor's order must have the lower end of its `confidence` interval above zero. A gain within the
+    noise of a few hundred lists (a best-of-N epochs pick) keeps the anchor's order instead.
+    """
 
     def __init__(self, ranker: ListRanker, features: np.ndarray, mask: np.ndarray, relevant: np.ndarray,
-                 patience: int):
+                 patience: int, confidence: float = 0.9):
         super().__init__()
         self.ranker, self.lists, self.relevant, self.patience = ranker, (features, mask), relevant, patience
+        self.confidence = confidence
         self.scores: list[float] = []
+        self.evidence = None
 
-    def ndcg(self) -> float:
+    def ndcg(self) -> np.ndarray:
         logits = self.ranker(self.lists).numpy()
-        return list_ndcg(np.where(self.lists[1], logits, -np.inf), self.relevant, 10)
+        return list_ndcg_per_row(np.where(self.lists[1], logits, -np.inf), self.relevant, 10)
 
     def on_train_begin(self, logs=None):
-        self.scores, self.best_epoch, self.best_weights = [self.ndcg()], 0, self.model.get_weights()
+        self.anchor_rows = self.ndcg()
+        self.scores, self.best_epoch, self.best_weights = [float(self.anchor_rows.mean())], 0, self.model.get_weights()
+        self.anchor_weights, self.best_rows = self.best_weights, self.anchor_rows
 
     def on_epoch_end(self, epoch, logs=None):
-        self.scores.append(self.ndcg())
+        rows = self.ndcg()
+        self.scores.append(float(rows.mean()))
         if self.scores[-1] > max(self.scores[:-1]):
-            self.best_epoch, self.best_weights = epoch + 1, self.model.get_weights()
+            self.best_epoch, self.best_weights, self.best_rows = epoch + 1, self.model.get_weights(), rows
         elif epoch + 1 - self.best_epoch >= self.patience:
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):
+        from tasks.quality.gate import paired_bootstrap
+
+        if self.best_epoch > 0:
+            self.evidence = paired_bootstrap(self.best_rows, self.anchor_rows, "anchor order", "validation ndcg_at_10",
+                                             self.confidence, 2000)
+            if not self.evidence.low > 0:
+                log.info("ranker: epoch %d's validation gain over the anchor's order is noise (%s); keeping the "
+                         "anchor's order", self.best_epoch, self.evidence.text())
+                self.best_epoch, self.best_weights = 0, self.anchor_weights
         self.model.set_weights(self.best_weights)
 
 
@@ -145,7 +164,10 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
     keep_best = KeepBestListNdcg(ranker, *held, patience)
     trainer.fit(train, epochs=epochs, callbacks=[keep_best], verbose=0)
     report |= {"epochs_run": keep_best.best_epoch,
-               "validation_ndcg_at_10": max(keep_best.scores), "validation_anchor_ndcg_at_10": keep_best.scores[0],
+               "validation_ndcg_at_10": keep_best.scores[keep_best.best_epoch],
+               "validation_anchor_ndcg_at_10": keep_best.scores[0],
+               **({} if keep_best.evidence is None else {"validation_gain_low": keep_best.evidence.low,
+                                                         "validation_gain_high": keep_best.evidence.high}),
                "validation_ndcg_at_10_by_epoch": [round(v, 5) for v in keep_best.scores]}
     return ExportedRanker(ranker, features.shape[2]), report
 

@@ -135,3 +135,28 @@ def test_with_several_label_windows_early_stopping_looks_ahead_to_the_newest(pip
     assert newest > older and model.params["early_stopping_on"] == f"the newest label window {newest}"
     report = model.params["validation"]
     assert 0 < report["validation_lists"] < report["lists"]
+
+
+def _lists(rng, signal: bool):
+    """400 lists of 20 candidates, 3 features; feature 0 is the anchor's score. The engaged candidate is the
+    one with the highest feature 1 (signal) or a random one (noise)."""
+    features = rng.normal(size=(400, 20, 3)).astype(np.float32)
+    chosen = features[..., 1].argmax(axis=1) if signal else rng.integers(0, 20, 400)
+    labels = np.zeros((400, 20), np.float32)
+    labels[np.arange(400), chosen] = 1.0
+    return features, np.ones((400, 20), bool), labels
+
+
+@pytest.mark.parametrize("signal", [True, False])
+def test_the_ranker_leaves_its_anchors_order_only_on_evidence(signal):
+    from tasks.models.ranker import train_ranker
+
+    features, mask, labels = _lists(np.random.default_rng(5), signal)
+    _, report = train_ranker(features, mask, labels, (8,), anchor=0, learning_rate=0.01, batch_size=32, epochs=8,
+                             patience=3, validation_share=0.25, seed=1)
+    if signal:  # it learns that feature 1 decides, and the validation lists show it beyond doubt
+        assert report["epochs_run"] > 0 and report["validation_gain_low"] > 0
+        assert report["validation_ndcg_at_10"] > report["validation_anchor_ndcg_at_10"]
+    else:  # an epoch scored best on noise (+27% here, on 100 lists), and the anchor's order stays
+        assert report["validation_gain_low"] < 0 and report["epochs_run"] == 0
+        assert report["validation_ndcg_at_10"] == report["validation_anchor_ndcg_at_10"]
