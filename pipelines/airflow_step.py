@@ -14,6 +14,7 @@ from pipelines.runner import run_step, shards
 from pipelines.tuning import KNOBS as TUNING_KNOBS
 from tasks.address_book import AddressBook
 from tasks.errors import DataContractError
+from tasks.step_cli import quiet_libraries
 
 CONFIG_VARIABLE = "recsys_config"   # Airflow Variable holding a config file path
 CONFIG_ENV = "RECSYS_CONFIG"        # or this environment variable; else the embedded default
@@ -44,8 +45,9 @@ def resolve(context: dict):
 def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
     """Run `step_name` (one shard of it, if sharded) for this DAG run; bad data or a malformed parameter
     fails the task at once instead of being retried."""
-    from airflow.exceptions import AirflowFailException
+    from airflow.sdk.exceptions import AirflowFailException
 
+    quiet_libraries()
     try:
         config, ds = resolve(context)
         log.info("%s%s: ds=%s, config %s, knobs %s", step_name, "" if shard is None else f" shard {shard}", ds,

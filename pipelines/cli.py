@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -36,6 +36,29 @@ def run(config: ConfigOption = None, set_: SetOption = None,
     cfg = load_config(config, tuple(set_ or ()))
     day = ds or latest_event_day(AddressBook.from_config(cfg).raw)
     run_pipeline(cfg, day, run_id or f"local__{datetime.now(UTC):%Y-%m-%dT%H%M%S}")
+
+
+@app.command()
+def backfill(start: Annotated[str, typer.Option("--from", help="First ds, YYYY-MM-DD.", callback=day_option)],
+             end: Annotated[str, typer.Option("--to", help="Last ds, YYYY-MM-DD (inclusive).", callback=day_option)],
+             config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Run the nightly pipeline for each ds from --from to --to, oldest first; stop at the first failure."""
+    from pipelines.runner import run_pipeline
+
+    configure_logging()
+    if end < start:
+        raise typer.BadParameter(f"--to {end} is before --from {start}")
+    cfg = load_config(config, tuple(set_ or ()))
+    days = [start + timedelta(days=n) for n in range((end - start).days + 1)]
+    for number, day in enumerate(days, 1):
+        log.info("backfill: ds=%s (%d of %d)", day, number, len(days))
+        try:
+            run_pipeline(cfg, day, f"backfill__{day}")
+        except Exception as error:
+            typer.echo(f"backfill stopped at ds={day} ({number} of {len(days)}; {number - 1} done): "
+                       f"{type(error).__name__}: {error}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(f"backfill done: {len(days)} nights, {start} to {end}")
 
 
 @app.command()

@@ -68,6 +68,12 @@ def model_key(ds: date, serving_recipe: dict, fingerprints: dict[str, str], conf
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def run_name(ds: date, decision) -> str:
+    """What the MLflow run list shows: the night, the served recipe and what the gate did."""
+    verdict = "promoted" if decision.promote else "champion kept" if decision.champion_version else "baseline serves"
+    return f"{ds} {decision.serving_kind} {verdict}" + ("" if decision.moves_alias else " (backfill)")
+
+
 def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     """Log the run to MLflow and register tonight's served model (the winning recipe refit through ds); it
     becomes `champion` unless the night is a backfill older than the champion."""
@@ -87,15 +93,15 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     # A retry of this step (a killed try, a transient server error) resumes the MLflow run the try began.
     resumed = registry.run_with_tags(experiment, {"ds": str(ds), "pipeline_run_id": run_id})
     with mlflow.start_run(run_id=resumed, experiment_id=experiment,
-                          run_name=None if resumed else f"nightly {ds}",
                           tags={"ds": str(ds), "pipeline_run_id": run_id, "best_candidate": decision.best_candidate,
-                                "serving_kind": decision.serving_kind}) as run:
+                                "serving_kind": decision.serving_kind, "mlflow.runName": run_name(ds, decision)}) as run:
         mlflow.log_params(flatten(resolved))
         mlflow.log_dict(resolved, "config/resolved_config.json")
         mlflow.log_dict(manifest, "data/features_manifest.json")
         mlflow.log_metrics({k: float(v) for k, v in twin_metrics.items()})  # the served recipe's holdout metrics
-        mlflow.log_metrics({f"{m}.{row['segment']}.{k}": float(v) for m, row in table.set_index("model").iterrows()
-                            for k, v in row.items() if k != "segment" and pd.notna(v)})
+        # One figure per model for the compare view; the evaluation table artifact has every model, segment, K.
+        mlflow.log_metrics({f"{model}.{gate.primary_metric}": float(row[gate.primary_metric])
+                            for model, row in overall.iterrows() if pd.notna(row[gate.primary_metric])})
         mlflow.log_artifacts(str(book.evaluation(ds)), "evaluation")
         stages = book.evaluation(ds) / STAGES_FILE
         if stages.is_file():
@@ -142,7 +148,10 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
             mlflow.log_metrics({f"gate.vs_{against}.{k}": float(getattr(evidence, k))
                                 for k in ("gain", "low", "high", "users")})
         mlflow.set_tags({"model_version": version, "promoted": str(decision.promote), "gate_reason": decision.reason,
-                         "moves_alias": str(decision.moves_alias)})
+                         "moves_alias": str(decision.moves_alias),
+                         "mlflow.note.content": f"Serves ds {ds}: [{gate.model_name} version {version}]"
+                                                f"(#/models/{gate.model_name}/versions/{version}), the "
+                                                f"{decision.serving_kind} recipe refit through ds. Gate: {decision.reason}."})
     champion_version = registry.alias_version("champion") or version
     log.info("register ds=%s: %s version %s serves the %s recipe (%s; best candidate %s%s); champion is version %s; "
              "MLflow run %s", ds, gate.model_name, version, decision.serving_kind, decision.reason,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -35,10 +36,18 @@ def day_option(value: str | None) -> date | None:
         raise typer.BadParameter(str(error).removeprefix(": ")) from None
 
 
-def configure_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def quiet_libraries() -> None:
+    """Keep a step's log to what it does: Great Expectations' registration messages, MLflow's and Alembic's
+    chatter, and (before TensorFlow loads) its native logs below ERROR, below FATAL on a machine without an
+    NVIDIA driver, where its CUDA probes print errors that are not. An explicit TF_CPP_MIN_LOG_LEVEL wins."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2" if Path("/proc/driver/nvidia").exists() else "3")
     for noisy in ("great_expectations", "mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    quiet_libraries()
 
 
 def step_main(run: Callable[..., BaseModel]) -> None:

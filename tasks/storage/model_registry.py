@@ -22,6 +22,7 @@ from tasks.fault_points import fault_point
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's view of it
 SERVES_DS = "serves_ds"
 
 
@@ -98,13 +99,18 @@ class ModelRegistry:
         return str(mlflow.register_model(info.model_uri, self.model_name, tags=tags).version)
 
     def experiment(self, name: str, artifact_location: str) -> str:
-        """The id of experiment `name`, created if missing (by this process or a concurrent one)."""
+        """The id of experiment `name`, created if missing (by this process or a concurrent one), marked as
+        model training so that the MLflow UI opens it in that view rather than the GenAI one."""
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             try:
-                return mlflow.create_experiment(name, artifact_location=artifact_location)
+                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location,
+                                                         tags={EXPERIMENT_KIND: MODEL_TRAINING})
+                return experiment_id
             except MlflowException:  # created meanwhile
                 found = mlflow.get_experiment_by_name(name)
+        if found.tags.get(EXPERIMENT_KIND) != MODEL_TRAINING:
+            self.client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND, MODEL_TRAINING)
         return found.experiment_id
 
     def run_with_tags(self, experiment_id: str, tags: dict[str, str]) -> str | None:

@@ -43,3 +43,23 @@ def test_a_bad_ds_names_the_option_and_the_format(command):
     assert done.returncode == 2  # a usage error, before anything runs
     assert "Invalid value for '--ds'" in done.stderr and "YYYY-MM-DD" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_backfill_runs_each_ds_in_order_and_stops_at_the_first_failure(shop_raw, tmp_path):
+    from datetime import timedelta
+
+    from tasks.address_book import AddressBook
+    from tasks.storage.warehouse import DuckDBWarehouse
+    from tests.conftest import make_config
+
+    settings = ["--set", f"paths.var={tmp_path / 'var'}", "--set", f"paths.raw={shop_raw}", "--set",
+                "build_features.lookback_days=14", "--set", "train.models=[popularity]", "--set",
+                "train_retrieval.enabled=false", "--set", "train_ranking.enabled=false"]
+    after = DS + timedelta(days=1)  # the shop has no events for it
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", "backfill", "--from", DS.isoformat(), "--to",
+                           after.isoformat(), *settings], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 1
+    assert f"backfill stopped at ds={after} (2 of 2; 1 done): MissingInput" in done.stderr
+    book = AddressBook.from_config(make_config(tmp_path / "var", shop_raw))
+    published = DuckDBWarehouse(book.warehouse).query("SELECT DISTINCT ds FROM recommendations")
+    assert [d.date() if hasattr(d, "date") else d for d in published["ds"]] == [DS]

@@ -34,6 +34,21 @@ def test_champion_loads_by_alias_through_mlflow(pipeline_run):
     assert runs["metrics.ndcg_at_10"].notna().all()
 
 
+def test_the_mlflow_run_reads_well_in_the_ui(pipeline_run):
+    config, results = pipeline_run
+    mlflow.set_tracking_uri(AddressBook.from_config(config).mlflow_tracking_uri)
+    run = mlflow.get_run(results["register"]["mlflow_run_id"])
+    register = results["register"]
+    assert run.info.run_name == f"{DS} {register['model_kind']} promoted"  # the first night's winner
+    version = register["model_version"]
+    assert f"#/models/{config.register.model_name}/versions/{version}" in run.data.tags["mlflow.note.content"]
+    headline = set(run.data.metrics)
+    assert {"ndcg_at_10", "two_stage.ndcg_at_10", "popularity.ndcg_at_10", "gate.vs_popularity.low"} <= headline
+    assert len(headline) < 100 and not any(".warm." in m or ".cold." in m for m in headline)
+    experiment = mlflow.get_experiment_by_name(config.register.experiment)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
 def test_worse_candidate_loses_to_the_champion_recipe_which_keeps_serving(pipeline_run, tmp_path):
     config, results = pipeline_run
     var = tmp_path / "var"
