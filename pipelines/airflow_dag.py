@@ -9,7 +9,7 @@ from __future__ import annotations
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import Asset, Param
 
-from pipelines.nightly import Knob, Step
+from pipelines.nightly import Knob, Step, form_config, knob_defaults
 
 
 def run_step(step_name: str, shard: int | None = None, **context) -> dict:
@@ -25,11 +25,18 @@ def plan_shards(step_name: str, **context) -> list[dict]:
 
 
 def trigger_params(knobs: dict[str, Knob]) -> dict[str, Param]:
-    """The trigger form: `ds` and each knob, all empty by default (empty keeps the config's value)."""
-    return {"ds": Param(None, type=["null", "string"], format="date",
+    """The trigger form: `ds` (a date picker) and each knob, showing the value the run will use: the config's,
+    read from YAML at parse time. A field left at it, or emptied, keeps the run's config."""
+    defaults = knob_defaults(form_config(), knobs)
+
+    def param(name: str, knob: Knob) -> Param:
+        extra = {"items": {"type": "string", "enum": list(knob.choices)}} if knob.choices else {}
+        return Param(defaults[name], type=[knob.type, "null"], title=name,
+                     description=f"{knob.description} Default: the config's {knob.key}.", **extra)
+
+    return {"ds": Param(None, type=["null", "string"], format="date", title="ds",
                         description="Data date to process; empty means the day before the logical date."),
-            **{name: Param(None, type=["null", knob.type], description=f"{knob.description} Empty keeps the config.")
-               for name, knob in knobs.items()}}
+            **{name: param(name, knob) for name, knob in knobs.items()}}
 
 
 def add_step_tasks(steps: tuple[Step, ...]) -> None:

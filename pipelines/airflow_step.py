@@ -9,7 +9,7 @@ import logging
 import os
 
 from configs import load_config
-from pipelines.nightly import KNOBS, data_date, knob_overrides
+from pipelines.nightly import CONFIG_ENV, KNOBS, data_date, form_config, knob_defaults, knob_overrides
 from pipelines.runner import run_step, shards
 from pipelines.tuning import KNOBS as TUNING_KNOBS
 from tasks.address_book import AddressBook
@@ -17,7 +17,6 @@ from tasks.errors import DataContractError
 from tasks.step_cli import quiet_libraries
 
 CONFIG_VARIABLE = "recsys_config"   # Airflow Variable holding a config file path
-CONFIG_ENV = "RECSYS_CONFIG"        # or this environment variable; else the embedded default
 
 log = logging.getLogger(__name__)
 
@@ -35,10 +34,16 @@ def config_path() -> str | None:
     return str(overlay) if overlay.is_file() else None
 
 
+def form_overrides(params: dict) -> list[str]:
+    """The knobs (of either pipeline) the trigger form changed from the values it showed."""
+    knobs = KNOBS | TUNING_KNOBS
+    return knob_overrides(params, knobs, knob_defaults(form_config(), knobs))
+
+
 def resolve(context: dict):
     """The config (with the run's knobs, of either pipeline) and ds of this DAG run."""
     params = context["params"]
-    config = load_config(config_path(), knob_overrides(params, KNOBS | TUNING_KNOBS))
+    config = load_config(config_path(), form_overrides(params))
     return config, data_date(context["logical_date"], params.get("ds"))
 
 
@@ -50,8 +55,9 @@ def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
     quiet_libraries()
     try:
         config, ds = resolve(context)
-        log.info("%s%s: ds=%s, config %s, knobs %s", step_name, "" if shard is None else f" shard {shard}", ds,
-                 config_path() or "embedded default", knob_overrides(context["params"]))
+        log.info("%s%s: ds=%s, config %s, knobs changed in the form %s", step_name, "" if shard is None else
+                 f" shard {shard}", ds, config_path() or "embedded default",
+                 form_overrides(context["params"]))
         return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
         raise AirflowFailException(f"{type(error).__name__}: {error}") from error

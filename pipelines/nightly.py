@@ -7,8 +7,12 @@ parse the DAG file cheaply.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
+from typing import get_args
+
+from configs.schema import ModelKind
 
 DAG_ID = "recsys_nightly"
 SCHEDULE = "0 2 * * *"  # 02:00 UTC, for the previous day's data
@@ -46,18 +50,22 @@ class Knob:
 
     key: str           # dotted config key it overrides
     type: str          # JSON-schema type of the value
-    description: str
+    description: str   # with the unit
+    choices: tuple[str, ...] = ()  # for an array: the values it may hold (a multi-select in the form)
 
 
 KNOBS: dict[str, Knob] = {
     "k": Knob("publish.k", "integer", "Recommendations per user (top-K)."),
     "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks."),
-    "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds."),
-    "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation."),
-    "models": Knob("train.models", "array", "Candidate models (popularity, cooccurrence, ease), one per line."),
+    "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds (days)."),
+    "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation (days)."),
+    "models": Knob("train.models", "array", "Baseline models train fits and the gate compares.",
+                   tuple(get_args(ModelKind))),
     "cooccurrence_neighbours": Knob("train.cooccurrence.neighbours", "integer", "Neighbours kept per item."),
-    "popularity_half_life_days": Knob("train.popularity.half_life_days", "number", "Popularity time decay."),
-    "gate_margin": Knob("register.margin", "number", "Relative gain over the champion needed to promote."),
+    "popularity_half_life_days": Knob("train.popularity.half_life_days", "number",
+                                      "Half-life of popularity's time decay (days)."),
+    "gate_margin": Knob("register.margin", "number",
+                        "Relative gain over the champion that the gain's interval must clear (0.05 = 5%)."),
     "retrieval_epochs": Knob("train_retrieval.epochs", "integer", "Two-tower training epochs (early stopping may end sooner)."),
     "retrieval_batch_size": Knob("train_retrieval.batch_size", "integer", "Two-tower batch size."),
     "retrieval_embedding_dim": Knob("train_retrieval.embedding_dim", "integer", "Two-tower embedding size."),
@@ -67,10 +75,34 @@ KNOBS: dict[str, Knob] = {
 }
 
 
-def knob_overrides(params: dict, knobs: dict[str, Knob] | None = None) -> list[str]:
-    """`--set`-style overrides for the knobs a run was given (unset knobs keep the config's values)."""
+CONFIG_ENV = "RECSYS_CONFIG"  # a config file for the DAGs' runs (an Airflow Variable `recsys_config` wins)
+
+
+def form_config():
+    """The config whose values the trigger form shows: `RECSYS_CONFIG`'s file, else the embedded default
+    (read at DAG parse time: YAML and validation only, no Airflow metadata)."""
+    from configs import load_config
+
+    return load_config(os.environ.get(CONFIG_ENV))
+
+
+def knob_defaults(config, knobs: dict[str, Knob] | None = None) -> dict[str, object]:
+    """Each knob's value in `config`: what the trigger form shows, and what a run left untouched keeps."""
+    resolved = config.model_dump(mode="json")
+    values = {}
+    for name, knob in (knobs or KNOBS).items():
+        value = resolved
+        for part in knob.key.split("."):
+            value = value[part]
+        values[name] = value
+    return values
+
+
+def knob_overrides(params: dict, knobs: dict[str, Knob] | None = None, defaults: dict | None = None) -> list[str]:
+    """`--set`-style overrides for the knobs a run was given: empty ones, and ones still at the form's default
+    (`defaults`), keep the run's config, so a config chosen by Variable is not overridden by the form."""
     return [f"{knob.key}={json.dumps(params[name])}" for name, knob in (knobs or KNOBS).items()
-            if params.get(name) is not None]
+            if params.get(name) is not None and params[name] != (defaults or {}).get(name)]
 
 
 def data_date(logical_date: datetime, override: str | None = None) -> date:

@@ -54,6 +54,22 @@ def test_trigger_form_offers_ds_and_every_knob(dag):
     assert set(dag.params) == {"ds", *KNOBS}
 
 
+def test_the_trigger_form_shows_the_values_a_run_will_use(dag):
+    from configs import load_config
+    from pipelines.nightly import knob_defaults, knob_overrides
+
+    config = load_config()
+    shown = {name: dag.params[name] for name in KNOBS}
+    assert shown == knob_defaults(config) and shown["k"] == config.publish.k
+    assert shown["models"] == list(config.train.models)
+    models = dag.params.get_param("models").schema
+    assert set(models["items"]["enum"]) == {"popularity", "cooccurrence", "ease", "recent"}  # a multi-select
+    assert dag.params.get_param("ds").schema["format"] == "date"  # a date picker
+    # An untouched form overrides nothing (a config chosen by Variable stays); a changed field does.
+    assert knob_overrides(shown, KNOBS, knob_defaults(config)) == []
+    assert knob_overrides(shown | {"k": 7}, KNOBS, knob_defaults(config)) == ["publish.k=7"]
+
+
 def test_assets_mark_features_model_and_recommendations(dag):
     outlets = {task.task_id: [a.name for a in task.outlets] for task in dag.tasks if task.outlets}
     assert outlets == {"build_features": ["recsys_features"], "register": ["recsys_model"],
