@@ -90,6 +90,15 @@ class DataConfig(Section):
         return tuple(self.event_weights)
 
 
+class WaitForEventsConfig(Section):
+    """How a scheduled run waits for its ds's events to land before it validates them (Airflow only)."""
+
+    marker: str | None = Field("_SUCCESS", description="File the landing job writes into the events partition "
+                                                        "when it is complete; None: any data file will do.")
+    deadline_hours: float = Field(20.0, ge=0, description="Hours after the end of ds (UTC) to wait before failing.")
+    poke_minutes: float = Field(10.0, gt=0, description="Minutes between looks; the worker slot is free between.")
+
+
 class ValidateRawConfig(Section):
     unknown_item_tolerance: float = Field(0.01, ge=0, le=1)
     unknown_user_tolerance: float = Field(0.01, ge=0, le=1)
@@ -239,6 +248,7 @@ class Config(Section):
     seed: int = 42
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
+    wait_for_events: WaitForEventsConfig = WaitForEventsConfig()
     validate_raw: ValidateRawConfig = ValidateRawConfig()
     build_features: BuildFeaturesConfig = BuildFeaturesConfig()
     train: TrainConfig = TrainConfig()

@@ -1,8 +1,9 @@
 """The nightly recommender DAG: one Airflow task per pipeline step, as `pipelines.nightly` declares them;
 a sharded step (publish_shard) is a planning task and one dynamically mapped task instance per shard.
 
-Thin on purpose: nothing heavy is imported and no config is read at parse time; the work happens in
-`pipelines.airflow_step.execute`, imported when a task runs.
+Thin on purpose: nothing heavy is imported and only the YAML config is read at parse time (for the trigger
+form's values and the sensor's timing); the work happens in `pipelines.airflow_step`, imported when a task
+runs. A run first waits (`wait_for_events`) for its ds's events to land.
 """
 
 from __future__ import annotations
@@ -28,4 +29,4 @@ with DAG(
     tags=["recsys"],
     doc_md=__doc__,
 ) as dag:
-    add_step_tasks(STEPS)
+    add_step_tasks(STEPS, wait_for_events=True)

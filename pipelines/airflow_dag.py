@@ -7,6 +7,7 @@ work is imported when it runs (`pipelines.airflow_step`).
 from __future__ import annotations
 
 from airflow.providers.standard.operators.python import PythonOperator
+from airflow.providers.standard.sensors.python import PythonSensor
 from airflow.sdk import Asset, Param
 
 from pipelines.nightly import Knob, Step, form_config, knob_defaults
@@ -39,9 +40,16 @@ def trigger_params(knobs: dict[str, Knob]) -> dict[str, Param]:
             **{name: param(name, knob) for name, knob in knobs.items()}}
 
 
-def add_step_tasks(steps: tuple[Step, ...]) -> None:
+def events_landed(**context) -> bool:
+    from pipelines.airflow_step import events_landed
+
+    return events_landed(context)
+
+
+def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> None:
     """One task per step, inside the DAG being defined, wired as the steps say; a sharded step becomes a
-    planning task and one dynamically mapped task instance per shard."""
+    planning task and one dynamically mapped task instance per shard. With `wait_for_events`, a sensor
+    (reschedule mode: no worker slot held while it waits) comes first and waits for ds's events to land."""
     tasks, entries = {}, {}
     for step in steps:
         outlets = [Asset(name) for name in step.produces]
@@ -57,3 +65,10 @@ def add_step_tasks(steps: tuple[Step, ...]) -> None:
     for step in steps:
         for upstream in step.upstream:
             tasks[upstream] >> entries[step.name]
+    if wait_for_events:
+        rules = form_config().wait_for_events
+        sensor = PythonSensor(task_id="wait_for_events", python_callable=events_landed, mode="reschedule",
+                              poke_interval=rules.poke_minutes * 60, timeout=(rules.deadline_hours + 48) * 3600)
+        for step in steps:
+            if not step.upstream:
+                sensor >> entries[step.name]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import UTC, datetime, time, timedelta
 
 from configs import load_config
 from pipelines.nightly import CONFIG_ENV, KNOBS, data_date, form_config, knob_defaults, knob_overrides
@@ -61,6 +62,27 @@ def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
         return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
         raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+
+
+def events_landed(context: dict) -> bool:
+    """The sensor before validate_raw: True once ds's events partition is complete (its files and the landing
+    job's marker); past the deadline, a failure naming the ds, the folder and the deadline, not retried."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from tasks.storage.raw_store import RawStore
+
+    config, ds = resolve(context)
+    rules, raw = config.wait_for_events, RawStore(AddressBook.from_config(config).raw)
+    if raw.is_complete("events", ds, rules.marker):
+        return True
+    deadline = datetime.combine(ds + timedelta(days=1), time(), tzinfo=UTC) + timedelta(hours=rules.deadline_hours)
+    folder = raw.root / "events" / f"ds={ds.isoformat()}"
+    waiting_for = f"{folder}/{rules.marker}" if rules.marker else f"a data file in {folder}"
+    if datetime.now(UTC) > deadline:
+        raise AirflowFailException(f"no events landed for ds={ds} by {deadline:%Y-%m-%d %H:%M} UTC: no {waiting_for} "
+                                   "(wait_for_events.deadline_hours). Land the partition, then clear this task.")
+    log.info("wait_for_events: ds=%s not landed yet (waiting for %s until %s)", ds, waiting_for, deadline)
+    return False
 
 
 def plan_shards(step_name: str, context: dict) -> list[dict]:

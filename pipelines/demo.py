@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from configs import load_config
@@ -54,8 +54,8 @@ def main() -> None:
     started = time.perf_counter()
     config = load_config(os.environ.get("RECSYS_CONFIG"))
     book = AddressBook.from_config(config)
-    if not (book.raw / "events").is_dir():
-        generate(ShopSpec(), book.raw)
+    if not (book.raw / "events").is_dir():  # through yesterday (UTC): the run Airflow starts on unpause finds it
+        generate(ShopSpec(end=datetime.now(UTC).date() - timedelta(days=1)), book.raw)
     ds = latest_event_day(book.raw)
     book.airflow_home.mkdir(parents=True, exist_ok=True)
     airflow_log = book.var / "demo_airflow.log"

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.raw_store import write_partition
 
 log = logging.getLogger(__name__)
 
@@ -224,8 +224,7 @@ def planted_scores(catalog: pd.DataFrame, users: pd.DataFrame, user_ids: np.ndar
 def write_day(batch: DayBatch, out: Path) -> None:
     """Write one day's three partitions, each atomically, as the landing zone contract says."""
     for table, frame in (("events", batch.events), ("items", batch.items), ("users", batch.users)):
-        with atomic_directory(out / table / f"ds={batch.ds.isoformat()}") as staging:
-            frame.to_parquet(staging / "part-0.parquet", index=False)
+        write_partition(out, table, batch.ds, frame)
 
 
 def generate(spec: ShopSpec, out: Path) -> int:

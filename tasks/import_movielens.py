@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.raw_store import write_partition
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +74,7 @@ def import_movielens(src: Path, out: Path) -> dict[str, int]:
     for offset in tqdm(range((last - first).days + 1), desc="import-movielens", unit="day"):
         ds = first + timedelta(days=offset)
         for table, frame in (("events", by_day.get(ds, events.iloc[0:0])), ("items", items), ("users", users)):
-            with atomic_directory(out / table / f"ds={ds.isoformat()}") as staging:
-                frame.reset_index(drop=True).to_parquet(staging / "part-0.parquet", index=False)
+            write_partition(out, table, ds, frame)
     counts = {"events": len(events), "users": len(users), "items": len(items), "days": (last - first).days + 1}
     log.info("import-movielens: %s (%s..%s) in %.1fs -> %s", counts, first, last, time.perf_counter() - started, out)
     return counts

@@ -21,7 +21,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from tasks.snapshots import daily_snapshots
-from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.raw_store import write_partition
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +96,7 @@ def import_online_retail(src: Path, out: Path) -> dict[str, int]:
         recent = last_sold[day]["last_sold"] >= pd.Timestamp(day - timedelta(days=AVAILABLE_DAYS))
         snapshot = items[day].assign(is_available=recent.to_numpy())
         for table, frame in (("events", day_events), ("items", snapshot), ("users", users[day])):
-            with atomic_directory(out / table / f"ds={day.isoformat()}") as staging:
-                frame.reset_index(drop=True).to_parquet(staging / "part-0.parquet", index=False)
+            write_partition(out, table, day, frame)
     counts = {"events": len(events), "users": events["user_id"].nunique(), "items": events["item_id"].nunique(),
               "days": len(days), **{f"dropped_{k}": v for k, v in dropped.items()}}
     log.info("import-online-retail: %s in %.1fs -> %s", counts, time.perf_counter() - started, out)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from tasks.errors import MissingInput, RawDataUnreadable
 
 SUFFIXES = (".parquet", ".csv")
+COMPLETE = "_SUCCESS"  # what a landing job writes into a partition when it is whole (the Hadoop convention)
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,11 @@ class RawStore:
 
     def has_partition(self, table: str, ds: date) -> bool:
         return bool(self.partition_files(table, ds))
+
+    def is_complete(self, table: str, ds: date, marker: str | None = COMPLETE) -> bool:
+        """The partition has landed: its data files, and the landing job's marker where one is expected."""
+        folder = self.root / table / f"ds={ds.isoformat()}"
+        return self.has_partition(table, ds) and (marker is None or (folder / marker).is_file())
 
     def read(self, table: str, ds: date) -> pd.DataFrame:
         """One partition as a DataFrame, in the column types the files carry. A file that cannot be read (not
@@ -118,3 +124,15 @@ def check_readable(path: Path, what: str) -> None:
                                             f"the header has {len(header)} ({', '.join(header)})")
     except (pa.ArrowException, OSError, UnicodeDecodeError, csv.Error) as error:
         raise RawDataUnreadable(f"{what}: cannot read {path}: {type(error).__name__}: {error}") from None
+
+
+def write_partition(root: Path, table: str, ds: date, frame: pd.DataFrame) -> Path:
+    """Land one raw partition as a landing job should: the Parquet file and the completion marker appear
+    together, in one atomic swap of the folder."""
+    from tasks.storage.atomic_write import atomic_directory
+
+    final = root / table / f"ds={ds.isoformat()}"
+    with atomic_directory(final) as staging:
+        frame.reset_index(drop=True).to_parquet(staging / "part-0.parquet", index=False)
+        (staging / COMPLETE).touch()
+    return final

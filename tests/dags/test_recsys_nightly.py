@@ -29,7 +29,8 @@ def test_schedule_is_daily_at_two_utc_without_catchup(dag):
 
 def test_one_task_per_step_wired_as_the_pipeline_declares(dag):
     wired = {task.task_id: set(task.downstream_task_ids) for task in dag.tasks}
-    assert wired == {"validate_raw": {"build_features"}, "build_features": {"train", "train_retrieval"},
+    assert wired == {"wait_for_events": {"validate_raw"},
+                     "validate_raw": {"build_features"}, "build_features": {"train", "train_retrieval"},
                      "train": {"evaluate", "train_ranking"}, "train_retrieval": {"train_ranking"}, "train_ranking": {"evaluate"},
                      "evaluate": {"refit"}, "refit": {"register"}, "register": {"plan_publish_shard"},
                      "plan_publish_shard": {"publish_shard"}, "publish_shard": {"publish"}, "publish": set()}
@@ -91,3 +92,29 @@ print(json.dumps({{"seconds": time.perf_counter() - started,
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["heavy"] == []
     assert report["seconds"] < 2.0
+
+
+def test_a_run_waits_for_its_events_and_fails_past_the_deadline_naming_them(tmp_path, monkeypatch):
+    from datetime import UTC, date, datetime
+
+    import pandas as pd
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipelines.airflow_step import events_landed
+    from tasks.storage.raw_store import COMPLETE, write_partition
+
+    monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
+    raw = tmp_path / "var" / "lake" / "raw"
+    today = datetime.now(UTC).date()
+
+    def context(ds: date) -> dict:
+        return {"params": {"ds": ds.isoformat()}, "logical_date": datetime.now(UTC)}
+
+    assert events_landed(context(today)) is False  # not there yet, deadline ahead: look again later
+    folder = write_partition(raw, "events", today, pd.DataFrame({"event_id": ["e1"]}))
+    (folder / COMPLETE).unlink()
+    assert events_landed(context(today)) is False  # files, but the landing job has not said it is done
+    (folder / COMPLETE).touch()
+    assert events_landed(context(today)) is True
+    with pytest.raises(AirflowFailException, match=r"no events landed for ds=2026-01-05 by 2026-01-06 20:00 UTC"):
+        events_landed(context(date(2026, 1, 5)))
