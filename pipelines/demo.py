@@ -57,6 +57,10 @@ def main() -> None:
     if not (book.raw / "events").is_dir():  # through yesterday (UTC): the run Airflow starts on unpause finds it
         generate(ShopSpec(end=datetime.now(UTC).date() - timedelta(days=1)), book.raw)
     ds = latest_event_day(book.raw)
+    marker = config.wait_for_events.marker
+    if marker and not (book.raw / "events" / f"ds={ds.isoformat()}" / marker).exists():
+        (book.raw / "events" / f"ds={ds.isoformat()}" / marker).touch()  # a shop an earlier release generated
+        log.info("demo: marked ds=%s's events complete (generated before landing jobs wrote %s)", ds, marker)
     book.airflow_home.mkdir(parents=True, exist_ok=True)
     airflow_log = book.var / "demo_airflow.log"
     airflow_log.write_text("")
