@@ -11,7 +11,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TF_USE_LEGACY_KERAS        := 1
 export PATH                       := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-fast lint bench bench-topk airflow mlflow clean
+.PHONY: setup demo test test-fast lint bench bench-topk airflow mlflow app clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ airflow: setup  ## Airflow UI on http://127.0.0.1:8080 (this host only); the adm
 mlflow: setup  ## MLflow UI on :5000 over the pipeline's tracking store
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(VAR)/mlflow/mlflow.db \
 		--default-artifact-root $(VAR)/mlflow/artifacts --host 127.0.0.1 --port 5000
+
+app: setup  ## read-only user lookup page on http://127.0.0.1:8501: a user's list, history and model
+	$(BIN)/recsys app --port 8501
 
 clean:
 	rm -rf $(VAR)

@@ -90,26 +90,26 @@ def recs(user: Annotated[str, typer.Option("--user", help="User id.")],
          config: ConfigOption = None, set_: SetOption = None,
          top: Annotated[int, typer.Option(help="Rows to show.")] = 10) -> None:
     """Print one user's recommendations from the table, with item attributes."""
-    import pandas as pd
+    from pipelines.user_lookup import user_lookup
 
-    from tasks.address_book import AddressBook
-    from tasks.storage.warehouse import DuckDBWarehouse
-
-    cfg = load_config(config, tuple(set_ or ()))
-    book = AddressBook.from_config(cfg)
-    frame = DuckDBWarehouse(cfg.publish.warehouse or book.warehouse).user_recommendations(
-        user, ds)
-    if frame.empty:
+    found = user_lookup(load_config(config, tuple(set_ or ())), user, ds)
+    if found is None:
         typer.echo(f"no recommendations for user {user!r}" + (f" on {ds}" if ds else " in recommendations_latest"))
         raise typer.Exit(1)
-    published = pd.Timestamp(frame["ds"].iloc[0]).date()
-    items_file = book.features(published) / "serving_items.parquet"
-    if items_file.is_file():
-        attributes = pd.read_parquet(items_file).drop(columns=["n_events", "n_users", "weight_sum"], errors="ignore")
-        frame = frame.merge(attributes, on="item_id", how="left")
-    shown = frame.head(top).drop(columns=["ds", "user_id", "generated_at"])
-    typer.echo(f"user {user}, ds {published}, model {frame['model_name'].iloc[0]} v{frame['model_version'].iloc[0]}")
-    typer.echo(shown.drop(columns=["model_name", "model_version"]).to_string(index=False))
+    typer.echo(f"user {user}, ds {found.ds}, model {found.model_name} v{found.model_version}")
+    typer.echo(found.recommendations.head(top).to_string(index=False))
+
+
+@app.command("app")
+def user_page(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
+              config: ConfigOption = None, set_: SetOption = None) -> None:
+    """Serve the read-only user page on 127.0.0.1: one user's list for a ds, their history, the model."""
+    import uvicorn
+
+    from pipelines.user_page import make_app
+
+    configure_logging()
+    uvicorn.run(make_app(load_config(config, tuple(set_ or ()))), host="127.0.0.1", port=port)
 
 
 @app.command()
