@@ -82,7 +82,7 @@ class DataConfig(Section):
         True, description="A rating event's weight is multiplied by its value.")
     items: FeatureColumns = FeatureColumns(
         categorical=("category", "brand"), numeric=("price",), text=("title",), tags=("tags",),
-        rules={"price": ValueRule(min=0)})
+        rules={"price": ValueRule(min=0, not_null=True)})
     users: FeatureColumns = FeatureColumns(categorical=("country", "age_band"))
 
     @property
