@@ -41,6 +41,7 @@ STEPS: tuple[Step, ...] = (
     Step("register", ("refit",), ("recsys_model",)),
     Step("publish_shard", ("register",), sharded=True),
     Step("publish", ("publish_shard",), ("recsys_recommendations",)),
+    Step("report", ("publish",)),
 )
 
 
