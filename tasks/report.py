@@ -45,7 +45,7 @@ class ReportResult(BaseModel):
 
 def history(book: AddressBook, ds: date, primary: str) -> pd.DataFrame:
     """Per night up to ds (the last NIGHTS with a gate decision): the served recipe's primary metric, its
-    coverage and popularity bias at the largest K, and the two-stage model's candidate recall."""
+    coverage and popularity bias at the night's largest K, and the two-stage model's candidate recall."""
     rows = []
     nights = sorted(p for p in (book.lake / "evaluation").glob("ds=*") if (p / GATE_FILE).is_file())
     for folder in nights:
@@ -56,11 +56,11 @@ def history(book: AddressBook, ds: date, primary: str) -> pd.DataFrame:
         table = pd.read_parquet(folder / "evaluation.parquet")
         served = table[(table["model"] == decision.serving_row) & (table["segment"] == "all")].iloc[0]
         stages = json.loads((folder / STAGES_FILE).read_text()) if (folder / STAGES_FILE).is_file() else {}
-        coverage = sorted(c for c in table.columns if c.startswith("coverage_at_"))
-        popularity = sorted(c for c in table.columns if c.startswith("mean_popularity_at_"))
+        k = max((int(c.removeprefix("coverage_at_")) for c in table.columns if c.startswith("coverage_at_")),
+                default=None)
         rows.append({"ds": night, "served": decision.serving_kind, primary: served[primary],
-                     "coverage": served[coverage[-1]] if coverage else np.nan,
-                     "mean_popularity": served[popularity[-1]] if popularity else np.nan,
+                     "coverage": served[f"coverage_at_{k}"] if k else np.nan,
+                     "mean_popularity": served[f"mean_popularity_at_{k}"] if k else np.nan,
                      "candidate_recall": stages.get("two_stage", {}).get("candidate_recall.union", np.nan)})
     return pd.DataFrame(rows).tail(NIGHTS)
 

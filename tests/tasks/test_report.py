@@ -5,6 +5,7 @@ import pandas as pd
 import pytest
 
 from tasks.report import REPORT_FILE, psi
+from tests.conftest import DS
 
 
 def test_psi_is_zero_for_the_same_population_and_large_for_a_shifted_one():
@@ -27,6 +28,13 @@ def test_the_pipeline_writes_the_nights_report_and_logs_it_to_mlflow(pipeline_ru
     page = open(report["path"]).read()
     assert report["path"].endswith(REPORT_FILE) and "<svg" in page and "Nightly report" in page
     assert "ndcg_at_10" in page and "Feature drift" in page and "Churn" in page
+    from tasks.report import history
+
+    book = AddressBook.from_config(config)
+    nights = history(book, DS, "ndcg_at_10")  # coverage at the largest K (100 > 50 > 10, not as text sorts)
+    table = pd.read_parquet(book.evaluation(nights["ds"].iloc[-1]) / "evaluation.parquet").set_index(["model", "segment"])
+    served = (results["evaluate"]["decision"]["serving_row"], "all")
+    assert nights["coverage"].iloc[-1] == pytest.approx(table.loc[served, f"coverage_at_{max(config.evaluate.ks)}"])
     mlflow.set_tracking_uri(AddressBook.from_config(config).mlflow_tracking_uri)
     artifacts = mlflow.MlflowClient().list_artifacts(results["register"]["mlflow_run_id"], "report")
     assert [a.path for a in artifacts] == [f"report/{REPORT_FILE}"]
