@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.report import REPORT_FILE, psi
+from tasks.report import REPORT_FILE, history, psi
 from tests.conftest import DS
 
 
@@ -28,8 +28,6 @@ def test_the_pipeline_writes_the_nights_report_and_logs_it_to_mlflow(pipeline_ru
     page = open(report["path"]).read()
     assert report["path"].endswith(REPORT_FILE) and "<svg" in page and "Nightly report" in page
     assert "ndcg_at_10" in page and "Feature drift" in page and "Churn" in page
-    from tasks.report import history
-
     book = AddressBook.from_config(config)
     nights = history(book, DS, "ndcg_at_10")  # coverage at the largest K (100 > 50 > 10, not as text sorts)
     table = pd.read_parquet(book.evaluation(nights["ds"].iloc[-1]) / "evaluation.parquet").set_index(["model", "segment"])
