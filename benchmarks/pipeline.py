@@ -38,7 +38,8 @@ SCALES = {  # events, users, items over the default 28-day lookback (+2 days of 
 # What each step's throughput counts, read from its own printed result or an earlier one.
 UNITS = {"validate_raw": "rows (events, items, users)", "build_features": "events", "train": "interactions",
          "train_retrieval": "interactions", "train_ranking": "interactions", "evaluate": "users",
-         "refit": "interactions", "register": "models", "publish_shard": "users", "publish": "rows"}
+         "refit": "interactions", "register": "models", "publish_shard": "users", "publish": "rows",
+         "report": "nights"}
 
 
 @dataclass
@@ -98,6 +99,8 @@ def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int
         return len(earlier["evaluate"][0]["metrics"])
     if step == "publish_shard":
         return int(sum(r["users"] for r in results))
+    if step == "report":
+        return int(first["nights"])
     return int(first.get("rows", 0))
 
 

@@ -16,7 +16,7 @@ def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypat
     report = json.loads((tmp_path / "T.json").read_text())
     steps = {row["step"]: row for row in report["steps"]}
     assert list(steps) == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranking", "evaluate",
-                           "refit", "register", "publish_shard", "publish"]
+                           "refit", "register", "publish_shard", "publish", "report"]
     assert steps["publish_shard"]["processes"] == 2 and steps["publish_shard"]["count"] == steps["publish"]["count"] / 100
     assert all(row["seconds"] > 0 and row["peak_rss_mib"] > 50 and row["count"] > 0 for row in steps.values())
     assert (tmp_path / "T.md").exists() and (tmp_path / "T" / "raw" / ".complete").exists()
