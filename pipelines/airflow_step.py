@@ -42,10 +42,13 @@ def form_overrides(params: dict) -> list[str]:
 
 
 def resolve(context: dict):
-    """The config (with the run's knobs, of either pipeline) and ds of this DAG run."""
-    params = context["params"]
-    config = load_config(config_path(), form_overrides(params))
-    return config, data_date(context["logical_date"], params.get("ds"))
+    """The config (with the run's knobs, of either pipeline) and ds of this DAG run; logs which config file and
+    which knobs the form changed."""
+    params, path = context["params"], config_path()
+    overrides = form_overrides(params)
+    ds = data_date(context["logical_date"], params.get("ds"))
+    log.info("ds=%s, config %s, knobs changed in the form %s", ds, path or "embedded default", overrides)
+    return load_config(path, overrides), ds
 
 
 def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
@@ -55,10 +58,8 @@ def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
 
     quiet_libraries()
     try:
+        log.info("%s%s", step_name, "" if shard is None else f" shard {shard}")
         config, ds = resolve(context)
-        log.info("%s%s: ds=%s, config %s, knobs changed in the form %s", step_name, "" if shard is None else
-                 f" shard {shard}", ds, config_path() or "embedded default",
-                 form_overrides(context["params"]))
         return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
         raise AirflowFailException(f"{type(error).__name__}: {error}") from error
@@ -72,11 +73,11 @@ def events_landed(context: dict) -> bool:
     from tasks.storage.raw_store import RawStore
 
     config, ds = resolve(context)
-    rules, raw = config.wait_for_events, RawStore(AddressBook.from_config(config).raw)
-    if raw.is_complete("events", ds, rules.marker):
+    rules, book = config.wait_for_events, AddressBook.from_config(config)
+    if RawStore(book.raw).is_complete("events", ds, rules.marker):
         return True
     deadline = datetime.combine(ds + timedelta(days=1), time(), tzinfo=UTC) + timedelta(hours=rules.deadline_hours)
-    folder = raw.root / "events" / f"ds={ds.isoformat()}"
+    folder = book.raw_partition("events", ds)
     waiting_for = f"{folder}/{rules.marker}" if rules.marker else f"a data file in {folder}"
     if datetime.now(UTC) > deadline:
         raise AirflowFailException(f"no events landed for ds={ds} by {deadline:%Y-%m-%d %H:%M} UTC: no {waiting_for} "

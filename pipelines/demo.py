@@ -58,8 +58,8 @@ def main() -> None:
         generate(ShopSpec(end=datetime.now(UTC).date() - timedelta(days=1)), book.raw)
     ds = latest_event_day(book.raw)
     marker = config.wait_for_events.marker
-    if marker and not (book.raw / "events" / f"ds={ds.isoformat()}" / marker).exists():
-        (book.raw / "events" / f"ds={ds.isoformat()}" / marker).touch()  # a shop an earlier release generated
+    if marker and not (book.raw_partition("events", ds) / marker).exists():  # a shop an earlier release made
+        (book.raw_partition("events", ds) / marker).touch()
         log.info("demo: marked ds=%s's events complete (generated before landing jobs wrote %s)", ds, marker)
     book.airflow_home.mkdir(parents=True, exist_ok=True)
     airflow_log = book.var / "demo_airflow.log"

@@ -94,7 +94,7 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
         raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")
     champion = registry.load_version(version)
     users = shard_users(features.serving_users["user_id"].to_numpy(dtype=object), shard, shards)
-    inputs = ServingInputs.of_features(features, config.publish).for_users(users)
+    inputs = ServingInputs.of_features(features, config.publish, users)
     model = champion.recommender.for_catalog(inputs.items)  # feature models embed items newer than their training
     model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
     staging = book.publish_staging(ds, run_id)

@@ -20,20 +20,24 @@ ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override: dotted.key=value (repeatable).")]
 
 
+def _not_a_day(value, error: Exception) -> str:
+    return f"{value!r} is not a day in the format YYYY-MM-DD ({error})"
+
+
 def parse_day(value: str, name: str = "--ds") -> date:
     """A day given as YYYY-MM-DD; anything else is an InvalidParameter naming `name` and the format."""
     try:
         return date.fromisoformat(value)
     except (TypeError, ValueError) as error:
-        raise InvalidParameter(f"{name}: {value!r} is not a day in the format YYYY-MM-DD ({error})") from None
+        raise InvalidParameter(f"{name}: {_not_a_day(value, error)}") from None
 
 
 def day_option(value: str | None) -> date | None:
-    """Typer callback of a --ds style option: a clear usage error instead of a traceback."""
+    """Typer callback of a --ds style option: a usage error naming the option (typer adds it), no traceback."""
     try:
-        return None if value is None else parse_day(value, "")
-    except InvalidParameter as error:
-        raise typer.BadParameter(str(error).removeprefix(": ")) from None
+        return None if value is None else date.fromisoformat(value)
+    except ValueError as error:
+        raise typer.BadParameter(_not_a_day(value, error)) from None
 
 
 def quiet_libraries() -> None:

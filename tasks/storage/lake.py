@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import uuid
 from datetime import date
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def reconcile_recommendations(book: AddressBook, warehouse: DuckDBWarehouse, ds:
     publication = warehouse.publication(ds)
     if publication is None:
         if folder.is_dir():  # a night the warehouse never committed (a copy, an older release): not served
-            retired = folder.parent / f"{RETIRED}{folder.name}-unpublished"
+            retired = folder.parent / f"{RETIRED}{folder.name}-unpublished-{uuid.uuid4().hex[:8]}"
             folder.rename(retired)
             shutil.rmtree(retired, ignore_errors=True)
             log.warning("lake: removed %s: the warehouse has no publication of ds=%s", folder, ds)
