@@ -37,3 +37,18 @@ def test_cycles_and_unknown_upstreams_are_rejected():
         topological((Step("a", ("b",)), Step("b", ("a",))))
     with pytest.raises(ValueError, match="unknown step"):
         topological((Step("a", ("nope",)),))
+
+
+def test_task_processes_quiet_the_libraries_but_an_explicit_setting_wins(monkeypatch):
+    import logging
+    import os
+
+    from tasks.step_cli import quiet_libraries
+
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    quiet_libraries()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] in ("2", "3")  # 3 where no NVIDIA driver would answer its probes
+    assert logging.getLogger("great_expectations").level == logging.WARNING
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "0")
+    quiet_libraries()
+    assert os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0"
