@@ -238,6 +238,16 @@ class TuneConfig(Section):
                                                    "(`base:` the tuned config); defaults to <var>/tuning/tuned.yaml.")
 
 
+class ReportConfig(Section):
+    """The nightly report, and where the Airflow run links to it (its `report` task's extra links)."""
+
+    app_url: str | None = Field("http://127.0.0.1:8501", description="Base URL of the user page (`make app`), "
+                                                                    "which serves the reports; null: no link.")
+    mlflow_ui_url: str | None = Field(None, description="Base URL of the MLflow UI, for the link to the night's "
+                                                        "run; null: the tracking URI when it is an http(s) server, "
+                                                        "else http://127.0.0.1:5000 (`make mlflow`).")
+
+
 # The `register` section shares its name with ABCMeta.register, which no config object ever calls.
 warnings.filterwarnings("ignore", message='Field name "register" in "Config" shadows', category=UserWarning)
 
@@ -257,6 +267,7 @@ class Config(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     register: RegisterConfig = RegisterConfig()
     publish: PublishConfig = PublishConfig()
+    report: ReportConfig = ReportConfig()
     tune: TuneConfig = TuneConfig()
     config_file: str | None = Field(None, description="The file this config was read from (set by the loader, "
                                                       "logged with every run; a tuned overlay names itself here).")

@@ -8,9 +8,37 @@ from __future__ import annotations
 
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.providers.standard.sensors.python import PythonSensor
-from airflow.sdk import Asset, Param
+from airflow.sdk import Asset, BaseOperatorLink, Param
 
 from pipelines.nightly import Knob, Step, form_config, knob_defaults
+
+
+class ResultLink(BaseOperatorLink):
+    """A button on the task (and in the run's grid) opening a URL that the step's result names; the worker
+    reads it when the task ends and Airflow keeps it in XCom, so the API server needs no plugin for it."""
+
+    def __init__(self, name: str, field: str):
+        self._name, self.field = name, field
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def xcom_key(self) -> str:
+        return f"_link_{self.field}"
+
+    def get_link(self, operator, *, ti_key) -> str:
+        result = ti_key.xcom_pull(task_ids=operator.task_id) or {}
+        return result.get(self.field) or ""
+
+
+class StepOperator(PythonOperator):
+    """A step's task with its result's links (`Step.links`) as buttons."""
+
+    def __init__(self, *, links: tuple[tuple[str, str], ...] = (), **kwargs):
+        super().__init__(**kwargs)
+        self.operator_extra_links = tuple(ResultLink(name, field) for name, field in links)
 
 
 def run_step(step_name: str, shard: int | None = None, **context) -> dict:
@@ -60,8 +88,9 @@ def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> No
                                                       outlets=outlets).expand(op_kwargs=plan.output)
             entries[step.name] = plan
         else:
-            tasks[step.name] = entries[step.name] = PythonOperator(
-                task_id=step.name, python_callable=run_step, op_kwargs={"step_name": step.name}, outlets=outlets)
+            tasks[step.name] = entries[step.name] = StepOperator(
+                task_id=step.name, python_callable=run_step, op_kwargs={"step_name": step.name}, outlets=outlets,
+                links=step.links)
     for step in steps:
         for upstream in step.upstream:
             tasks[upstream] >> entries[step.name]

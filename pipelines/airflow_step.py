@@ -14,7 +14,7 @@ from pipelines.nightly import CONFIG_ENV, KNOBS, data_date, form_config, knob_de
 from pipelines.runner import run_step, shards
 from pipelines.tuning import KNOBS as TUNING_KNOBS
 from tasks.address_book import AddressBook
-from tasks.errors import DataContractError
+from tasks.errors import DataContractError, describe
 from tasks.step_cli import quiet_libraries
 
 CONFIG_VARIABLE = "recsys_config"   # Airflow Variable holding a config file path
@@ -46,7 +46,9 @@ def resolve(context: dict):
     which knobs the form changed."""
     params, path = context["params"], config_path()
     overrides = form_overrides(params)
-    ds = data_date(context["logical_date"], params.get("ds"))
+    # A run triggered without a logical date (Airflow 3 allows it: the API, `airflow dags trigger`) has none in
+    # its context; it is then dated by when it was asked to run.
+    ds = data_date(context.get("logical_date") or context["dag_run"].run_after, params.get("ds"))
     log.info("ds=%s, config %s, knobs changed in the form %s", ds, path or "embedded default", overrides)
     return load_config(path, overrides), ds
 
@@ -62,7 +64,7 @@ def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
         config, ds = resolve(context)
         return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
-        raise AirflowFailException(f"{type(error).__name__}: {error}") from error
+        raise AirflowFailException(describe(error)) from error
 
 
 def events_landed(context: dict) -> bool:

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from configs import load_config
+from tasks.errors import DataContractError, describe
 from tasks.step_cli import ConfigOption, SetOption, configure_logging, day_option
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
@@ -55,8 +56,9 @@ def backfill(start: Annotated[str, typer.Option("--from", help="First ds, YYYY-M
         try:
             run_pipeline(cfg, day, f"backfill__{day}")
         except Exception as error:
-            typer.echo(f"backfill stopped at ds={day} ({number} of {len(days)}; {number - 1} done): "
-                       f"{type(error).__name__}: {error}", err=True)
+            said = describe(error) if isinstance(error, DataContractError) else f"{type(error).__name__}: {error}"
+            typer.echo(f"backfill stopped at ds={day} ({number} of {len(days)}; {number - 1} done): {said}",
+                       err=True)
             raise typer.Exit(1) from None
     typer.echo(f"backfill done: {len(days)} nights, {start} to {end}")
 

@@ -24,6 +24,7 @@ class Step:
     upstream: tuple[str, ...]
     produces: tuple[str, ...] = ()  # Airflow Asset names a successful run updates
     sharded: bool = False  # runs once per shard (its module's `shard_count(config)`): Airflow maps it
+    links: tuple[tuple[str, str], ...] = ()  # (button, field of the step's result holding a URL): Airflow links
 
     @property
     def module(self) -> str:
@@ -41,7 +42,7 @@ STEPS: tuple[Step, ...] = (
     Step("register", ("refit",), ("recsys_model",)),
     Step("publish_shard", ("register",), sharded=True),
     Step("publish", ("publish_shard",), ("recsys_recommendations",)),
-    Step("report", ("publish",)),
+    Step("report", ("publish",), links=(("Nightly report", "report_url"), ("MLflow run", "mlflow_run_url"))),
 )
 
 

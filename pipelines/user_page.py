@@ -1,6 +1,6 @@
 """A small read-only web page to look up one user: their list for a ds, their recent history, and which model
-and version produced the list. `make app` serves it on 127.0.0.1 (FastAPI and uvicorn, which Airflow already
-brings; no page needs JavaScript)."""
+and version produced the list; beside it, each night's report (/reports/<ds>). `make app` serves it on
+127.0.0.1 (FastAPI and uvicorn, which Airflow already brings; no page needs JavaScript)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,12 @@ from datetime import date
 
 import pandas as pd
 from fastapi import FastAPI, Query
-from fastapi.responses import HTMLResponse
+from fastapi.responses import FileResponse, HTMLResponse
 
 from configs.schema import Config
 from pipelines.user_lookup import user_lookup
+from tasks.address_book import AddressBook
+from tasks.report import find_report
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}table{border-collapse:collapse}
 td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left}th{background:#f4f4f4}.muted{color:#666}"""
@@ -54,10 +56,23 @@ def make_app(config: Config) -> FastAPI:
             return _page(form + f"<p>No recommendations for user {html.escape(user)!r} {where}.</p>", 404)
         return _page(form + f"<h2>{html.escape(found.user_id)}, ds {found.ds}</h2>"
                      f"<p>List by <b>{html.escape(found.model_name)}</b> version <b>{html.escape(found.model_version)}"
-                     f"</b>, {len(found.recommendations)} items.</p>"
+                     f"</b>, {len(found.recommendations)} items. <a href='/reports/{found.ds}'>That night's report</a>.</p>"
                      f"<h3>Recommended</h3>{_table(found.recommendations)}"
                      f"<h3>Recent history (newest first)</h3>"
                      + (_table(found.history) if len(found.history) else "<p class='muted'>none: a cold user, "
                         "served the popularity list</p>"))
+
+    @app.get("/reports/{ds}", response_model=None)
+    def nightly_report(ds: str, run: str | None = Query(None)) -> FileResponse | HTMLResponse:
+        """The nightly report of a ds: the given pipeline run's, else the newest (the Airflow run links here)."""
+        try:
+            day = date.fromisoformat(ds)
+        except ValueError:
+            return _page(f"<p>ds {html.escape(ds)!r} is not a date (YYYY-MM-DD).</p>", 400)
+        path = find_report(AddressBook.from_config(config), day, run)
+        if path is None:
+            which = f"of run {html.escape(run)!r} " if run else ""
+            return _page(f"<p>No nightly report {which}for ds {day} yet: the run's report step writes it.</p>", 404)
+        return FileResponse(path, media_type="text/html")
 
     return app

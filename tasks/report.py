@@ -14,6 +14,8 @@ import json
 import logging
 import time
 from datetime import date, timedelta
+from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 import pandas as pd
@@ -41,6 +43,30 @@ class ReportResult(BaseModel):
     churn: dict[str, float]
     drift: dict[str, float]
     seconds: float
+    report_url: str | None = None      # the page on the user page's server (`report.app_url`)
+    mlflow_run_url: str | None = None  # the night's run in the MLflow UI
+
+
+def find_report(book: AddressBook, ds: date, run_id: str | None = None) -> Path | None:
+    """The report of that pipeline run for ds, else (no run given) the newest one written for ds; None if none."""
+    if run_id is not None:
+        path = book.reports(ds, run_id, "report") / REPORT_FILE
+        return path if path.is_file() else None
+    written = book.reports(ds, "*", "report").parent.parent.glob(f"*/report/{REPORT_FILE}")
+    return max(written, key=lambda path: path.stat().st_mtime, default=None)
+
+
+def report_url(config: Config, ds: date, run_id: str) -> str | None:
+    """Where the user page (`make app`) serves this run's report; None without `report.app_url`."""
+    base = config.report.app_url
+    return f"{base.rstrip('/')}/reports/{ds}?run={quote(run_id, safe='')}" if base else None
+
+
+def mlflow_run_url(config: Config, tracking_uri: str, experiment_id: str, mlflow_run: str) -> str:
+    """The night's run in the MLflow UI: `report.mlflow_ui_url`, else the tracking server, else `make mlflow`'s."""
+    base = config.report.mlflow_ui_url or (tracking_uri if tracking_uri.startswith(("http://", "https://"))
+                                           else "http://127.0.0.1:5000")
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{mlflow_run}"
 
 
 def history(book: AddressBook, ds: date, primary: str) -> pd.DataFrame:
@@ -199,7 +225,9 @@ def report(config: Config, ds: date, run_id: str) -> ReportResult:
     log.info("report ds=%s: %d nights, churn %s, drift %s -> %s%s", ds, len(nights), changes, shifted, path,
              "" if night_run else " (no MLflow run of this pipeline run to attach it to)")
     return ReportResult(ds=ds, path=str(path), nights=len(nights), churn=changes, drift=shifted,
-                        seconds=round(time.perf_counter() - started, 2))
+                        seconds=round(time.perf_counter() - started, 2), report_url=report_url(config, ds, run_id),
+                        mlflow_run_url=night_run and mlflow_run_url(config, registry.tracking_uri, experiment,
+                                                                    night_run))
 
 
 run = report

@@ -14,7 +14,7 @@ import typer
 from pydantic import BaseModel
 
 from configs import load_config
-from tasks.errors import InvalidParameter
+from tasks.errors import DataContractError, InvalidParameter, describe
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config; default: the embedded one.")]
 SetOption = Annotated[list[str] | None, typer.Option("--set", help="Override: dotted.key=value (repeatable).")]
@@ -65,7 +65,11 @@ def step_main(run: Callable[..., BaseModel]) -> None:
                 ) -> None:
         configure_logging()
         extra = {} if shard is None else {"shard": shard}
-        result = run(load_config(config, tuple(set_ or ())), ds, run_id, **extra)
+        try:
+            result = run(load_config(config, tuple(set_ or ())), ds, run_id, **extra)
+        except DataContractError as error:  # bad input: say what and what to do, without a traceback
+            typer.echo(describe(error), err=True)
+            raise typer.Exit(1) from None
         typer.echo(json.dumps(result.model_dump(mode="json"), indent=2))
 
     command.__doc__ = (run.__doc__ or "").strip()

@@ -118,8 +118,9 @@ def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
     rows = {table: len(frame) for table, frame in frames.items()}
     for table in RAW_TABLES:
         files = ", ".join(str(p) for p in raw.partition_files(table, ds))
-        verdict = "FAILED" if any(f.table == table for f in failures) else "passed"
-        log.info("validate_raw %s ds=%s: %d rows, %d expectations %s (%s)", table, ds, rows[table],
+        failed = sum(f.table == table for f in failures)
+        verdict = f"{failed} FAILED" if failed else "all passed"
+        log.info("validate_raw %s ds=%s: %d rows, %d expectations, %s (%s)", table, ds, rows[table],
                  len(suites[table]), verdict, files)
     if failures:
         lines = "\n".join(f"  - {f}" for f in failures)

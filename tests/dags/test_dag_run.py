@@ -88,6 +88,7 @@ def test_broken_batch_stops_the_dag_at_validation_with_a_readable_reason(airflow
     run = dags_test({**env, "RECSYS_CONFIG": str(config)})
     log = run.stdout + run.stderr
     assert "RawDataInvalid" in log and "event_type failed expect_column_values_to_be_in_set" in log
+    assert "What to do: Open the report named above" in log
     # Bad data is not retried, and no step after validation did any work.
     assert log.count("RawDataInvalid: raw data ds=") >= 1 and "try_number=2" not in log
     for downstream in ("build_features ds=", "train popularity ds=", "register ds=", "publish ds="):

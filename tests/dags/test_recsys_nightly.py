@@ -119,3 +119,16 @@ def test_a_run_waits_for_its_events_and_fails_past_the_deadline_naming_them(tmp_
     assert events_landed(context(today)) is True
     with pytest.raises(AirflowFailException, match=r"no events landed for ds=2026-01-05 by 2026-01-06 20:00 UTC"):
         events_landed(context(date(2026, 1, 5)))
+
+
+def test_a_run_without_a_logical_date_is_dated_by_when_it_was_asked_to_run(monkeypatch, tmp_path):
+    """Airflow 3 lets the API and `airflow dags trigger` start a run with no logical date."""
+    from datetime import UTC, date, datetime
+    from types import SimpleNamespace
+
+    from pipelines.airflow_step import resolve
+
+    monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
+    asked = SimpleNamespace(run_after=datetime(2026, 3, 9, 7, 30, tzinfo=UTC))
+    assert resolve({"params": {}, "dag_run": asked})[1] == date(2026, 3, 8)
+    assert resolve({"params": {"ds": "2026-02-01"}, "dag_run": asked})[1] == date(2026, 2, 1)

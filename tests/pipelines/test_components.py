@@ -45,6 +45,21 @@ def test_a_bad_ds_names_the_option_and_the_format(command):
     assert "Traceback" not in done.stderr
 
 
+def test_a_step_on_bad_data_says_what_failed_and_what_to_do_without_a_traceback(raw_copy, tmp_path):
+    import pandas as pd
+
+    partition = raw_copy / "events" / f"ds={DS}" / "part-0.parquet"
+    events = pd.read_parquet(partition)
+    events.assign(event_type=events["event_type"].where(events.index != 0, "wishlist")).to_parquet(partition)
+    done = subprocess.run([sys.executable, "-m", "tasks.validate_raw", "--ds", DS.isoformat(), "--set",
+                           f"paths.var={tmp_path / 'var'}", "--set", f"paths.raw={raw_copy}"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    said = done.stderr[done.stderr.index("RawDataInvalid:"):]
+    assert "event_type failed expect_column_values_to_be_in_set" in said and str(partition) in said
+    assert "What to do: Open the report named above" in said
+
+
 def test_backfill_runs_each_ds_in_order_and_stops_at_the_first_failure(shop_raw, tmp_path):
     from datetime import timedelta
 
@@ -60,6 +75,7 @@ def test_backfill_runs_each_ds_in_order_and_stops_at_the_first_failure(shop_raw,
                            after.isoformat(), *settings], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 1
     assert f"backfill stopped at ds={after} (2 of 2; 1 done): MissingInput" in done.stderr
+    assert "What to do: Land the named partition" in done.stderr
     book = AddressBook.from_config(make_config(tmp_path / "var", shop_raw))
     published = DuckDBWarehouse(book.warehouse).query("SELECT DISTINCT ds FROM recommendations")
     assert [d.date() if hasattr(d, "date") else d for d in published["ds"]] == [DS]

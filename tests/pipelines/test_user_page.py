@@ -1,5 +1,7 @@
 """The user page answers from the published table: a user's list, history and model; clear pages otherwise."""
 
+from urllib.parse import urlsplit
+
 from fastapi.testclient import TestClient
 
 from pipelines.user_page import make_app
@@ -30,3 +32,20 @@ def test_the_user_page_says_what_is_missing_and_escapes_what_it_echoes(pipeline_
     assert missing.status_code == 404 and "No recommendations for user" in missing.text
     assert "<script>nobody" not in missing.text
     assert client.get("/", params={"user": "u1", "ds": "2026-13-45"}).status_code == 400
+
+
+def test_the_page_serves_each_nights_report_where_the_airflow_run_links(pipeline_run):
+    config, results = pipeline_run
+    client = TestClient(make_app(config))
+    link = urlsplit(results["report"]["report_url"])
+    assert link.netloc == "127.0.0.1:8501" and link.path == f"/reports/{DS}"
+
+    linked = client.get(f"{link.path}?{link.query}")
+    newest = client.get(f"/reports/{DS}")
+
+    assert linked.status_code == 200 and f"recsys nightly report {DS}" in linked.text
+    assert newest.text == linked.text
+    assert client.get(f"/reports/{DS}", params={"run": "no such run"}).status_code == 404
+    assert client.get("/reports/1999-01-01").status_code == 404
+    assert client.get("/reports/yesterday").status_code == 400
+    assert "/#/experiments/" in results["report"]["mlflow_run_url"]
