@@ -11,7 +11,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TF_USE_LEGACY_KERAS        := 1
 export PATH                       := $(BIN):$(PATH)
 
-.PHONY: setup demo test test-fast lint bench bench-topk airflow mlflow app clean
+.PHONY: setup chromium demo test test-fast lint bench bench-topk airflow mlflow app clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,9 +25,18 @@ setup: $(VENV)/.installed
 demo: setup  ## generate data if missing, run the DAG through Airflow, print timings, metrics and a user's list
 	$(BIN)/python -m pipelines.demo
 
-test: setup  ## lint, then every test, the slow end-to-end ones included
+test: setup chromium  ## lint, then every test, the slow end-to-end and browser ones included
 	$(BIN)/ruff check .
 	$(BIN)/pytest -ra
+
+# Browser tests drive Debian's Chromium (never a browser that Playwright downloads). Installed when missing,
+# as root or through sudo; elsewhere the browser tests skip, except in CI, where they fail.
+chromium:
+	@command -v chromium >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); export DEBIAN_FRONTEND=noninteractive; \
+	  $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
+	  echo "chromium could not be installed: the browser tests will skip (and fail under CI=true)"; }
 
 test-fast: setup
 	$(BIN)/pytest -ra -m "not slow"
@@ -47,7 +56,8 @@ airflow: setup  ## Airflow UI on http://127.0.0.1:8080 (this host only); the adm
 	mkdir -p $(AIRFLOW_HOME) && touch $(PASSWORDS) && chmod 600 $(PASSWORDS)
 	umask 077 && AIRFLOW__API__HOST=127.0.0.1 $(BIN)/airflow standalone
 
-mlflow: setup  ## MLflow UI on :5000 over the pipeline's tracking store
+mlflow: setup  ## MLflow UI on :5000 over the pipeline's tracking store, opened in its model-training view
+	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(VAR)/mlflow/mlflow.db \
 		--default-artifact-root $(VAR)/mlflow/artifacts --host 127.0.0.1 --port 5000
 

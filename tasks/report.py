@@ -27,7 +27,7 @@ from tasks.errors import MissingInput
 from tasks.evaluate import GATE_FILE, STAGES_FILE, read_decision
 from tasks.feature_set import FeatureSet
 from tasks.step_cli import step_main
-from tasks.storage.model_registry import registry_for
+from tasks.storage.model_registry import MODEL_TRAINING_VIEW, registry_for
 from tasks.storage.raw_store import RawStore
 from tasks.storage.warehouse import DuckDBWarehouse
 
@@ -66,7 +66,7 @@ def mlflow_run_url(config: Config, tracking_uri: str, experiment_id: str, mlflow
     """The night's run in the MLflow UI: `report.mlflow_ui_url`, else the tracking server, else `make mlflow`'s."""
     base = config.report.mlflow_ui_url or (tracking_uri if tracking_uri.startswith(("http://", "https://"))
                                            else "http://127.0.0.1:5000")
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{mlflow_run}"
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{mlflow_run}?{MODEL_TRAINING_VIEW}"
 
 
 def history(book: AddressBook, ds: date, primary: str) -> pd.DataFrame:

@@ -22,7 +22,10 @@ from tasks.fault_points import fault_point
 log = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER, PREVIOUS_CHAMPION = "champion", "challenger", "previous_champion"
-EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # the UI's view of it
+EXPERIMENT_KIND, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"  # what kind of experiment
+# MLflow 3.17's UI ignores that tag for its GenAI / Model training switch: the view comes from this URL query (or
+# the switch, remembered per browser), so every link this project prints to the UI carries it.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
 SERVES_DS = "serves_ds"
 
 
@@ -99,8 +102,8 @@ class ModelRegistry:
         return str(mlflow.register_model(info.model_uri, self.model_name, tags=tags).version)
 
     def experiment(self, name: str, artifact_location: str) -> str:
-        """The id of experiment `name`, created if missing (by this process or a concurrent one), marked as
-        model training so that the MLflow UI opens it in that view rather than the GenAI one."""
+        """The id of experiment `name`, created if missing (by this process or a concurrent one), tagged as a
+        model-training experiment."""
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             try:

@@ -49,3 +49,4 @@ def test_the_page_serves_each_nights_report_where_the_airflow_run_links(pipeline
     assert client.get("/reports/1999-01-01").status_code == 404
     assert client.get("/reports/yesterday").status_code == 400
     assert "/#/experiments/" in results["report"]["mlflow_run_url"]
+    assert results["report"]["mlflow_run_url"].endswith("?workflowType=machine_learning")  # MLflow's training view
