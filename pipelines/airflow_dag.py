@@ -7,8 +7,7 @@ work is imported when it runs (`pipelines.airflow_step`).
 from __future__ import annotations
 
 from airflow.providers.standard.operators.python import PythonOperator
-from airflow.providers.standard.sensors.python import PythonSensor
-from airflow.sdk import Asset, BaseOperatorLink, Param
+from airflow.sdk import Asset, BaseOperatorLink, BaseSensorOperator, Param
 
 from pipelines.nightly import Knob, Step, form_config, knob_defaults
 
@@ -68,10 +67,14 @@ def trigger_params(knobs: dict[str, Knob]) -> dict[str, Param]:
             **{name: param(name, knob) for name, knob in knobs.items()}}
 
 
-def events_landed(**context) -> bool:
-    from pipelines.airflow_step import events_landed
+class EventsLandedSensor(BaseSensorOperator):
+    """Waits for ds's events partition (`pipelines.airflow_step.events_landed`). Our own sensor rather than the
+    standard provider's PythonSensor, whose module puts a deprecation warning at the top of every task's log."""
 
-    return events_landed(context)
+    def poke(self, context) -> bool:
+        from pipelines.airflow_step import events_landed
+
+        return events_landed(context)
 
 
 def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> None:
@@ -96,8 +99,8 @@ def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> No
             tasks[upstream] >> entries[step.name]
     if wait_for_events:
         rules = form_config().wait_for_events
-        sensor = PythonSensor(task_id="wait_for_events", python_callable=events_landed, mode="reschedule",
-                              poke_interval=rules.poke_minutes * 60, timeout=(rules.deadline_hours + 48) * 3600)
+        sensor = EventsLandedSensor(task_id="wait_for_events", mode="reschedule",
+                                    poke_interval=rules.poke_minutes * 60, timeout=(rules.deadline_hours + 48) * 3600)
         for step in steps:
             if not step.upstream:
                 sensor >> entries[step.name]

@@ -132,3 +132,12 @@ def test_a_run_without_a_logical_date_is_dated_by_when_it_was_asked_to_run(monke
     asked = SimpleNamespace(run_after=datetime(2026, 3, 9, 7, 30, tzinfo=UTC))
     assert resolve({"params": {}, "dag_run": asked})[1] == date(2026, 3, 8)
     assert resolve({"params": {"ds": "2026-02-01"}, "dag_run": asked})[1] == date(2026, 2, 1)
+
+
+
+def test_parsing_the_dags_warns_of_nothing_deprecated():
+    """Every task parses the DAG file first: a warning here would head every task's log."""
+    code = "from airflow.dag_processing.dagbag import DagBag; assert DagBag(dag_folder='dags').import_errors == {}"
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "deprecated" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
