@@ -11,7 +11,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES := False
 export TF_USE_LEGACY_KERAS        := 1
 export PATH                       := $(BIN):$(PATH)
 
-.PHONY: setup chromium demo test test-fast lint bench bench-topk airflow mlflow app clean
+.PHONY: setup test-deps demo test test-fast lint bench bench-topk airflow mlflow app clean
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,18 +25,22 @@ setup: $(VENV)/.installed
 demo: setup  ## generate data if missing, run the DAG through Airflow, print timings, metrics and a user's list
 	$(BIN)/python -m pipelines.demo
 
-test: setup chromium  ## lint, then every test, the slow end-to-end and browser ones included
+test: setup test-deps  ## lint, then every test, the slow end-to-end and browser ones included
 	$(BIN)/ruff check .
 	$(BIN)/pytest -ra
 
-# Browser tests drive Debian's Chromium (never a browser that Playwright downloads). Installed when missing,
-# as root or through sudo; elsewhere the browser tests skip, except in CI, where they fail.
-chromium:
-	@command -v chromium >/dev/null || { \
+# What the tests need from Debian: Chromium for the browser tests (never a browser Playwright downloads) and the
+# PostgreSQL server binaries (each test session starts its own throwaway cluster from them). Installed when
+# missing, as root or through sudo; where that fails those tests skip, except under CI=true, where they fail.
+test-deps:
+	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); export DEBIAN_FRONTEND=noninteractive; \
-	  $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends chromium >/dev/null; } || \
-	  echo "chromium could not be installed: the browser tests will skip (and fail under CI=true)"; }
+	  echo "installing $$missing for the tests"; \
+	  $$SUDO apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q --no-install-recommends $$missing >/dev/null; } || \
+	  echo "could not install $$missing: the tests that need it will skip (and fail under CI=true)"; }
 
 test-fast: setup
 	$(BIN)/pytest -ra -m "not slow"

@@ -9,6 +9,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+def without_password(url: str | None) -> str | None:
+    """`url` with the password of its user part removed (scheme://user@host...), else unchanged."""
+    if not url or "://" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    credentials, at, location = rest.rpartition("@")
+    return f"{scheme}://{credentials.split(':', 1)[0]}{at}{location}" if at else url
+
+
 class Section(BaseModel):
     """Base of every config section: immutable, and an unknown key is an error."""
 
@@ -228,6 +237,20 @@ class PublishConfig(Section):
     warehouse: Path | None = Field(None, description="DuckDB file; defaults to <var>/warehouse.duckdb.")
 
 
+class WarehouseConfig(Section):
+    """Where the nightly tables live: the embedded DuckDB file by default, or a PostgreSQL database."""
+
+    url: str | None = Field(None, description="postgresql://user[:password]@host:port/db for PostgreSQL; null: the "
+                                              "DuckDB file (`publish.warehouse`, else <var>/warehouse.duckdb), "
+                                              "unless the Airflow Connection `recsys_warehouse` exists.")
+
+    @model_validator(mode="after")
+    def _known_scheme(self) -> WarehouseConfig:
+        if self.url is not None and not self.url.startswith(("postgresql://", "postgres://")):
+            raise ValueError(f"warehouse.url must be a postgresql:// URL (or null for DuckDB), not {self.url!r}")
+        return self
+
+
 class TuneConfig(Section):
     """`recsys tune` and the weekly `recsys_tune` DAG: Optuna's TPE over the two-tower and ranker knobs."""
 
@@ -268,9 +291,17 @@ class Config(Section):
     register: RegisterConfig = RegisterConfig()
     publish: PublishConfig = PublishConfig()
     report: ReportConfig = ReportConfig()
+    warehouse: WarehouseConfig = WarehouseConfig()
     tune: TuneConfig = TuneConfig()
     config_file: str | None = Field(None, description="The file this config was read from (set by the loader, "
                                                       "logged with every run; a tuned overlay names itself here).")
+
+    def for_logging(self) -> dict:
+        """The config as JSON-ready data with the password of any URL in it removed: what MLflow records."""
+        resolved = self.model_dump(mode="json")
+        for section, key in (("warehouse", "url"), ("register", "tracking_uri")):
+            resolved[section][key] = without_password(resolved[section][key])
+        return resolved
 
     @model_validator(mode="after")
     def _event_types_known(self) -> Config:

@@ -18,6 +18,7 @@ from tasks.errors import DataContractError, describe
 from tasks.step_cli import quiet_libraries
 
 CONFIG_VARIABLE = "recsys_config"   # Airflow Variable holding a config file path
+WAREHOUSE_CONNECTION = "recsys_warehouse"  # Airflow Connection to a PostgreSQL warehouse, when the config names none
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,18 @@ def config_path() -> str | None:
     return str(overlay) if overlay.is_file() else None
 
 
+def warehouse_connection() -> str | None:
+    """The URI of the Airflow Connection `recsys_warehouse` (a postgres connection), or None where none is set."""
+    from airflow.sdk import Connection
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        uri = Connection.get(WAREHOUSE_CONNECTION).get_uri()
+    except AirflowNotFoundException:
+        return None
+    return "postgresql://" + uri.split("://", 1)[1]  # Airflow writes the postgres type as postgres://
+
+
 def form_overrides(params: dict) -> list[str]:
     """The knobs (of either pipeline) the trigger form changed from the values it showed."""
     knobs = KNOBS | TUNING_KNOBS
@@ -49,8 +62,12 @@ def resolve(context: dict):
     # A run triggered without a logical date (Airflow 3 allows it: the API, `airflow dags trigger`) has none in
     # its context; it is then dated by when it was asked to run.
     ds = data_date(context.get("logical_date") or context["dag_run"].run_after, params.get("ds"))
-    log.info("ds=%s, config %s, knobs changed in the form %s", ds, path or "embedded default", overrides)
-    return load_config(path, overrides), ds
+    config, warehouse = load_config(path, overrides), "the config's"
+    if config.warehouse.url is None and (connection := warehouse_connection()):
+        config, warehouse = load_config(path, [*overrides, f"warehouse.url={connection}"]), WAREHOUSE_CONNECTION
+    log.info("ds=%s, config %s, knobs changed in the form %s, warehouse: %s", ds, path or "embedded default",
+             overrides, warehouse)
+    return config, ds
 
 
 def execute(step_name: str, context: dict, shard: int | None = None) -> dict:

@@ -10,7 +10,7 @@ import pandas as pd
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
-from tasks.storage.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import warehouse_for
 
 ITEM_COUNTS = ["n_events", "n_users", "weight_sum"]  # feature-set bookkeeping, not attributes a reader wants
 
@@ -28,7 +28,7 @@ class UserLookup:
 def user_lookup(config: Config, user_id: str, ds: date | None = None, history_items: int = 10) -> UserLookup | None:
     """The user's rows of `recommendations` for ds (None: `recommendations_latest`), or None when there are none."""
     book = AddressBook.from_config(config)
-    frame = DuckDBWarehouse(config.publish.warehouse or book.warehouse).user_recommendations(user_id, ds)
+    frame = warehouse_for(config, book).user_recommendations(user_id, ds)
     if frame.empty:
         return None
     published = pd.Timestamp(frame["ds"].iloc[0]).date()

@@ -1,7 +1,7 @@
 """publish: commit every staged shard of the run as the ds partition, in one transaction, or nothing.
 
 `publish_shard` tasks score the users shard by shard; this step checks that all of them are there and come
-from one model version, then commits them: first the warehouse table, inside one DuckDB transaction (which
+from one model version, then commits them: first the warehouse table, inside one transaction (which
 rejects a user ranked twice), the night's commit point; then the lake folder, exchanged whole in one atomic
 rename. Until then readers keep the previous rows. A crash between the two leaves the lake a whole night
 behind, and the next run of the ds rebuilds it from the warehouse before anything else (`tasks.storage.lake`
@@ -26,7 +26,7 @@ from tasks.publish_shard import shard_count, shard_file
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.lake import publication_token, reconcile_recommendations, sweep_leftovers, write_marker
-from tasks.storage.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import warehouse_for
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
     """Replace the ds partition of the lake and the warehouse with this run's shards."""
     started = time.perf_counter()
     book = AddressBook.from_config(config)
-    warehouse = DuckDBWarehouse(config.publish.warehouse or book.warehouse)
+    warehouse = warehouse_for(config, book)
     agreement = reconcile_recommendations(book, warehouse, ds)  # a crash of an earlier try is mended first
     staging, shards = book.publish_staging(ds, run_id), shard_count(config)
     files = [staging / shard_file(shard, shards) for shard in range(shards)]
@@ -73,10 +73,10 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
     removed = sweep_leftovers(book, ds)
     log.info("publish ds=%s: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s (recommendations) and %s; "
              "lake before: %s; %d leftovers of earlier runs removed", ds, rows, users, shards, model_name,
-             model_version, time.perf_counter() - started, warehouse.path, book.recommendations(ds), agreement,
+             model_version, time.perf_counter() - started, warehouse.location, book.recommendations(ds), agreement,
              len(removed))
     return PublishResult(ds=ds, model_name=model_name, model_version=model_version, shards=shards, users=users,
-                         rows=rows, table=str(warehouse.path), parquet=str(book.recommendations(ds)))
+                         rows=rows, table=warehouse.location, parquet=str(book.recommendations(ds)))
 
 
 run = publish

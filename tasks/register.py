@@ -84,7 +84,7 @@ def register(config: Config, ds: date, run_id: str) -> RegisterResult:
     overall = table[table["segment"] == "all"].set_index("model")
     twin_metrics = overall.loc[decision.serving_row].drop("segment")
     manifest = FeatureSet.read_manifest(book.features(ds))
-    resolved = config.model_dump(mode="json")
+    resolved = config.for_logging()  # no password of a URL reaches MLflow
     serving = book.serving_model(ds)
     run_key = model_key(ds, decision.serving_recipe, manifest["fingerprints"], config, saved_format(serving))
 

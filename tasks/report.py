@@ -29,7 +29,7 @@ from tasks.feature_set import FeatureSet
 from tasks.step_cli import step_main
 from tasks.storage.model_registry import MODEL_TRAINING_VIEW, registry_for
 from tasks.storage.raw_store import RawStore
-from tasks.storage.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import Warehouse, warehouse_for
 
 log = logging.getLogger(__name__)
 NIGHTS, DRIFT_DAYS, PSI_SHIFT = 30, 7, 0.2  # PSI above 0.2 is the usual "the population has shifted" mark
@@ -91,7 +91,7 @@ def history(book: AddressBook, ds: date, primary: str) -> pd.DataFrame:
     return pd.DataFrame(rows).tail(NIGHTS)
 
 
-def churn(warehouse: DuckDBWarehouse, ds: date, warm_users: set[str]) -> dict[str, float]:
+def churn(warehouse: Warehouse, ds: date, warm_users: set[str]) -> dict[str, float]:
     """Mean Jaccard similarity of each user's published items tonight and on the previous published night,
     over users on both, for warm and cold users; empty on a first night."""
     previous = warehouse.query("SELECT max(ds) AS ds FROM publications WHERE ds < ?", [ds])["ds"].iloc[0]
@@ -209,7 +209,7 @@ def report(config: Config, ds: date, run_id: str) -> ReportResult:
     table = pd.read_parquet(book.evaluation(ds) / "evaluation.parquet")
     evaluation = table[table["segment"] == "all"].drop(columns="segment")
     users = FeatureSet.read(book.features(ds)).serving_users
-    changes = churn(DuckDBWarehouse(config.publish.warehouse or book.warehouse), ds,
+    changes = churn(warehouse_for(config, book), ds,
                     set(users.loc[users["n_events"] > 0, "user_id"]))
     volume, features = drift(RawStore(book.raw), config, ds)
     page = render(ds, primary, nights, evaluation, changes, volume, features, read_decision(book.evaluation(ds)).reason)

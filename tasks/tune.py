@@ -149,7 +149,7 @@ def tune(config: Config, ds: date, run_id: str, trials: int | None = None, minut
     mlflow.set_experiment(experiment)
     overlay = (config.tune.overlay or book.tuned_overlay).expanduser().resolve()
     with mlflow.start_run(run_name=f"tune {ds}", tags={"ds": str(ds), "pipeline_run_id": run_id}) as run:
-        mlflow.log_params(flatten(config.model_dump(mode="json")) | {"tune.overlay_written": str(overlay)})
+        mlflow.log_params(flatten(config.for_logging()) | {"tune.overlay_written": str(overlay)})
         study.optimize(objective, n_trials=trials, timeout=minutes * 60, catch=())
         done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
         pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)

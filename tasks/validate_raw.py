@@ -18,7 +18,7 @@ from tasks.quality.data_checks import STRING_TYPES, TIMESTAMP_TYPES, run_suites
 from tasks.step_cli import dump_json, step_main
 from tasks.storage.lake import reconcile_recommendations
 from tasks.storage.raw_store import RawStore
-from tasks.storage.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import warehouse_for
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
     started = time.perf_counter()
     book = AddressBook.from_config(config)
     # The first step of any run of ds mends a lake folder an earlier crash left behind the warehouse.
-    reconcile_recommendations(book, DuckDBWarehouse(config.publish.warehouse or book.warehouse), ds)
+    reconcile_recommendations(book, warehouse_for(config, book), ds)
     raw = RawStore(book.raw)
     frames = {table: raw.read(table, ds) for table in RAW_TABLES}
     items, users = frames["items"], frames["users"]

@@ -63,3 +63,37 @@ def pipeline_run(shop_raw, tmp_path_factory):
     var = tmp_path_factory.mktemp("pipeline") / "var"
     config = make_config(var, shop_raw)
     return config, run_pipeline(config, DS, "test_run")
+
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for the tests: RECSYS_TEST_POSTGRES_URL (a server's maintenance URL) if set, else a
+    throwaway cluster from the machine's server binaries. Without either the tests that need it skip, except
+    under CI, where they fail."""
+    from benchmarks.throwaway_postgres import server_binaries, throwaway_postgres
+
+    if os.environ.get("RECSYS_TEST_POSTGRES_URL"):
+        yield os.environ["RECSYS_TEST_POSTGRES_URL"]
+        return
+    if server_binaries() is None:
+        message = "no PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    with throwaway_postgres() as url:
+        yield url
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request) -> str:
+    """A fresh, empty database on the test server for one test; dropped after it."""
+    import psycopg
+
+    name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
+    with psycopg.connect(postgres_server, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        con.execute(f'CREATE DATABASE "{name}"')
+    yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    with psycopg.connect(postgres_server, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tasks.address_book import AddressBook
 from tasks.storage.atomic_write import RETIRED, STAGING, atomic_directory, leftovers
-from tasks.storage.warehouse import DuckDBWarehouse
+from tasks.storage.warehouse import Warehouse
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _same(marker: dict | None, publication: dict) -> bool:
                                       for k in ("model_version", "generated_at"))
 
 
-def reconcile_recommendations(book: AddressBook, warehouse: DuckDBWarehouse, ds: date) -> str:
+def reconcile_recommendations(book: AddressBook, warehouse: Warehouse, ds: date) -> str:
     """Bring `lake/recommendations/ds=D/` into agreement with the warehouse's publication of ds; returns what
     it found or did, in words."""
     folder = book.recommendations(ds)

@@ -1,23 +1,33 @@
-"""The batch tables services read: `recommendations` and its view `recommendations_latest`.
+"""The batch tables services read: `recommendations`, `publications` and the view `recommendations_latest`.
 
-The embedded implementation is a DuckDB file; another database would keep the same methods and SQL shape.
-`recommendations` has no primary-key index: one would cost a large share of every write and of the file's
-size (an index entry per row, every night) and make replacing a ds many times slower. Each write checks
-instead, inside its transaction, that no (user, rank) is there twice.
+Two implementations of one interface (`Warehouse`), chosen by `warehouse_for(config, book)`:
+- the embedded DuckDB file (the default). `recommendations` has no primary-key index there: one would cost a
+  large share of every write and of the file's size and make replacing a ds many times slower; each write
+  checks instead, inside its transaction, that no (user, rank) is there twice. DuckDB allows one writer and no
+  reader in another process meanwhile;
+- PostgreSQL (`warehouse.url`, `tasks.storage.postgres_warehouse`), for services that read while a night is
+  replaced: readers are never blocked and never see a mixed night.
+Queries take qmark (`?`) parameters on both.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from abc import ABC, abstractmethod
 from datetime import date, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import duckdb
 import pandas as pd
 from tenacity import retry, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from tasks.errors import RecommendationsInvalid
+
+if TYPE_CHECKING:
+    from configs.schema import Config
+    from tasks.address_book import AddressBook
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +50,55 @@ _retry_locked = retry(retry=retry_if_exception_type(duckdb.IOException), stop=st
                       wait=wait_exponential(multiplier=1, max=20), reraise=True)
 
 
-class DuckDBWarehouse:
+class Warehouse(ABC):
+    """The nightly tables: one ds is replaced at a time, in one transaction, and read back by user or by SQL."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str:
+        """Where the tables are, for logs and results (never a password)."""
+
+    @abstractmethod
+    def replace_partition(self, ds: date, source: pd.DataFrame | list[Path], model_name: str, model_version: str,
+                          generated_at: datetime) -> tuple[int, int]:
+        """Replace every row of `ds` with `source` (user_id, rank, item_id, score), a frame or Parquet files,
+        atomically, and record the publication; returns (rows, users)."""
+
+    @abstractmethod
+    def publication(self, ds: date) -> dict | None:
+        """The committed publication of ds (model_name, model_version, users, rows, generated_at), or None."""
+
+    @abstractmethod
+    def export_partition(self, ds: date, path: Path) -> None:
+        """Write the rows of ds to one Parquet file, in the columns the publish shards have."""
+
+    @abstractmethod
+    def user_recommendations(self, user_id: str, ds: date | None = None) -> pd.DataFrame:
+        """One user's list for ds, or from `recommendations_latest` when ds is None."""
+
+    @abstractmethod
+    def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
+        """A read-only query with qmark (`?`) parameters."""
+
+
+def warehouse_for(config: Config, book: AddressBook) -> Warehouse:
+    """PostgreSQL where `warehouse.url` names it, else the DuckDB file."""
+    if config.warehouse.url:
+        from tasks.storage.postgres_warehouse import PostgresWarehouse
+
+        return PostgresWarehouse(config.warehouse.url)
+    return DuckDBWarehouse(config.publish.warehouse or book.warehouse)
+
+
+class DuckDBWarehouse(Warehouse):
     """One DuckDB file; every write replaces one ds inside a single transaction."""
 
     def __init__(self, path: Path):
         self.path = path
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
 
     @_retry_locked
     def _connect(self, read_only: bool = False) -> duckdb.DuckDBPyConnection:

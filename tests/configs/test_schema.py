@@ -63,3 +63,17 @@ def test_numeric_columns_carry_their_value_rules_and_a_dataset_replaces_them_who
     movies = load_config(CONFIG_DIR / "movielens.yaml")  # declares year, so the shop's price rule is gone
     assert movies.data.items.numeric == ("year",) and set(movies.data.items.rules) == {"year"}
     assert movies.data.items.rule("year").finite and shop.data.users.rule("age").finite  # the default rule
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("postgresql://svc:s3cret@db:5432/recs", "postgresql://svc@db:5432/recs"),
+    ("postgresql://svc@db/recs", "postgresql://svc@db/recs"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
+    (None, None),
+])
+def test_what_mlflow_records_of_the_config_holds_no_password(url, shown):
+    config = load_config(None, [f"register.tracking_uri={url or 'null'}",
+                                f"warehouse.url={url if url and url.startswith('postgresql') else 'null'}"])
+    logged = config.for_logging()
+    assert logged["register"]["tracking_uri"] == shown
+    assert "s3cret" not in str(logged)

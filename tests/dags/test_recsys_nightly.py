@@ -141,3 +141,17 @@ def test_parsing_the_dags_warns_of_nothing_deprecated():
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "deprecated" not in (done.stdout + done.stderr).lower(), done.stdout + done.stderr
+
+
+def test_the_airflow_connection_recsys_warehouse_selects_postgres_when_the_config_names_none(monkeypatch, tmp_path):
+    from datetime import UTC, datetime
+
+    from pipelines.airflow_step import resolve
+
+    monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
+    context = {"params": {"ds": "2026-02-01"}, "logical_date": datetime.now(UTC)}
+    assert resolve(context)[0].warehouse.url is None
+    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_WAREHOUSE", "postgres://svc:s3cret@db.internal:5432/recs")
+    config = resolve(context)[0]
+    assert config.warehouse.url == "postgresql://svc:s3cret@db.internal:5432/recs"
+    assert config.for_logging()["warehouse"]["url"] == "postgresql://svc@db.internal:5432/recs"
