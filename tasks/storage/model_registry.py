@@ -76,7 +76,7 @@ class ModelRegistry:
     def __init__(self, tracking_uri: str, model_name: str, http_retries: int = 2, http_timeout_s: float = 5.0):
         self.tracking_uri = tracking_uri
         self.model_name = model_name
-        if tracking_uri.startswith(("http://", "https://")):
+        if self.is_server:
             reach_tracking_server(tracking_uri, http_retries, http_timeout_s)
         mlflow.set_tracking_uri(tracking_uri)
         mlflow.set_registry_uri(tracking_uri)
@@ -101,13 +101,19 @@ class ModelRegistry:
         # retry after any kill finds it instead of registering a second one.
         return str(mlflow.register_model(info.model_uri, self.model_name, tags=tags).version)
 
+    @property
+    def is_server(self) -> bool:
+        return self.tracking_uri.startswith(("http://", "https://"))
+
     def experiment(self, name: str, artifact_location: str) -> str:
         """The id of experiment `name`, created if missing (by this process or a concurrent one), tagged as a
-        model-training experiment."""
+        model-training experiment. Its artifacts go to `artifact_location` with a local store; a server keeps
+        its own (`mlflow server --artifacts-destination`), which clients reach through it, credentials-free."""
         found = mlflow.get_experiment_by_name(name)
         if found is None:
             try:
-                experiment_id = mlflow.create_experiment(name, artifact_location=artifact_location,
+                experiment_id = mlflow.create_experiment(name, artifact_location=None if self.is_server
+                                                         else artifact_location,
                                                          tags={EXPERIMENT_KIND: MODEL_TRAINING})
                 return experiment_id
             except MlflowException:  # created meanwhile

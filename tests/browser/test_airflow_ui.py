@@ -17,8 +17,8 @@ import yaml
 
 from pipelines.nightly import DAG_ID
 from tasks.storage.warehouse import DuckDBWarehouse
-from tests.browser.conftest import free_port, server, wait_until
 from tests.conftest import DS, REPO
+from tests.servers import free_port, server, wait_until
 
 pytestmark = pytest.mark.slow
 AIRFLOW = str(Path(sys.executable).parent / "airflow")

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from pipelines.runner import run_pipeline
-from tests.browser.conftest import free_port, server
 from tests.conftest import DS, make_config
+from tests.servers import free_port, server
 
 pytestmark = pytest.mark.slow
 
