@@ -40,17 +40,25 @@ def answers(url: str) -> bool:
         return response.status == 200
 
 
+def listens(port: int) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        return True
+
+
 @contextmanager
-def server(command: list[str], env: dict, ready_url: str, log: Path, timeout: float = 180) -> Iterator[None]:
-    """Run `command` (in its own process group, output to `log`) until ready_url answers 200; stop it after."""
+def server(command: list[str], env: dict, ready: str | Callable[[], bool] | None, log: Path,
+           timeout: float = 180) -> Iterator[subprocess.Popen]:
+    """Run `command` in its own process group, output to `log`, until `ready` (a URL answering 200, or a check;
+    None: at once); stop the whole group after."""
     with log.open("w") as out:
         process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
                                    start_new_session=True)
         try:
-            wait_until(lambda: process.poll() is not None or answers(ready_url), f"{command[:3]} at {ready_url}",
-                       timeout)
+            if ready is not None:
+                check = (lambda: answers(ready)) if isinstance(ready, str) else ready
+                wait_until(lambda: process.poll() is not None or check(), f"{command[:3]} ready", timeout)
             assert process.poll() is None, f"{command[:3]} exited: {log.read_text()[-3000:]}"
-            yield
+            yield process
         finally:
             os.killpg(process.pid, signal.SIGTERM)
             try:
@@ -58,3 +66,9 @@ def server(command: list[str], env: dict, ready_url: str, log: Path, timeout: fl
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+def worker_name() -> str:
+    """`[core] hostname_callable` for the Celery test: each worker on this one host names itself, so a task
+    instance's hostname tells which worker ran it."""
+    return os.environ.get("RECSYS_WORKER_NAME") or socket.getfqdn()

@@ -59,16 +59,19 @@ def test_dag_run_publishes_logs_and_registers_and_a_rerun_changes_nothing(airflo
 
     import mlflow
 
-    mlflow.set_tracking_uri(f"sqlite:///{root / 'var' / 'mlflow' / 'mlflow.db'}")
+    store = f"sqlite:///{root / 'var' / 'mlflow' / 'mlflow.db'}"
+    mlflow.set_tracking_uri(store)
     runs = mlflow.search_runs(experiment_names=["recsys_nightly"])
     assert len(runs) == 1 and runs["metrics.ndcg_at_10"].iloc[0] > 0
-    champion = mlflow.MlflowClient().get_model_version_by_alias("recsys_recommender", "champion")
+    # Explicit: an in-process pipeline run of another test leaves MLflow's global registry URI on its own store.
+    client = mlflow.MlflowClient(store, registry_uri=store)
+    champion = client.get_model_version_by_alias("recsys_recommender", "champion")
     assert str(champion.version) == rows["model_version"].iloc[0]
 
     second = dags_test(env)
     assert second.returncode == 0, second.stdout[-3000:]
     pd.testing.assert_frame_equal(table(root), rows)
-    assert str(mlflow.MlflowClient().get_model_version_by_alias("recsys_recommender", "champion").version) \
+    assert str(client.get_model_version_by_alias("recsys_recommender", "champion").version) \
         == str(champion.version)
 
 
