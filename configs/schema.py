@@ -240,7 +240,8 @@ class PublishConfig(Section):
 class WarehouseConfig(Section):
     """Where the nightly tables live: the embedded DuckDB file by default, or a PostgreSQL database."""
 
-    url: str | None = Field(None, description="postgresql://user[:password]@host:port/db for PostgreSQL; null: the "
+    url: str | None = Field(None, description="postgresql://user@host:port/db for PostgreSQL (its password from "
+                                              "PGPASSWORD or ~/.pgpass, not this file); null: the "
                                               "DuckDB file (`publish.warehouse`, else <var>/warehouse.duckdb), "
                                               "unless the Airflow Connection `recsys_warehouse` exists.")
 

