@@ -30,13 +30,14 @@ test: setup test-deps  ## lint, then every test, the slow end-to-end and browser
 	$(BIN)/pytest -ra
 
 # What the tests need from Debian: Chromium for the browser tests (never a browser Playwright downloads), the
-# PostgreSQL server binaries (each test session starts its own throwaway cluster from them) and redis-server
-# (the Celery test's broker). Installed when
+# PostgreSQL server binaries (each test session starts its own throwaway cluster from them), redis-server
+# (the Celery test's broker) and docker-compose (to validate docker/compose.yaml; no engine is needed). Installed when
 # missing, as root or through sudo; where that fails those tests skip, except under CI=true, where they fail.
 test-deps:
 	@missing=""; command -v chromium >/dev/null || missing="chromium"; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v docker-compose >/dev/null || docker compose version >/dev/null 2>&1 || missing="$$missing docker-compose"; \
 	[ -z "$$missing" ] || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo -n ); export DEBIAN_FRONTEND=noninteractive; \
 	  echo "installing $$missing for the tests"; \

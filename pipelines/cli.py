@@ -103,15 +103,18 @@ def recs(user: Annotated[str, typer.Option("--user", help="User id.")],
 
 
 @app.command("app")
-def user_page(port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 8501,
+def user_page(port: Annotated[int, typer.Option(help="Port to listen on.")] = 8501,
+              host: Annotated[str, typer.Option(help="Address to listen on; 0.0.0.0 only inside a container "
+                                                      "whose port is published on 127.0.0.1.")] = "127.0.0.1",
               config: ConfigOption = None, set_: SetOption = None) -> None:
-    """Serve the read-only user page on 127.0.0.1: one user's list for a ds, their history, the model."""
+    """Serve the read-only user page (127.0.0.1 by default): one user's list for a ds, their history, the model,
+    and each night's report."""
     import uvicorn
 
     from pipelines.user_page import make_app
 
     configure_logging()
-    uvicorn.run(make_app(load_config(config, tuple(set_ or ()))), host="127.0.0.1", port=port)
+    uvicorn.run(make_app(load_config(config, tuple(set_ or ()))), host=host, port=port)
 
 
 @app.command()

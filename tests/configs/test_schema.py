@@ -47,7 +47,7 @@ def test_profile_with_base_inherits_and_overrides(tmp_path):
     assert config.publish.k == 7 and config.evaluate.ks == (10, 50, 100)
 
 
-@pytest.mark.parametrize("name", ["retail.yaml", "movielens.yaml"])
+@pytest.mark.parametrize("name", ["retail.yaml", "movielens.yaml", "compose.yaml"])
 def test_shipped_configs_validate(name):
     load_config(Path(__file__).resolve().parents[2] / "configs" / name)
 
