@@ -237,6 +237,29 @@ class PublishConfig(Section):
     warehouse: Path | None = Field(None, description="DuckDB file; defaults to <var>/warehouse.duckdb.")
 
 
+class PodResources(Section):
+    """What one step's pod asks of Kubernetes."""
+
+    cpu: str = Field("1", description="CPU request (Kubernetes quantity: 1, 500m).")
+    memory: str = Field("2Gi", description="Memory request and limit (Kubernetes quantity: 2Gi).")
+    gpu: int = Field(0, ge=0, description="GPUs (nvidia.com/gpu) requested and limited; 0: none.")
+
+
+class ExecutionConfig(Section):
+    """How Airflow runs the steps: in its own workers (local) or each as a Kubernetes pod of the project image."""
+
+    mode: Literal["local", "kubernetes_pod"] = "local"
+    image: str = Field("recsys-nightly:latest", description="Image of docker/Dockerfile, as the cluster pulls it.")
+    namespace: str = "recsys"
+    config_map: str = Field("recsys-config", description="ConfigMap whose key config.yaml is the pipeline config; "
+                                                         "mounted at /etc/recsys in every pod.")
+    secret: str | None = Field("recsys-secrets", description="Secret whose keys become the pods' environment "
+                                                             "(PGPASSWORD, MLFLOW_TRACKING_PASSWORD...); null: none.")
+    default_resources: PodResources = PodResources()
+    resources: dict[str, PodResources] = Field(default_factory=dict, description="Per step name, replacing the "
+                                                                                  "default (train_retrieval: a GPU).")
+
+
 class WarehouseConfig(Section):
     """Where the nightly tables live: the embedded DuckDB file by default, or a PostgreSQL database."""
 
@@ -293,6 +316,7 @@ class Config(Section):
     publish: PublishConfig = PublishConfig()
     report: ReportConfig = ReportConfig()
     warehouse: WarehouseConfig = WarehouseConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     tune: TuneConfig = TuneConfig()
     config_file: str | None = Field(None, description="The file this config was read from (set by the loader, "
                                                       "logged with every run; a tuned overlay names itself here).")

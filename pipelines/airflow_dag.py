@@ -6,6 +6,8 @@ work is imported when it runs (`pipelines.airflow_step`).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from airflow.providers.standard.operators.python import PythonOperator
 from airflow.sdk import Asset, BaseOperatorLink, BaseSensorOperator, Param
 
@@ -77,10 +79,73 @@ class EventsLandedSensor(BaseSensorOperator):
         return events_landed(context)
 
 
+def pod_arguments(**context) -> list[str]:
+    from pipelines.airflow_step import pod_arguments
+
+    return pod_arguments(context)
+
+
+def plan_pod_shards(step_name: str, **context) -> list[list[str]]:
+    from pipelines.airflow_step import plan_pod_shards
+
+    return plan_pod_shards(step_name, context)
+
+
+POD_ARGUMENTS = "pod_arguments"  # the task that resolves each run's arguments once for every pod
+
+
+def add_pod_tasks(steps: tuple[Step, ...], execution) -> tuple[dict, dict]:
+    """Kubernetes mode (`execution.mode: kubernetes_pod`): each step is a pod of the project image running
+    `python -m tasks.<step>`, with its resources from config and the config from a ConfigMap; one small task
+    first resolves the run's arguments (ds, run id, the form's knobs), which every pod reads from XCom. A
+    sharded step maps one pod per shard."""
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from kubernetes.client import models as k8s
+
+    from pipelines.airflow_step import POD_CONFIG
+
+    arguments = PythonOperator(task_id=POD_ARGUMENTS, python_callable=pod_arguments)
+    volume = k8s.V1Volume(name="recsys-config", config_map=k8s.V1ConfigMapVolumeSource(name=execution.config_map))
+    mount = k8s.V1VolumeMount(name="recsys-config", mount_path=str(Path(POD_CONFIG).parent), read_only=True)
+    secrets = [k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=execution.secret))] if execution.secret else []
+
+    def pod(step: Step) -> dict:
+        wanted = execution.resources.get(step.name, execution.default_resources)
+        limits = {"memory": wanted.memory, **({"nvidia.com/gpu": str(wanted.gpu)} if wanted.gpu else {})}
+        return {"task_id": step.name, "name": f"recsys-{step.name.replace('_', '-')}", "image": execution.image,
+                "namespace": execution.namespace, "cmds": ["python", "-m", step.module],
+                "container_resources": k8s.V1ResourceRequirements(
+                    requests={"cpu": wanted.cpu, "memory": wanted.memory}, limits=limits),
+                "env_vars": [k8s.V1EnvVar(name="TF_USE_LEGACY_KERAS", value="1"),
+                             k8s.V1EnvVar(name="RECSYS_CONFIG", value=POD_CONFIG)],
+                "env_from": secrets, "volumes": [volume], "volume_mounts": [mount],
+                "outlets": [Asset(name) for name in step.produces], "on_finish_action": "delete_succeeded_pod",
+                "get_logs": True}
+
+    tasks, entries = {}, {}
+    for step in steps:
+        if step.sharded:
+            plan = PythonOperator(task_id=f"plan_{step.name}", python_callable=plan_pod_shards,
+                                  op_kwargs={"step_name": step.name})
+            arguments >> plan
+            tasks[step.name] = KubernetesPodOperator.partial(**pod(step)).expand(arguments=plan.output)
+            entries[step.name] = plan
+        else:
+            tasks[step.name] = entries[step.name] = KubernetesPodOperator(
+                arguments=arguments.output, **pod(step))
+    return tasks, entries
+
+
 def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> None:
     """One task per step, inside the DAG being defined, wired as the steps say; a sharded step becomes a
     planning task and one dynamically mapped task instance per shard. With `wait_for_events`, a sensor
-    (reschedule mode: no worker slot held while it waits) comes first and waits for ds's events to land."""
+    (reschedule mode: no worker slot held while it waits) comes first and waits for ds's events to land.
+    With `execution.mode: kubernetes_pod` each step runs as a pod instead (`add_pod_tasks`)."""
+    execution = form_config().execution
+    if execution.mode == "kubernetes_pod":
+        tasks, entries = add_pod_tasks(steps, execution)
+        _wire(steps, tasks, entries, wait_for_events)
+        return
     tasks, entries = {}, {}
     for step in steps:
         outlets = [Asset(name) for name in step.produces]
@@ -94,6 +159,11 @@ def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> No
             tasks[step.name] = entries[step.name] = StepOperator(
                 task_id=step.name, python_callable=run_step, op_kwargs={"step_name": step.name}, outlets=outlets,
                 links=step.links)
+    _wire(steps, tasks, entries, wait_for_events)
+
+
+def _wire(steps: tuple[Step, ...], tasks: dict, entries: dict, wait_for_events: bool) -> None:
+    """Each step after the ones it follows; the events sensor before the first steps."""
     for step in steps:
         for upstream in step.upstream:
             tasks[upstream] >> entries[step.name]

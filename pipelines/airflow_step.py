@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
-from datetime import UTC, datetime, time, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 
 from configs import load_config
 from pipelines.nightly import CONFIG_ENV, KNOBS, data_date, form_config, knob_defaults, knob_overrides
@@ -54,14 +54,18 @@ def form_overrides(params: dict) -> list[str]:
     return knob_overrides(params, knobs, knob_defaults(form_config(), knobs))
 
 
+def run_ds(context: dict) -> date:
+    """The ds of this DAG run: its `ds` parameter, else the day before its logical date. A run triggered without
+    a logical date (Airflow 3 allows it: the API, `airflow dags trigger`) is dated by when it was asked to run."""
+    return data_date(context.get("logical_date") or context["dag_run"].run_after, context["params"].get("ds"))
+
+
 def resolve(context: dict):
     """The config (with the run's knobs, of either pipeline) and ds of this DAG run; logs which config file and
     which knobs the form changed."""
     params, path = context["params"], config_path()
     overrides = form_overrides(params)
-    # A run triggered without a logical date (Airflow 3 allows it: the API, `airflow dags trigger`) has none in
-    # its context; it is then dated by when it was asked to run.
-    ds = data_date(context.get("logical_date") or context["dag_run"].run_after, params.get("ds"))
+    ds = run_ds(context)
     config, warehouse = load_config(path, overrides), "the config's"
     if config.warehouse.url is None and (connection := warehouse_connection()):
         config, warehouse = load_config(path, [*overrides, f"warehouse.url={connection}"]), WAREHOUSE_CONNECTION
@@ -109,3 +113,22 @@ def plan_shards(step_name: str, context: dict) -> list[dict]:
     """The keyword arguments of each mapped task of a sharded step: one per shard."""
     config, _ = resolve(context)
     return [{"step_name": step_name, "shard": shard} for shard in shards(step_name, config)]
+
+
+POD_CONFIG = "/etc/recsys/config.yaml"  # where the ConfigMap `execution.config_map` is mounted in each pod
+
+
+def pod_arguments(context: dict) -> list[str]:
+    """Kubernetes mode: the arguments every step's pod gets for this DAG run (after `python -m tasks.<step>`):
+    the ds, the run id, the config mounted from the ConfigMap, and the knobs the trigger form changed."""
+    ds, overrides = run_ds(context), form_overrides(context["params"])
+    log.info("pods of ds=%s: config %s, knobs changed in the form %s", ds, POD_CONFIG, overrides)
+    return ["--ds", ds.isoformat(), "--run-id", context["run_id"], "--config", POD_CONFIG,
+            *(part for override in overrides for part in ("--set", override))]
+
+
+def plan_pod_shards(step_name: str, context: dict) -> list[list[str]]:
+    """Kubernetes mode: one argument list per shard of a sharded step (Airflow maps one pod per shard)."""
+    config, _ = resolve(context)
+    common = pod_arguments(context)
+    return [[*common, "--shard", str(shard)] for shard in shards(step_name, config)]
