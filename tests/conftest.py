@@ -32,6 +32,18 @@ def make_config(var: Path, raw: Path, *overrides: str) -> Config:
     return load_config(None, (f"paths.var={var}", f"paths.raw={raw}", *SMALL_DATA, *overrides))
 
 
+def config_file(path: Path, var: Path, raw: Path, *overrides: str) -> Path:
+    """`make_config(var, raw, *overrides)` as a YAML file on top of the embedded default: for processes that read
+    a config file (Airflow's, through RECSYS_CONFIG)."""
+    import yaml
+
+    from configs import parse_overrides
+
+    tree = parse_overrides((f"paths.var={var}", f"paths.raw={raw}", *SMALL_DATA, *overrides))
+    path.write_text(yaml.safe_dump({"base": str(REPO / "configs" / "default.yaml"), **tree}))
+    return path
+
+
 def step_command(module: str, var: Path, raw: Path, *overrides: str) -> list[str]:
     """`python -m tasks.<step>` for DS with the settings of `make_config(var, raw, *overrides)`."""
     import sys

@@ -13,11 +13,10 @@ from types import SimpleNamespace
 from urllib.parse import quote, unquote
 
 import pytest
-import yaml
 
 from pipelines.nightly import DAG_ID
 from tasks.storage.warehouse import DuckDBWarehouse
-from tests.conftest import DS, REPO
+from tests.conftest import DS, REPO, config_file
 from tests.servers import free_port, server, wait_until
 
 pytestmark = pytest.mark.slow
@@ -43,13 +42,7 @@ class Api:
 @pytest.fixture(scope="module")
 def airflow(tmp_path_factory, shop_raw):
     root = tmp_path_factory.mktemp("airflow_ui")
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "base": str(REPO / "configs" / "default.yaml"),
-        "paths": {"var": str(root / "var"), "raw": str(shop_raw)},
-        "build_features": {"lookback_days": 14}, "publish": {"k": 20}, "evaluate": {"ks": [5, 10, 20]},
-        "train_ranking": {"per_source": 40, "candidates": 80},
-    }))
+    config = config_file(root / "config.yaml", root / "var", shop_raw)
     base = f"http://127.0.0.1:{free_port()}"
     env = {**os.environ, "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),

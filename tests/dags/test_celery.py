@@ -13,10 +13,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
-import yaml
 
 from pipelines.nightly import DAG_ID
-from tests.conftest import DS, REPO
+from tests.conftest import DS, REPO, config_file
 from tests.servers import free_port, listens, server, wait_until
 
 pytestmark = pytest.mark.slow
@@ -51,12 +50,8 @@ def test_the_dag_runs_on_two_celery_workers_and_its_publish_shards_land_on_both(
     redis = redis_server()
     metadata = database(postgres_server, "celery_airflow")
     warehouse = database(postgres_server, "celery_warehouse")
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "base": str(REPO / "configs" / "default.yaml"),
-        "paths": {"var": str(tmp_path / "var"), "raw": str(shop_raw)}, "warehouse": {"url": warehouse},
-        "build_features": {"lookback_days": 14}, "publish": {"k": 20, "shards": 2}, "evaluate": {"ks": [5, 10, 20]},
-        "train_ranking": {"per_source": 40, "candidates": 80}}))
+    config = config_file(tmp_path / "config.yaml", tmp_path / "var", shop_raw, f"warehouse.url={warehouse}",
+                         "publish.shards=2")
     redis_port, api = free_port(), f"http://127.0.0.1:{free_port()}"
     sqlalchemy = metadata.replace("postgresql://", "postgresql+psycopg://")
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "PYTHONPATH": str(REPO),

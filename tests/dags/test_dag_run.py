@@ -14,7 +14,7 @@ import yaml
 
 from pipelines.nightly import DAG_ID
 from tasks.storage.warehouse import DuckDBWarehouse
-from tests.conftest import DS, REPO
+from tests.conftest import DS, REPO, config_file
 
 pytestmark = pytest.mark.slow
 AIRFLOW = str(Path(sys.executable).parent / "airflow")  # the venv's, whatever PATH says
@@ -23,12 +23,7 @@ AIRFLOW = str(Path(sys.executable).parent / "airflow")  # the venv's, whatever P
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory, shop_raw):
     root = tmp_path_factory.mktemp("airflow_run")
-    config = root / "config.yaml"
-    config.write_text(yaml.safe_dump({
-        "base": str(REPO / "configs" / "default.yaml"),
-        "paths": {"var": str(root / "var"), "raw": str(shop_raw)},
-        "build_features": {"lookback_days": 14}, "publish": {"k": 20}, "evaluate": {"ks": [5, 10, 20]},
-    }))
+    config = config_file(root / "config.yaml", root / "var", shop_raw)
     env = {**os.environ, "PATH": f"{Path(AIRFLOW).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "AIRFLOW_HOME": str(root / "airflow"), "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
            "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "RECSYS_CONFIG": str(config), "TF_USE_LEGACY_KERAS": "1"}
