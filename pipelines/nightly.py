@@ -57,23 +57,25 @@ class Knob:
 
 
 KNOBS: dict[str, Knob] = {
-    "k": Knob("publish.k", "integer", "Recommendations per user (top-K)."),
-    "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks."),
+    "k": Knob("publish.k", "integer", "Recommendations per user (items, top-K)."),
+    "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks (count)."),
     "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds (days)."),
     "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation (days)."),
     "models": Knob("train.models", "array", "Baseline models train fits and the gate compares.",
                    tuple(get_args(ModelKind))),
-    "cooccurrence_neighbours": Knob("train.cooccurrence.neighbours", "integer", "Neighbours kept per item."),
+    "cooccurrence_neighbours": Knob("train.cooccurrence.neighbours", "integer", "Neighbours kept per item (items)."),
     "popularity_half_life_days": Knob("train.popularity.half_life_days", "number",
                                       "Half-life of popularity's time decay (days)."),
     "gate_margin": Knob("register.margin", "number",
                         "Relative gain over the champion that the gain's interval must clear (0.05 = 5%)."),
-    "retrieval_epochs": Knob("train_retrieval.epochs", "integer", "Two-tower training epochs (early stopping may end sooner)."),
-    "retrieval_batch_size": Knob("train_retrieval.batch_size", "integer", "Two-tower batch size."),
-    "retrieval_embedding_dim": Knob("train_retrieval.embedding_dim", "integer", "Two-tower embedding size."),
-    "retrieval_learning_rate": Knob("train_retrieval.learning_rate", "number", "Two-tower learning rate."),
-    "ranking_candidates": Knob("train_ranking.candidates", "integer", "Pooled candidates per user the ranker orders."),
-    "ranking_epochs": Knob("train_ranking.epochs", "integer", "Ranker training epochs."),
+    "retrieval_epochs": Knob("train_retrieval.epochs", "integer",
+                             "Two-tower training epochs (passes over the data; early stopping may end sooner)."),
+    "retrieval_batch_size": Knob("train_retrieval.batch_size", "integer", "Two-tower batch size (examples per step)."),
+    "retrieval_embedding_dim": Knob("train_retrieval.embedding_dim", "integer", "Two-tower embedding size (dimensions)."),
+    "retrieval_learning_rate": Knob("train_retrieval.learning_rate", "number",
+                                    "Two-tower learning rate (Adam step size, e.g. 0.05)."),
+    "ranking_candidates": Knob("train_ranking.candidates", "integer", "Pooled candidates per user the ranker orders (items)."),
+    "ranking_epochs": Knob("train_ranking.epochs", "integer", "Ranker training epochs (passes over the label windows)."),
 }
 
 
