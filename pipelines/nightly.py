@@ -73,7 +73,7 @@ KNOBS: dict[str, Knob] = {
     "retrieval_batch_size": Knob("train_retrieval.batch_size", "integer", "Two-tower batch size (examples per step)."),
     "retrieval_embedding_dim": Knob("train_retrieval.embedding_dim", "integer", "Two-tower embedding size (dimensions)."),
     "retrieval_learning_rate": Knob("train_retrieval.learning_rate", "number",
-                                    "Two-tower learning rate (Adam step size, e.g. 0.05)."),
+                                    "Two-tower learning rate (Adagrad step size, e.g. 0.05)."),
     "ranking_candidates": Knob("train_ranking.candidates", "integer", "Pooled candidates per user the ranker orders (items)."),
     "ranking_epochs": Knob("train_ranking.epochs", "integer", "Ranker training epochs (passes over the label windows)."),
 }
