@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from tasks.errors import MissingInput
@@ -22,6 +23,15 @@ class Window:
     first: date
     cutoff: date
     last: date
+
+
+@dataclass(frozen=True)
+class ServingSlice:
+    """The serving tables of a feature set for some users (`FeatureSet.read_serving_slice`)."""
+
+    interactions: pd.DataFrame
+    serving_users: pd.DataFrame
+    serving_items: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,28 @@ class FeatureSet:
         if not manifest_path.is_file():
             raise MissingInput(f"no feature set at {directory}: run build_features for this ds first")
         return json.loads(manifest_path.read_text())
+
+    @classmethod
+    def read_serving_slice(cls, directory: Path, user_ids: np.ndarray) -> ServingSlice:
+        """What serving needs for some users only: their interactions and serving rows, and every serving item.
+        Rows are filtered while Parquet is read (a range of user ids, which a shard's sorted slice is, then the
+        ids themselves), so a publish shard never holds the other shards' events."""
+        cls.read_manifest(directory)  # a clear MissingInput where build_features has not run
+        wanted = pd.Index(user_ids)
+
+        def users_rows(table: str) -> pd.DataFrame:
+            bounds = [("user_id", ">=", min(wanted)), ("user_id", "<=", max(wanted))] if len(wanted) else None
+            frame = pd.read_parquet(directory / f"{table}.parquet", filters=bounds)
+            return frame[frame["user_id"].isin(wanted)].reset_index(drop=True)
+
+        return ServingSlice(users_rows("interactions"), users_rows("serving_users"),
+                            pd.read_parquet(directory / "serving_items.parquet"))
+
+    @staticmethod
+    def read_user_ids(directory: Path) -> np.ndarray:
+        """Every user known on the set's last day (the `serving_users` ids), without the rest of the table."""
+        FeatureSet.read_manifest(directory)
+        return pd.read_parquet(directory / "serving_users.parquet", columns=["user_id"])["user_id"].to_numpy(dtype=object)
 
     @classmethod
     def read(cls, directory: Path) -> FeatureSet:

@@ -87,14 +87,15 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
     started = time.perf_counter()
     shards = shard_count(config)
     book = AddressBook.from_config(config)
-    features = FeatureSet.read(book.features(ds))
+    directory = book.features(ds)
+    users = shard_users(FeatureSet.read_user_ids(directory), shard, shards)
     registry = registry_for(config, book)
     version = registry.serving_version(str(ds))
     if version is None:
         raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")
     champion = registry.load_version(version)
-    users = shard_users(features.serving_users["user_id"].to_numpy(dtype=object), shard, shards)
-    inputs = ServingInputs.of_features(features, config.publish, users)
+    # Only this shard's rows are read: at scale, the whole feature set per shard is what memory cannot hold.
+    inputs = ServingInputs.of_features(FeatureSet.read_serving_slice(directory, users), config.publish)
     model = champion.recommender.for_catalog(inputs.items)  # feature models embed items newer than their training
     model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
     staging = book.publish_staging(ds, run_id)

@@ -52,8 +52,8 @@ class ServingInputs:
 
     @classmethod
     def of_features(cls, features, rules, user_ids: np.ndarray | None = None) -> ServingInputs:
-        """The night's inputs from its FeatureSet under the `publish` rules (exclusions, availability, K), for
-        `user_ids` only where given (a shard: the others' events are never grouped)."""
+        """The night's inputs from its FeatureSet (or a `ServingSlice` of it) under the `publish` rules
+        (exclusions, availability, K), for `user_ids` only where given (the others' events are never grouped)."""
         interactions, users = features.interactions, features.serving_users
         if user_ids is not None:
             interactions = interactions[interactions["user_id"].isin(user_ids)]

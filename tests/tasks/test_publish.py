@@ -122,6 +122,22 @@ def test_shards_split_users_without_overlap_or_gap():
         shard_users(users, 3, 3)
 
 
+def test_a_shard_reads_exactly_its_users_rows_of_the_feature_set(pipeline_run):
+    from tasks.publish_shard import shard_users
+
+    config, _ = pipeline_run
+    directory = AddressBook.from_config(config).features(DS)
+    whole = FeatureSet.read(directory)
+    users = shard_users(FeatureSet.read_user_ids(directory), 1, 3)
+    part = FeatureSet.read_serving_slice(directory, users)
+
+    mine = whole.interactions[whole.interactions["user_id"].isin(users)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(part.interactions, mine)
+    assert sorted(part.serving_users["user_id"]) == sorted(users) and 0 < len(mine) < len(whole.interactions)
+    pd.testing.assert_frame_equal(part.serving_items, whole.serving_items)
+    assert FeatureSet.read_serving_slice(directory, np.array([], dtype=object)).interactions.empty
+
+
 def test_publish_commits_only_a_complete_set_of_shards_from_one_model(pipeline_run, tmp_path):
     import shutil
 
