@@ -51,15 +51,11 @@ class ServingInputs:
         return cls(history, exclusions(interactions, exclude_event_types), allowed, items, users, k)
 
     @classmethod
-    def of_features(cls, features, rules, user_ids: np.ndarray | None = None) -> ServingInputs:
-        """The night's inputs from its FeatureSet (or a `ServingSlice` of it) under the `publish` rules
-        (exclusions, availability, K), for `user_ids` only where given (the others' events are never grouped)."""
-        interactions, users = features.interactions, features.serving_users
-        if user_ids is not None:
-            interactions = interactions[interactions["user_id"].isin(user_ids)]
-            users = users[users["user_id"].isin(user_ids)]
-        return cls.of_night(interactions, features.serving_items, users, rules.exclude_event_types,
-                            rules.only_available, rules.k)
+    def of_features(cls, features, rules) -> ServingInputs:
+        """The night's inputs from its FeatureSet (or a `ServingSlice` of it: a shard's users only) under the
+        `publish` rules (exclusions, availability, K)."""
+        return cls.of_night(features.interactions, features.serving_items, features.serving_users,
+                            rules.exclude_event_types, rules.only_available, rules.k)
 
     def for_users(self, user_ids: np.ndarray) -> ServingInputs:
         return replace(self, history=self.history[self.history["user_id"].isin(user_ids)],

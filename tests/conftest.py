@@ -77,6 +77,22 @@ def pipeline_run(shop_raw, tmp_path_factory):
     return config, run_pipeline(config, DS, "test_run")
 
 
+def missing(message: str):
+    """A tool or server a test needs is not on this machine: skip, except under CI, where tests never skip."""
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def fresh_database(maintenance_url: str, name: str) -> str:
+    """An empty database `name` on the server (dropped first if there); its URL."""
+    import psycopg
+
+    with psycopg.connect(maintenance_url, autocommit=True) as con:
+        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        con.execute(f'CREATE DATABASE "{name}"')
+    return maintenance_url.rsplit("/", 1)[0] + f"/{name}"
+
 
 @pytest.fixture(scope="session")
 def postgres_server():
@@ -89,10 +105,7 @@ def postgres_server():
         yield os.environ["RECSYS_TEST_POSTGRES_URL"]
         return
     if server_binaries() is None:
-        message = "no PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing("no PostgreSQL server binaries under /usr/lib/postgresql (apt-get install postgresql)")
     with throwaway_postgres() as url:
         yield url
 
@@ -103,9 +116,6 @@ def postgres_url(postgres_server, request) -> str:
     import psycopg
 
     name = "t_" + "".join(c if c.isalnum() else "_" for c in request.node.name.lower())[:50]
-    with psycopg.connect(postgres_server, autocommit=True) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        con.execute(f'CREATE DATABASE "{name}"')
-    yield postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    yield fresh_database(postgres_server, name)
     with psycopg.connect(postgres_server, autocommit=True) as con:
         con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -1,7 +1,7 @@
 """Browser tests: Debian's Chromium driven by Playwright, against servers started on free loopback ports.
 
-Chromium comes from the system (`apt-get install chromium`, which `.ci/run` does), never from `playwright
-install`. Where it is missing the tests skip locally and fail in CI. A failing test leaves a screenshot of
+Chromium comes from the system (`apt-get install chromium`, which `make test` does when it is missing), never
+from `playwright install`. Where it is missing the tests skip locally and fail in CI. A failing test leaves a screenshot of
 its page in var/test-screenshots/.
 """
 
@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import REPO, missing
 
 SCREENSHOTS = REPO / "var" / "test-screenshots"
 # As root and on a closed network: no sandbox, and none of Chromium's background calls home.
@@ -24,10 +24,7 @@ def chromium_path() -> str:
     found = os.environ.get("RECSYS_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if found:
         return found
-    message = "no Chromium: apt-get install chromium (or set RECSYS_CHROMIUM)"
-    if os.environ.get("CI"):
-        pytest.fail(message)
-    pytest.skip(message)
+    missing("no Chromium: apt-get install chromium (or set RECSYS_CHROMIUM)")
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.nightly import DAG_ID
-from tests.conftest import DS, REPO, config_file
+from tests.conftest import DS, REPO, config_file, fresh_database, missing
 from tests.servers import free_port, listens, server, wait_until
 
 pytestmark = pytest.mark.slow
@@ -24,22 +24,7 @@ WORKERS = ("worker1", "worker2")
 
 
 def redis_server() -> str:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    if os.environ.get("CI"):
-        pytest.fail("no redis-server (apt-get install redis-server)")
-    pytest.skip("no redis-server (apt-get install redis-server)")
-
-
-def database(maintenance_url: str, name: str) -> str:
-    """A fresh database on the test server; its URL."""
-    import psycopg
-
-    with psycopg.connect(maintenance_url, autocommit=True) as con:
-        con.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        con.execute(f'CREATE DATABASE "{name}"')
-    return maintenance_url.rsplit("/", 1)[0] + f"/{name}"
+    return shutil.which("redis-server") or missing("no redis-server (apt-get install redis-server)")
 
 
 def test_the_dag_runs_on_two_celery_workers_and_its_publish_shards_land_on_both(postgres_server, shop_raw, tmp_path):
@@ -48,8 +33,8 @@ def test_the_dag_runs_on_two_celery_workers_and_its_publish_shards_land_on_both(
     from tasks.storage.postgres_warehouse import PostgresWarehouse
 
     redis = redis_server()
-    metadata = database(postgres_server, "celery_airflow")
-    warehouse = database(postgres_server, "celery_warehouse")
+    metadata = fresh_database(postgres_server, "celery_airflow")
+    warehouse = fresh_database(postgres_server, "celery_warehouse")
     config = config_file(tmp_path / "config.yaml", tmp_path / "var", shop_raw, f"warehouse.url={warehouse}",
                          "publish.shards=2")
     redis_port, api = free_port(), f"http://127.0.0.1:{free_port()}"
