@@ -84,8 +84,9 @@ def main() -> None:
 == Look around
   Airflow UI: make airflow   -> http://127.0.0.1:8080
               user admin, password in {book.airflow_home}/simple_auth_manager_passwords.json.generated
-  MLflow UI:  make mlflow    -> http://127.0.0.1:5000
+  MLflow UI:  make mlflow    -> http://127.0.0.1:5000/#/experiments?workflowType=machine_learning
               experiment {config.register.experiment}, registered model {config.register.model_name}
+  User page:  make app       -> http://127.0.0.1:8501 (a user's list, and each night's report at /reports/<ds>)
   Tables:     {sys.executable} -c "import duckdb; print(duckdb.connect('{book.warehouse}', read_only=True)
                   .sql('SELECT * FROM recommendations_latest LIMIT 10'))"
 demo finished in {time.perf_counter() - started:.0f}s""")
