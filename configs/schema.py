@@ -173,6 +173,10 @@ class TrainRetrievalConfig(Section):
         False, description="Give each known user a free embedding besides features and history (overfits here).")
     validation_days: int = Field(1, ge=1, description="Last training days used for early stopping.")
     patience: int = Field(2, ge=1)
+    strategy: Literal["single", "mirrored", "multi_worker"] = Field(
+        "single", description="single: this process; mirrored: every local GPU; multi_worker: the workers TF_CONFIG "
+                              "names (one `python -m tasks.train_retrieval` each; worker 0 writes the model). "
+                              "In-batch negatives are gathered across replicas, so the softmax sees the global batch.")
 
 
 SourceKind = Literal["popularity", "cooccurrence", "ease", "two_tower", "recent"]

@@ -35,21 +35,26 @@ def train_retrieval(config: Config, ds: date, run_id: str) -> TrainRetrievalResu
     if not config.train_retrieval.enabled:
         log.info("train_retrieval ds=%s: disabled in config, nothing trained", ds)
         return TrainRetrievalResult(ds=ds, path=None, epochs_run=0, val_loss=[], seconds=0.0)
+    from tasks.models.distribution import is_chief
     from tasks.models.two_tower import fit_two_tower  # TensorFlow loads only when this step runs
 
     started = time.perf_counter()
     book = AddressBook.from_config(config)
     features = FeatureSet.read(book.features(ds))
-    target = book.model(ds, KIND)
-    with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="two_tower-") as scratch:
+    target = book.model(ds, KIND) if is_chief() else None
+    with tempfile.TemporaryDirectory(prefix="two_tower-") as scratch:
         popularity = fit_model("popularity", features, config.train)
         fallback = pd.Series(popularity.fallback_scores, index=popularity.item_ids)
         model = fit_two_tower(features, config.data, config.train_retrieval, config.seed, Path(scratch), fallback)
-        model.save(staging)
+        if target is None:  # a multi-worker run's other workers: the chief (worker 0) writes the model
+            model.save(Path(scratch) / "model")
+        else:
+            with atomic_directory(target) as staging:
+                model.save(staging)
     seconds = time.perf_counter() - started
     log.info("train_retrieval ds=%s: %d items embedded, %d epochs in %.1fs -> %s", ds, len(model.item_ids),
              model.params["epochs_run"], seconds, target)
-    return TrainRetrievalResult(ds=ds, path=str(target), epochs_run=model.params["epochs_run"],
+    return TrainRetrievalResult(ds=ds, path=None if target is None else str(target), epochs_run=model.params["epochs_run"],
                                 val_loss=model.params["val_loss"], seconds=round(seconds, 2))
 
 

@@ -58,11 +58,14 @@ class ListRankingTrainer(tfrs.Model):
     def __init__(self, ranker: ListRanker):
         super().__init__()
         self.ranker = ranker
-        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.CategoricalCrossentropy(from_logits=True))
+        # Per-list losses averaged over the global batch by hand: the default (AUTO) reduction raises under a
+        # tf.distribute strategy (tensorflow/recommenders#222); with one replica this is the same mean.
+        self.task = tfrs.tasks.Ranking(loss=tf.keras.losses.CategoricalCrossentropy(
+            from_logits=True, reduction=tf.keras.losses.Reduction.NONE))
 
     def compute_loss(self, inputs, training=False):
         features, mask, labels = inputs
-        return self.task(labels=labels, predictions=self.ranker((features, mask)))
+        return tf.nn.compute_average_loss(self.task(labels=labels, predictions=self.ranker((features, mask))))
 
 
 class ExportedRanker(tf.Module):

@@ -29,6 +29,8 @@ SECTIONS: dict[str, tuple[str, ...]] = {
     "two_tower": ("train.popularity", "train_retrieval"),
     "two_stage": ("train.popularity", "train_retrieval", "train_ranking"),
 }
+# Keys that say where a model trains, not what it is: two recipes differing only in them are the same recipe.
+HOW_IT_RUNS = {"train_retrieval": ("strategy",)}
 
 
 def _get(tree: dict, dotted: str) -> Any:
@@ -42,7 +44,11 @@ def recipe(kind: str, config: Config) -> dict:
     if kind not in SECTIONS:
         raise ValueError(f"unknown model kind {kind!r}; known: {', '.join(SECTIONS)}")
     resolved = config.model_dump(mode="json")
-    return {"kind": kind, "seed": config.seed, "sections": {s: _get(resolved, s) for s in SECTIONS[kind]}}
+    sections = {s: _get(resolved, s) for s in SECTIONS[kind]}
+    for section, keys in HOW_IT_RUNS.items():
+        if section in sections:
+            sections[section] = {k: v for k, v in sections[section].items() if k not in keys}
+    return {"kind": kind, "seed": config.seed, "sections": sections}
 
 
 def recipe_config(config: Config, saved: dict) -> Config:
@@ -54,7 +60,9 @@ def recipe_config(config: Config, saved: dict) -> Config:
     resolved["seed"] = saved.get("seed", config.seed)
     for dotted, value in saved.get("sections", {}).items():
         *parents, last = dotted.split(".")
-        (_get(resolved, ".".join(parents)) if parents else resolved)[last] = value
+        tonight = _get(resolved, dotted)
+        (_get(resolved, ".".join(parents)) if parents else resolved)[last] = {
+            **value, **{k: tonight[k] for k in HOW_IT_RUNS.get(dotted, ()) if k in tonight}}
     return Config.model_validate(resolved)
 
 

@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from tasks.models.base import Recommender, UserBatch
+from tasks.models.distribution import across_replicas, shard_by_example, training_strategy
 from tasks.models.tower_inputs import (
     PAD,
     HistoryAttributes,
@@ -138,25 +139,22 @@ class Tower(tf.keras.Model):
         return tf.math.l2_normalize(output, axis=-1) if self.normalize else output
 
 
-def with_random_negatives(candidates: dict, probability, catalog: dict, count: int, seed: int | None = None):
-    """The batch's candidate inputs followed by `count` items drawn uniformly from `catalog` (mixed negative
-    sampling), with each candidate's sampling probability on one scale.
+def random_negatives(catalog: dict, count: int, batch_size, seed: int | None = None):
+    """`count` items drawn uniformly from `catalog` (mixed negative sampling) and their sampling probability
+    on the in-batch candidates' scale.
 
-    An in-batch candidate's probability is its share of examples, so a batch of B holds it B*p times on
-    average; a uniform draw holds an item count/N times, recorded as count/(N*B) to keep the two comparable.
+    An in-batch candidate's probability is its share of examples, so a (global) batch of B holds it B*p times
+    on average; a uniform draw holds an item count/N times, recorded as count/(N*B) to keep the two comparable.
     """
-    if count == 0:
-        return candidates, probability
     size = tf.shape(next(iter(catalog.values())), out_type=tf.int64)[0]
     drawn = tf.random.uniform([count], 0, size, dtype=tf.int64, seed=seed)
-    batch = tf.cast(tf.shape(probability)[0], tf.float32)
-    extra = tf.fill([count], count / (tf.cast(size, tf.float32) * batch))
-    return ({name: tf.concat([value, tf.gather(catalog[name], drawn)], axis=0) for name, value in candidates.items()},
-            tf.concat([probability, extra], axis=0))
+    probability = tf.fill([count], count / (tf.cast(size, tf.float32) * tf.cast(batch_size, tf.float32)))
+    return {name: tf.gather(value, drawn) for name, value in catalog.items()}, probability
 
 
 class TwoTowerTrainer(tfrs.Model):
-    """In-batch softmax over the batch's items, plus `extra_negatives` uniform draws from `catalog`."""
+    """In-batch softmax over the global batch's items (gathered across replicas under a strategy), plus
+    `extra_negatives` uniform draws from `catalog` per replica."""
 
     def __init__(self, query: Tower, candidate: Tower, temperature: float, catalog: dict | None = None,
                  extra_negatives: int = 0):
@@ -168,12 +166,20 @@ class TwoTowerTrainer(tfrs.Model):
 
     def compute_loss(self, features, training=False):
         inputs, weight, probability = features
-        candidates, probability = with_random_negatives(inputs["candidate"], probability, self.catalog,
-                                                        self.extra_negatives if training else 0)
-        # Labels pair query i with candidate i; the extra candidates are negatives for every query.
-        return self.task(self.query(inputs["query"]), self.candidate(candidates), sample_weight=weight,
-                         candidate_sampling_probability=probability,
-                         candidate_ids=candidates[self.candidate.spec.id_column], compute_metrics=False)
+        items = inputs["candidate"]
+        id_column = self.candidate.spec.id_column
+        # Embeddings, not inputs, cross replicas (collectives carry numbers, not strings); ids as vocabulary rows.
+        embeddings = across_replicas(self.candidate(items))
+        ids = across_replicas(self.candidate.id_lookup(items[id_column]))
+        probability = across_replicas(probability)
+        if training and self.extra_negatives:
+            drawn, drawn_probability = random_negatives(self.catalog, self.extra_negatives, tf.shape(probability)[0])
+            embeddings = tf.concat([embeddings, self.candidate(drawn)], axis=0)
+            ids = tf.concat([ids, self.candidate.id_lookup(drawn[id_column])], axis=0)
+            probability = tf.concat([probability, drawn_probability], axis=0)
+        # Labels pair query i with candidate i; every other candidate is a negative for it.
+        return self.task(self.query(inputs["query"]), embeddings, sample_weight=weight,
+                         candidate_sampling_probability=probability, candidate_ids=ids, compute_metrics=False)
 
 
 def tower_signature(spec: TowerSpec) -> dict[str, tf.TensorSpec]:
@@ -316,6 +322,7 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
 
     `fallback` (popularity by item id) serves users without history, the same list every model falls back to.
     """
+    strategy = training_strategy(config.strategy)  # first: a multi-worker strategy must precede any TF op
     tf.keras.utils.set_random_seed(seed)
     train = first_touches(features.train_interactions)
     query_spec, candidate_spec = tower_specs(features, data, config.history_length)
@@ -332,12 +339,16 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     train_data = examples_dataset(paths["train"], query_spec, candidate_spec, users, items, config.batch_size, True, seed)
     validation_data = None if epochs else examples_dataset(paths["validation"], query_spec, candidate_spec, users,
                                                            items, config.batch_size, False, seed)
-    query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
-                  history_attributes=history_attributes(items, candidate_spec))
-    candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
-    catalog = to_tensors(encode(items, candidate_spec)) if config.extra_negatives else None
-    trainer = TwoTowerTrainer(query, candidate, config.temperature, catalog, config.extra_negatives)
-    trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+    if strategy.num_replicas_in_sync > 1:  # `batch_size` is the global batch, split among the replicas
+        train_data = shard_by_example(train_data)
+        validation_data = None if validation_data is None else shard_by_example(validation_data)
+    with strategy.scope():
+        query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
+                      history_attributes=history_attributes(items, candidate_spec))
+        candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
+        catalog = to_tensors(encode(items, candidate_spec)) if config.extra_negatives else None
+        trainer = TwoTowerTrainer(query, candidate, config.temperature, catalog, config.extra_negatives)
+        trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
                           callbacks=[] if epochs else [stop], verbose=0)

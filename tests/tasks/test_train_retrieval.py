@@ -26,19 +26,36 @@ def test_a_visit_funnel_is_one_touch_with_its_strongest_event():
 
 
 def test_random_negatives_follow_the_batch_on_one_probability_scale():
-    from tasks.models.two_tower import tf, with_random_negatives
+    from tasks.models.two_tower import random_negatives, tf
 
     catalog = {"item_id": tf.constant(list("abcdefgh")), "price": tf.constant(np.arange(8, dtype=np.float32))}
-    batch = {"item_id": tf.constant(["c", "a"]), "price": tf.constant([2.0, 0.0])}
-    candidates, probability = with_random_negatives(batch, tf.constant([0.5, 0.25]), catalog, 3, seed=1)
-    ids = candidates["item_id"].numpy().astype(str)
-    assert ids[:2].tolist() == ["c", "a"] and len(ids) == 5
+    drawn, probability = random_negatives(catalog, 3, batch_size=2, seed=1)
+    ids = drawn["item_id"].numpy().astype(str)
+    assert len(ids) == 3 and set(ids) <= set("abcdefgh")
     # Each drawn item keeps its own inputs: the price of catalogue item "a"+n is n.
-    assert [ord(i) - ord("a") for i in ids] == candidates["price"].numpy().tolist()
+    assert [ord(i) - ord("a") for i in ids] == drawn["price"].numpy().tolist()
     # A batch of 2 holds an in-batch item 2p times; 3 uniform draws from 8 hold one 3/8 times: p = 3/(8*2).
-    np.testing.assert_allclose(probability.numpy(), [0.5, 0.25, 3 / 16, 3 / 16, 3 / 16])
-    unchanged, same = with_random_negatives(batch, tf.constant([0.5, 0.25]), catalog, 0)
-    assert unchanged is batch and same.shape == (2,)
+    np.testing.assert_allclose(probability.numpy(), [3 / 16, 3 / 16, 3 / 16])
+
+
+def test_extra_negatives_join_every_querys_softmax():
+    """The uniform draws are embedded by the item tower and scored against every query: the loss grows with
+    them (more negatives in each softmax), and evaluation (training=False) leaves them out."""
+    from tasks.models.tower_inputs import TowerSpec
+    from tasks.models.two_tower import Tower, TwoTowerTrainer, tf
+
+    users, items = [f"u{i}" for i in range(6)], [f"i{i}" for i in range(12)]
+    batch = ({"query": {"user_id": tf.constant(users)}, "candidate": {"item_id": tf.constant(items[:6])}},
+             tf.ones(6), tf.fill([6], 1 / 6))
+
+    def loss(extra: int, training: bool) -> float:
+        tf.keras.utils.set_random_seed(3)
+        trainer = TwoTowerTrainer(Tower(TowerSpec("user_id", users), 8), Tower(TowerSpec("item_id", items), 8), 0.1,
+                                  {"item_id": np.array(items)}, extra)
+        return float(trainer.compute_loss(batch, training=training))
+
+    assert loss(8, training=True) > loss(0, training=True)
+    assert loss(8, training=False) == loss(0, training=False)
 
 
 def test_two_tower_beats_popularity_on_recall(pipeline_run):
