@@ -262,6 +262,12 @@ class ExecutionConfig(Section):
     default_resources: PodResources = PodResources()
     resources: dict[str, PodResources] = Field(default_factory=dict, description="Per step name, replacing the "
                                                                                   "default (train_retrieval: a GPU).")
+    retrieval_workers: int = Field(
+        1, ge=1, description="Pods that train the two-tower together, one TensorFlow worker each (a Kubernetes "
+                             "Indexed Job), when train_retrieval.strategy is multi_worker; 1: one pod.")
+    worker_service: str = Field("recsys-workers", description="Headless Service whose DNS names the workers' pods "
+                                                              "(docker/kubernetes/recsys.yaml).")
+    worker_port: int = Field(2222, ge=1, le=65535, description="Port the TensorFlow workers talk on.")
 
 
 class WarehouseConfig(Section):

@@ -94,13 +94,16 @@ def plan_pod_shards(step_name: str, **context) -> list[list[str]]:
 POD_ARGUMENTS = "pod_arguments"  # the task that resolves each run's arguments once for every pod
 
 
-def add_pod_tasks(steps: tuple[Step, ...], execution) -> tuple[dict, dict]:
+def add_pod_tasks(steps: tuple[Step, ...], config) -> tuple[dict, dict]:
     """Kubernetes mode (`execution.mode: kubernetes_pod`): each step is a pod of the project image running
     `python -m tasks.<step>`, with its resources from config and the config from a ConfigMap; one small task
     first resolves the run's arguments (ds, run id, the form's knobs), which every pod reads from XCom. A
-    sharded step maps one pod per shard."""
+    sharded step maps one pod per shard. A multi-worker `train_retrieval` is an Indexed Job of
+    `retrieval_workers` pods (`retrieval_workers_job`)."""
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
+
+    execution = config.execution
 
     from pipelines.airflow_step import POD_CONFIG
 
@@ -130,10 +133,35 @@ def add_pod_tasks(steps: tuple[Step, ...], execution) -> tuple[dict, dict]:
             arguments >> plan
             tasks[step.name] = KubernetesPodOperator.partial(**pod(step)).expand(arguments=plan.output)
             entries[step.name] = plan
+        elif step.name == "train_retrieval" and config.train_retrieval.strategy == "multi_worker" \
+                and execution.retrieval_workers > 1:
+            tasks[step.name] = entries[step.name] = retrieval_workers_job(pod(step), execution, arguments.output)
         else:
             tasks[step.name] = entries[step.name] = KubernetesPodOperator(
                 arguments=arguments.output, **pod(step))
     return tasks, entries
+
+
+WORKERS_LABEL = "recsys/workers"  # the headless Service selects the workers' pods by it
+
+
+def retrieval_workers_job(pod: dict, execution, arguments):
+    """`retrieval_workers` pods of one Indexed Job train the two-tower together: pod i is TensorFlow worker i
+    (`tasks.models.distribution.indexed_job_tf_config` builds its TF_CONFIG from the Job's index and the
+    headless Service `worker_service`, its subdomain); worker 0 writes the model. The task waits for the Job."""
+    from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
+    from kubernetes.client import models as k8s
+
+    workers = execution.retrieval_workers
+    env = [k8s.V1EnvVar(name="RECSYS_WORKERS", value=str(workers)),
+           k8s.V1EnvVar(name="RECSYS_WORKER_SERVICE", value=execution.worker_service),
+           k8s.V1EnvVar(name="RECSYS_WORKER_PORT", value=str(execution.worker_port))]
+    template = k8s.V1Job(spec=k8s.V1JobSpec(template=k8s.V1PodTemplateSpec(
+        spec=k8s.V1PodSpec(subdomain=execution.worker_service, containers=[]))))
+    return KubernetesJobOperator(
+        **{**pod, "env_vars": [*pod["env_vars"], *env]}, arguments=arguments, full_job_spec=template,
+        labels={WORKERS_LABEL: "train-retrieval"}, completion_mode="Indexed", completions=workers,
+        parallelism=workers, backoff_limit=0, wait_until_job_complete=True)
 
 
 def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> None:
@@ -143,7 +171,7 @@ def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> No
     With `execution.mode: kubernetes_pod` each step runs as a pod instead (`add_pod_tasks`)."""
     execution = form_config().execution
     if execution.mode == "kubernetes_pod":
-        tasks, entries = add_pod_tasks(steps, execution)
+        tasks, entries = add_pod_tasks(steps, form_config())
         _wire(steps, tasks, entries, wait_for_events)
         return
     tasks, entries = {}, {}

@@ -20,15 +20,35 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("single", "mirrored", "multi_worker")
 
 
+def indexed_job_tf_config(env: dict[str, str]) -> dict | None:
+    """TF_CONFIG for a pod of a Kubernetes Indexed Job (Kubernetes mode's `retrieval_workers`), or None outside
+    one. Such a pod is named `<job>-<index>` and, with the headless Service as its subdomain, every worker is
+    reachable at `<job>-<i>.<service>`; the index is JOB_COMPLETION_INDEX."""
+    if "JOB_COMPLETION_INDEX" not in env or "RECSYS_WORKERS" not in env:
+        return None
+    index, job = int(env["JOB_COMPLETION_INDEX"]), env["HOSTNAME"].rsplit("-", 1)[0]
+    service, port = env["RECSYS_WORKER_SERVICE"], env.get("RECSYS_WORKER_PORT", "2222")
+    workers = [f"{job}-{i}.{service}:{port}" for i in range(int(env["RECSYS_WORKERS"]))]
+    return {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+
+
+def tf_config() -> dict:
+    """This process's TF_CONFIG: the environment's, else the one an Indexed Job's pod derives (then also put in
+    the environment, where MultiWorkerMirroredStrategy reads it); {} for a process on its own."""
+    if not os.environ.get("TF_CONFIG") and (derived := indexed_job_tf_config(dict(os.environ))):
+        os.environ["TF_CONFIG"] = json.dumps(derived)
+    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+
+
 def cluster_workers() -> int:
     """Workers named in TF_CONFIG (0 without one)."""
-    spec = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster", {})
+    spec = tf_config().get("cluster", {})
     return len(spec.get("worker", [])) + len(spec.get("chief", []))
 
 
 def is_chief() -> bool:
     """Whether this process writes the model: the only one, the `chief` task, or worker 0 when none is named."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    config = tf_config()
     task, cluster = config.get("task", {}), config.get("cluster", {})
     if not task:
         return True

@@ -107,8 +107,64 @@ def test_the_manifests_give_the_pods_their_namespace_config_map_and_permission(t
     assert shipped.pop("base") == "/app/configs/default.yaml"  # where the image keeps the shipped configs
     (tmp_path / "config.yaml").write_text(yaml.safe_dump({"base": str(REPO / "configs" / "default.yaml"), **shipped}))
     assert load_config(tmp_path / "config.yaml").execution.mode == "kubernetes_pod"
-    allowed = {verb for rule in by_kind["Role"]["rules"] if "pods" in rule["resources"] for verb in rule["verbs"]}
-    assert {"create", "get", "delete"} <= allowed
+    for resource in ("pods", "jobs"):
+        allowed = {verb for rule in by_kind["Role"]["rules"] if resource in rule["resources"] for verb in rule["verbs"]}
+        assert {"create", "get", "delete"} <= allowed
+    service = by_kind["Service"]  # the multi-worker Job's pods, named through the headless Service
+    assert service["metadata"]["name"] == execution.worker_service and service["spec"]["clusterIP"] == "None"
+    assert service["spec"]["selector"] == {"recsys/workers": "train-retrieval"}
+    assert service["spec"]["ports"][0]["port"] == execution.worker_port
     values = yaml.safe_load((REPO / "docker" / "kubernetes" / "airflow-values.yaml").read_text())
     assert values["executor"] == "CeleryExecutor"
     assert {"name": "RECSYS_CONFIG", "value": "/etc/recsys/config.yaml"} in values["env"]
+
+
+def test_multi_worker_retrieval_is_an_indexed_job_whose_pods_find_each_other(tmp_path, monkeypatch):
+    """train_retrieval.strategy=multi_worker with 3 retrieval_workers: one Indexed Job of 3 pods, rendered with
+    the operator's own `build_job_request_obj` (no cluster here); each pod's TF_CONFIG follows from its index."""
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.providers.cncf.kubernetes.operators.job import KubernetesJobOperator
+
+    from pipelines.airflow_step import pod_arguments
+    from tasks.models.distribution import indexed_job_tf_config
+
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"base": str(REPO / "configs" / "default.yaml"),
+                                      "execution": {**POD_SETTINGS, "retrieval_workers": 3},
+                                      "train_retrieval": {"strategy": "multi_worker"}}))
+    monkeypatch.setenv("RECSYS_CONFIG", str(config))
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    assert bag.import_errors == {}
+    task = bag.dags[DAG_ID].get_task("train_retrieval")
+    assert isinstance(task, KubernetesJobOperator) and task.wait_until_job_complete
+    task.arguments = pod_arguments(run_context())
+    # The Job operator has no dry run; it only asks a kubeconfig whether it runs in a cluster. A file naming an
+    # unreachable server answers that without any call.
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "none",
+        "clusters": [{"name": "none", "cluster": {"server": "https://127.0.0.1:9"}}],
+        "users": [{"name": "none", "user": {"token": "none"}}],
+        "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}]}))
+    task.config_file = str(kubeconfig)
+    job = task.build_job_request_obj().to_dict()
+
+    assert job["metadata"]["namespace"] == "shop"
+    spec = job["spec"]
+    assert (spec["completion_mode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    pod = spec["template"]
+    assert pod["spec"]["subdomain"] == "recsys-workers"
+    assert pod["metadata"]["labels"]["recsys/workers"] == "train-retrieval"
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "tasks.train_retrieval"] and container["args"][:2] == ["--ds",
+                                                                                                           "2026-11-22"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert env["RECSYS_WORKERS"] == "3" and env["RECSYS_WORKER_SERVICE"] == "recsys-workers"
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"  # train_retrieval's own resources
+
+    # What pod 2 of that Job (named <job>-2 by Kubernetes) hands TensorFlow:
+    name = job["metadata"]["name"]
+    derived = indexed_job_tf_config({**env, "JOB_COMPLETION_INDEX": "2", "HOSTNAME": f"{name}-2"})
+    assert derived == {"cluster": {"worker": [f"{name}-{i}.recsys-workers:2222" for i in range(3)]},
+                       "task": {"type": "worker", "index": 2}}
+    assert indexed_job_tf_config({"HOSTNAME": "a-pod"}) is None  # any other pod trains alone
