@@ -309,10 +309,24 @@ class ReportConfig(Section):
 warnings.filterwarnings("ignore", message='Field name "register" in "Config" shadows', category=UserWarning)
 
 
+class SparkConfig(Section):
+    """Where `engine: spark` runs: a local Spark in the step's process, or a Spark Connect server."""
+
+    master: str = Field("local[2]", description="Spark master of the in-process session (local[N]: N cores).")
+    remote: str | None = Field(None, description="Spark Connect URL (sc://host:15002); set, it replaces `master`.")
+    driver_memory: str = Field("2g", description="Memory of the in-process driver (JVM quantity: 2g).")
+    shuffle_partitions: int = Field(8, ge=1, description="Partitions of each shuffle (group-by, join, sort).")
+
+
 class Config(Section):
     """The whole pipeline's configuration, validated once at the edge."""
 
     seed: int = 42
+    engine: Literal["pandas", "spark"] = Field(
+        "pandas", description="What computes build_features' tables: pandas in the step's process, or Spark "
+                              "(`spark` section), with the same checks and the same files. validate_raw is "
+                              "pandas either way.")
+    spark: SparkConfig = SparkConfig()
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()
     wait_for_events: WaitForEventsConfig = WaitForEventsConfig()

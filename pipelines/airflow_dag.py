@@ -60,7 +60,8 @@ def trigger_params(knobs: dict[str, Knob]) -> dict[str, Param]:
     defaults = knob_defaults(form_config(), knobs)
 
     def param(name: str, knob: Knob) -> Param:
-        extra = {"items": {"type": "string", "enum": list(knob.choices)}} if knob.choices else {}
+        extra = {} if not knob.choices else {"items": {"type": "string", "enum": list(knob.choices)}} \
+            if knob.type == "array" else {"enum": [*knob.choices, None]}
         return Param(defaults[name], type=[knob.type, "null"], title=name,
                      description=f"{knob.description} Default: the config's {knob.key}.", **extra)
 

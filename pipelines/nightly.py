@@ -53,11 +53,13 @@ class Knob:
     key: str           # dotted config key it overrides
     type: str          # JSON-schema type of the value
     description: str   # with the unit
-    choices: tuple[str, ...] = ()  # for an array: the values it may hold (a multi-select in the form)
+    choices: tuple[str, ...] = ()  # the values it may take (a select; for an array, a multi-select)
 
 
 KNOBS: dict[str, Knob] = {
     "k": Knob("publish.k", "integer", "Recommendations per user (items, top-K)."),
+    "engine": Knob("engine", "string", "What computes build_features' tables: pandas in the task, or Spark.",
+                   ("pandas", "spark")),
     "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks (count)."),
     "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds (days)."),
     "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation (days)."),

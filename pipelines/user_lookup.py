@@ -34,9 +34,9 @@ def user_lookup(config: Config, user_id: str, ds: date | None = None, history_it
     published = pd.Timestamp(frame["ds"].iloc[0]).date()
     features = book.features(published)
     items_file, users_file = features / "serving_items.parquet", features / "serving_users.parquet"
-    items = (pd.read_parquet(items_file).drop(columns=ITEM_COUNTS, errors="ignore") if items_file.is_file()
+    items = (pd.read_parquet(items_file).drop(columns=ITEM_COUNTS, errors="ignore") if items_file.exists()
              else pd.DataFrame({"item_id": pd.Series(dtype=str)}))
-    users = (pd.read_parquet(users_file, columns=["user_id", "history"]) if users_file.is_file()
+    users = (pd.read_parquet(users_file, columns=["user_id", "history"]) if users_file.exists()
              else pd.DataFrame({"user_id": [], "history": []}))
     recent = users.loc[users["user_id"] == user_id, "history"]
     history = pd.DataFrame({"item_id": [str(i) for i in (list(recent.iloc[0])[:history_items] if len(recent) else [])]})

@@ -6,6 +6,7 @@ an event on or after the cutoff can change no training feature. Serving features
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from datetime import date, timedelta
@@ -143,10 +144,14 @@ def features_as_of(features: FeatureSet, day: date, config: Config) -> FeatureSe
 
 def features_suites(features: FeatureSet) -> tuple[dict[str, pd.DataFrame], dict[str, list[gxe.Expectation]]]:
     """Checks of the built tables, the point-in-time rule among them."""
-    cutoff_ts = pd.Timestamp(features.window.cutoff.isoformat(), tz="UTC")
     frames = {"interactions": features.interactions, "train_users": features.train_users,
               "train_items": features.train_items}
-    suites = {
+    return frames, features_suites_for(pd.Timestamp(features.window.cutoff.isoformat(), tz="UTC"))
+
+
+def features_suites_for(cutoff_ts: pd.Timestamp) -> dict[str, list[gxe.Expectation]]:
+    """The suites of `features_suites`, for tables of either engine."""
+    return {
         "interactions": [gxe.ExpectColumnValuesToNotBeNull(column=c) for c in ("user_id", "item_id", "weight")]
         + [gxe.ExpectColumnValuesToBeBetween(column="weight", min_value=0, strict_min=True),
            gxe.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "holdout"])],
@@ -155,7 +160,6 @@ def features_suites(features: FeatureSet) -> tuple[dict[str, pd.DataFrame], dict
         "train_items": [gxe.ExpectColumnValuesToBeUnique(column="item_id"),
                         gxe.ExpectColumnValuesToNotBeNull(column="item_id")],
     }
-    return frames, suites
 
 
 def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult:
@@ -164,6 +168,8 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
     book = AddressBook.from_config(config)
     raw = RawStore(book.raw)
     window = feature_window(ds, config.build_features)
+    if config.engine == "spark":
+        return build_features_on_spark(config, ds, run_id, book, raw, window, started)
     events = raw.read_range("events", window.first, window.last)
     snapshot_day, users_at_cutoff = raw.latest_snapshot("users", window.cutoff - timedelta(days=1))
     _, items_at_cutoff = raw.latest_snapshot("items", window.cutoff - timedelta(days=1))
@@ -189,6 +195,40 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
              len(days), len(features.serving_users), len(features.serving_items), time.perf_counter() - started,
              target)
     return BuildFeaturesResult(ds=ds, path=str(target), cutoff=window.cutoff, rows=features.manifest["rows"])
+
+
+def build_features_on_spark(config: Config, ds: date, run_id: str, book: AddressBook, raw: RawStore, window: Window,
+                            started: float) -> BuildFeaturesResult:
+    """`engine: spark`: the same tables, checks and atomic publication, computed and written by Spark."""
+    from tasks.spark.features import compute_features as compute_on_spark
+    from tasks.spark.features import write_tables
+    from tasks.spark.session import spark_session
+
+    spark = spark_session(config.spark)
+    snapshot_days = {"users_at_cutoff": raw.latest_snapshot_day("users", window.cutoff - timedelta(days=1)),
+                     "items_at_cutoff": raw.latest_snapshot_day("items", window.cutoff - timedelta(days=1)),
+                     "users_at_ds": raw.latest_snapshot_day("users", ds),
+                     "items_at_ds": raw.latest_snapshot_day("items", ds)}
+    tables, days = compute_on_spark(spark, raw, window, snapshot_days, config)
+    cutoff_ts = pd.Timestamp(window.cutoff.isoformat(), tz="UTC")
+    frames = {name: tables[name] for name in ("interactions", "train_users", "train_items")}
+    failures, html, _ = run_suites(frames, features_suites_for(cutoff_ts), book.reports(ds, run_id, "build_features"))
+    if failures:
+        lines = "\n".join(f"  - {f}" for f in failures)
+        raise FeaturesInvalid(f"features ds={ds} failed validation; nothing was published:\n{lines}\nreport: {html}")
+    target = book.features(ds)
+    with atomic_directory(target) as staging:
+        rows = write_tables(tables, staging)
+        manifest = {"window": {"first": window.first, "cutoff": window.cutoff, "last": window.last}, "ds": ds,
+                    "snapshot_at_cutoff": snapshot_days["users_at_cutoff"], "event_days": len(days),
+                    "fingerprints": {f"events/ds={d}": raw.fingerprint("events", d) for d in days},
+                    "rows": {t: rows[t] for t in ("interactions", "train_users", "train_items", "serving_users",
+                                                  "serving_items")}, "engine": "spark"}
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+    log.info("build_features ds=%s on Spark: %d interactions (cutoff %s) from %d days, %d users, %d items in %.1fs "
+             "-> %s", ds, rows["interactions"], window.cutoff, len(days), rows["serving_users"], rows["serving_items"],
+             time.perf_counter() - started, target)
+    return BuildFeaturesResult(ds=ds, path=str(target), cutoff=window.cutoff, rows=manifest["rows"])
 
 
 run = build_features

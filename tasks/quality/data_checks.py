@@ -36,13 +36,21 @@ def as_checked_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.astype({c: object for c in typed})
 
 
-def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, list[gxe.Expectation]],
+def is_spark(frame) -> bool:
+    return hasattr(frame, "sparkSession")
+
+
+def run_suites(frames: dict, suites: dict[str, list[gxe.Expectation]],
                report_dir: Path) -> tuple[list[Failure], Path, dict]:
-    """Validate each table with its suite in a file-backed GX context under `report_dir`, building Data Docs."""
+    """Validate each table (pandas DataFrames, or Spark DataFrames for `engine: spark`, which GX's Spark
+    datasource checks where they live) with its suite in a file-backed GX context under `report_dir`, building
+    Data Docs."""
     context = gx.get_context(mode="file", project_root_dir=report_dir)
     # One progress bar per expectation drowns the task log; our own log lines give the counts instead.
     context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    source = context.data_sources.add_or_update_pandas(name="raw")
+    on_spark = any(is_spark(frame) for frame in frames.values())
+    source = context.data_sources.add_or_update_spark(name="spark") if on_spark \
+        else context.data_sources.add_or_update_pandas(name="raw")
     definitions = []
     for table, expectations in suites.items():
         suite = context.suites.add_or_update(gx.ExpectationSuite(name=table, expectations=expectations))
@@ -53,7 +61,8 @@ def run_suites(frames: dict[str, pd.DataFrame], suites: dict[str, list[gxe.Expec
     results: dict[str, dict] = {}
     for definition in definitions:
         table = definition.name
-        outcome = definition.run(batch_parameters={"dataframe": as_checked_frame(frames[table])}, result_format="SUMMARY")
+        frame = frames[table] if on_spark else as_checked_frame(frames[table])
+        outcome = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
         results[table] = outcome.to_json_dict()
         failures += [_describe(table, r) for r in outcome.results if not r.success]
     context.build_data_docs()

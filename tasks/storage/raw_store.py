@@ -74,10 +74,15 @@ class RawStore:
 
     def latest_snapshot(self, table: str, on_or_before: date, max_days_back: int = 31) -> tuple[date, pd.DataFrame]:
         """The newest snapshot partition at or before a day (item and user tables are daily snapshots)."""
+        day = self.latest_snapshot_day(table, on_or_before, max_days_back)
+        return day, self.read(table, day)
+
+    def latest_snapshot_day(self, table: str, on_or_before: date, max_days_back: int = 31) -> date:
+        """The day of `latest_snapshot`, without reading it."""
         for back in range(max_days_back + 1):
             day = on_or_before - timedelta(days=back)
             if self.has_partition(table, day):
-                return day, self.read(table, day)
+                return day
         raise MissingInput(f"{table}: no snapshot within {max_days_back} days before {on_or_before} under {self.root}")
 
     def row_count(self, table: str, ds: date) -> int | None:

@@ -3,6 +3,7 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
+from tasks.address_book import AddressBook
 from tasks.build_features import compute_features, feature_window
 from tasks.storage.raw_store import RawStore
 from tests.conftest import DS, make_config
@@ -61,3 +62,47 @@ def test_training_history_is_most_recent_first_and_bounded(inputs):
     busiest = features.train_users.sort_values("n_events").iloc[-1]
     own = features.train_interactions[features.train_interactions["user_id"] == busiest["user_id"]]
     assert busiest["history"][0] == own.sort_values(["event_ts", "event_id"]).iloc[-1]["item_id"]
+
+
+def _comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    """List cells (numpy arrays once read back) as tuples, so frames compare cell by cell."""
+    def cell(value):
+        return tuple(value) if hasattr(value, "__len__") and not isinstance(value, str) else value
+
+    return frame.apply(lambda column: column.map(cell) if column.dtype == object else column)
+
+
+@pytest.mark.slow
+def test_the_spark_engine_writes_every_feature_file_as_the_pandas_engine_does(raw_copy, tmp_path):
+    """engine=spark (local[2]) and engine=pandas on the same landing zone, with the cases the shop lacks added on
+    ds: a rating (its value scales its weight), an item missing from the catalogue (unavailable) and a user
+    missing from the user snapshot. Every table: the same columns, types and rows in the same order."""
+    from tasks.build_features import build_features
+    from tasks.feature_set import TABLES, FeatureSet
+    from tasks.storage.raw_store import write_partition
+
+    events = RawStore(raw_copy).read("events", DS).drop(columns="ds", errors="ignore")  # ds: from the path
+    extra = pd.DataFrame({"event_id": ["x-1", "x-2"], "user_id": ["u-unlisted", events["user_id"].iloc[0]],
+                          "item_id": ["i-unlisted", events["item_id"].iloc[0]], "event_type": ["view", "rating"],
+                          "event_ts": events["event_ts"].max() - pd.Timedelta(minutes=1), "value": [None, 4.0]})
+    write_partition(raw_copy, "events", DS, pd.concat([events, extra], ignore_index=True))
+
+    built = {}
+    for engine in ("pandas", "spark"):
+        config = make_config(tmp_path / engine, raw_copy, f"engine={engine}")
+        result = build_features(config, DS, "parity")
+        built[engine] = (result, FeatureSet.read(AddressBook.from_config(config).features(DS)))
+    (pandas_result, by_pandas), (spark_result, by_spark) = built["pandas"], built["spark"]
+    assert spark_result.rows == pandas_result.rows
+    assert by_spark.window == by_pandas.window
+    assert by_spark.manifest["fingerprints"] == by_pandas.manifest["fingerprints"]
+    for table in TABLES:
+        ours, theirs = getattr(by_spark, table), getattr(by_pandas, table)
+        assert list(ours.columns) == list(theirs.columns), table
+        pd.testing.assert_frame_equal(_comparable(ours), _comparable(theirs), check_exact=False, rtol=1e-9,
+                                      obj=table)
+    items = by_spark.serving_items.set_index("item_id")
+    assert not items.loc["i-unlisted", "is_available"]
+    assert "u-unlisted" in set(by_spark.serving_users["user_id"])
+    rating = by_spark.interactions.set_index("event_id").loc["x-2"]
+    assert rating["weight"] == 4.0 * make_config(tmp_path, raw_copy).data.event_weights["rating"]
