@@ -323,9 +323,9 @@ class Config(Section):
 
     seed: int = 42
     engine: Literal["pandas", "spark"] = Field(
-        "pandas", description="What computes build_features' tables: pandas in the step's process, or Spark "
-                              "(`spark` section), with the same checks and the same files. validate_raw is "
-                              "pandas either way.")
+        "pandas", description="What runs validate_raw's checks and computes build_features' tables: pandas in "
+                              "the step's process, or Spark (`spark` section), with the same Great Expectations "
+                              "suites and the same files.")
     spark: SparkConfig = SparkConfig()
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()

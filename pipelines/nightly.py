@@ -58,7 +58,7 @@ class Knob:
 
 KNOBS: dict[str, Knob] = {
     "k": Knob("publish.k", "integer", "Recommendations per user (items, top-K)."),
-    "engine": Knob("engine", "string", "What computes build_features' tables: pandas in the task, or Spark.",
+    "engine": Knob("engine", "string", "What runs validate_raw and build_features: pandas in the task, or Spark.",
                    ("pandas", "spark")),
     "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks (count)."),
     "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds (days)."),

@@ -169,7 +169,10 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
     raw = RawStore(book.raw)
     window = feature_window(ds, config.build_features)
     if config.engine == "spark":
-        return build_features_on_spark(config, ds, run_id, book, raw, window, started)
+        if parquet_only(raw, window):
+            return build_features_on_spark(config, ds, run_id, book, raw, window, started)
+        log.info("build_features ds=%s: CSV partitions in the window, so pandas builds the features "
+                 "(engine: spark reads Parquet)", ds)
     events = raw.read_range("events", window.first, window.last)
     snapshot_day, users_at_cutoff = raw.latest_snapshot("users", window.cutoff - timedelta(days=1))
     _, items_at_cutoff = raw.latest_snapshot("items", window.cutoff - timedelta(days=1))
@@ -195,6 +198,15 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
              len(days), len(features.serving_users), len(features.serving_items), time.perf_counter() - started,
              target)
     return BuildFeaturesResult(ds=ds, path=str(target), cutoff=window.cutoff, rows=features.manifest["rows"])
+
+
+def parquet_only(raw: RawStore, window: Window) -> bool:
+    """Whether every raw file the window reads (its days' events, the snapshots it takes) is Parquet."""
+    days = [window.first + timedelta(days=n) for n in range((window.last - window.first).days + 1)]
+    partitions = [("events", day) for day in days] + [
+        (table, raw.latest_snapshot_day(table, day)) for table in ("items", "users")
+        for day in (window.cutoff - timedelta(days=1), window.last)]
+    return all(p.suffix == ".parquet" for table, day in partitions for p in raw.partition_files(table, day))
 
 
 def build_features_on_spark(config: Config, ds: date, run_id: str, book: AddressBook, raw: RawStore, window: Window,

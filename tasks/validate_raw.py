@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from configs.schema import Config, DataConfig, FeatureColumns, ValidateRawConfig, ValueRule
 from tasks.address_book import RAW_TABLES, AddressBook
 from tasks.errors import RawDataInvalid
-from tasks.quality.data_checks import STRING_TYPES, TIMESTAMP_TYPES, run_suites
+from tasks.quality.data_checks import TYPE_NAMES, run_suites
 from tasks.step_cli import dump_json, step_main
 from tasks.storage.lake import reconcile_recommendations
 from tasks.storage.raw_store import RawStore
@@ -23,7 +23,6 @@ from tasks.storage.warehouse import warehouse_for
 log = logging.getLogger(__name__)
 
 EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "event_ts")
-NUMERIC_TYPES = ["int", "float", "int32", "int64", "float32", "float64", "Int64", "Float64"]
 FLOAT_MAX = float(np.finfo(np.float64).max)
 
 
@@ -34,21 +33,23 @@ class ValidateRawResult(BaseModel):
     fingerprints: dict[str, str]
 
 
-def _snapshot_suite(table: str, key: str, frame: pd.DataFrame, declared: FeatureColumns) -> list[gxe.Expectation]:
+def _snapshot_suite(table: str, key: str, columns: list[str], declared: FeatureColumns,
+                    types: dict[str, list[str]]) -> list[gxe.Expectation]:
     suite: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in (key, *declared.all)]
-    if key in frame.columns:
+    if key in columns:
         suite += [gxe.ExpectColumnValuesToNotBeNull(column=key), gxe.ExpectColumnValuesToBeUnique(column=key),
-                  gxe.ExpectColumnValuesToBeInTypeList(column=key, type_list=STRING_TYPES)]
-    for column in (c for c in declared.numeric if c in frame.columns):
-        suite += value_rule_suite(column, declared.rule(column))
-    if "is_available" in frame.columns:
-        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column="is_available", type_list=["bool", "bool_"]))
+                  gxe.ExpectColumnValuesToBeInTypeList(column=key, type_list=types["string"])]
+    for column in (c for c in declared.numeric if c in columns):
+        suite += value_rule_suite(column, declared.rule(column), types)
+    if "is_available" in columns:
+        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column="is_available", type_list=types["bool"]))
     return suite
 
 
-def value_rule_suite(column: str, rule: ValueRule) -> list[gxe.Expectation]:
+def value_rule_suite(column: str, rule: ValueRule, types: dict[str, list[str]] = TYPE_NAMES["pandas"],
+                     ) -> list[gxe.Expectation]:
     """A declared numeric column's rule as expectations, each tagged with the rule it checks (the error names it)."""
-    suite: list[gxe.Expectation] = [gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=NUMERIC_TYPES,
+    suite: list[gxe.Expectation] = [gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=types["numeric"],
                                                                          meta={"rule": "numeric"})]
     if rule.finite:  # GX leaves NaN to the null check, and +-inf outside any finite bound
         suite.append(gxe.ExpectColumnValuesToBeBetween(column=column, min_value=-FLOAT_MAX, max_value=FLOAT_MAX,
@@ -61,22 +62,23 @@ def value_rule_suite(column: str, rule: ValueRule) -> list[gxe.Expectation]:
     return suite
 
 
-def events_suite(events: pd.DataFrame, ds: date, data: DataConfig, rules: ValidateRawConfig,
-                 known_items: set[str], known_users: set[str], trailing_counts: list[int]) -> list[gxe.Expectation]:
+def events_suite(columns: list[str], ds: date, data: DataConfig, rules: ValidateRawConfig,
+                 known_items: set[str], known_users: set[str], trailing_counts: list[int],
+                 types: dict[str, list[str]] = TYPE_NAMES["pandas"]) -> list[gxe.Expectation]:
     """The events contract for one day; column checks only where the column exists (its absence is reported)."""
     day_start = pd.Timestamp(ds.isoformat(), tz="UTC")
     suite: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in EVENT_COLUMNS]
-    present = set(events.columns)
+    present = set(columns)
     for column in present & set(EVENT_COLUMNS):
         suite.append(gxe.ExpectColumnValuesToNotBeNull(column=column))
         if column != "event_ts":
-            suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=STRING_TYPES))
+            suite.append(gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=types["string"]))
     if "event_id" in present:
         suite.append(gxe.ExpectColumnValuesToBeUnique(column="event_id"))
     if "event_type" in present:
         suite.append(gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(data.event_types)))
     if "event_ts" in present:
-        suite += [gxe.ExpectColumnValuesToBeInTypeList(column="event_ts", type_list=TIMESTAMP_TYPES),
+        suite += [gxe.ExpectColumnValuesToBeInTypeList(column="event_ts", type_list=types["timestamp"]),
                   gxe.ExpectColumnValuesToBeBetween(column="event_ts", min_value=day_start,
                                                     max_value=day_start + pd.Timedelta(days=1), strict_max=True)]
     if "item_id" in present:
@@ -86,12 +88,18 @@ def events_suite(events: pd.DataFrame, ds: date, data: DataConfig, rules: Valida
         suite.append(gxe.ExpectColumnValuesToBeInSet(column="user_id", value_set=sorted(known_users),
                                                      mostly=1 - rules.unknown_user_tolerance))
     if "value" in present:
-        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column="value", type_list=["float", "float64", "int", "int64"]))
+        suite.append(gxe.ExpectColumnValuesToBeInTypeList(column="value", type_list=types["float"]))
     if trailing_counts:
         mean = sum(trailing_counts) / len(trailing_counts)
         suite.append(gxe.ExpectTableRowCountToBeBetween(min_value=int(mean * (1 - rules.row_count_tolerance)),
                                                         max_value=int(mean * (1 + rules.row_count_tolerance)) + 1))
     return suite
+
+
+def raw_day_on_spark(config: Config, raw: RawStore, ds: date) -> dict:
+    from tasks.spark.raw import read_day
+
+    return read_day(config.spark, raw, ds, RAW_TABLES)
 
 
 def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
@@ -101,21 +109,23 @@ def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
     # The first step of any run of ds mends a lake folder an earlier crash left behind the warehouse.
     reconcile_recommendations(book, warehouse_for(config, book), ds)
     raw = RawStore(book.raw)
-    frames = {table: raw.read(table, ds) for table in RAW_TABLES}
-    items, users = frames["items"], frames["users"]
+    on_spark = config.engine == "spark" and all(
+        p.suffix == ".parquet" for table in RAW_TABLES for p in raw.partition_files(table, ds))
+    frames = raw_day_on_spark(config, raw, ds) if on_spark else {table: raw.read(table, ds) for table in RAW_TABLES}
     trailing = [n for back in range(1, config.validate_raw.row_count_trailing_days + 1)
                 if (n := raw.row_count("events", ds - timedelta(days=back))) is not None]
+    types = TYPE_NAMES["spark" if on_spark else "pandas"]
     suites = {
-        "events": events_suite(frames["events"], ds, config.data, config.validate_raw,
-                               set(items.get("item_id", pd.Series(dtype=str)).dropna()),
-                               set(users.get("user_id", pd.Series(dtype=str)).dropna()), trailing),
-        "items": _snapshot_suite("items", "item_id", items, config.data.items),
-        "users": _snapshot_suite("users", "user_id", users, config.data.users),
+        "events": events_suite(list(frames["events"].columns), ds, config.data, config.validate_raw,
+                               known_ids(frames["items"], "item_id"), known_ids(frames["users"], "user_id"),
+                               trailing, types),
+        "items": _snapshot_suite("items", "item_id", list(frames["items"].columns), config.data.items, types),
+        "users": _snapshot_suite("users", "user_id", list(frames["users"].columns), config.data.users, types),
     }
     report_dir = book.reports(ds, run_id, "validate_raw")
     failures, html, results = run_suites(frames, suites, report_dir)
     dump_json(report_dir / "validation.json", results)
-    rows = {table: len(frame) for table, frame in frames.items()}
+    rows = {table: frame.count() if on_spark else len(frame) for table, frame in frames.items()}
     for table in RAW_TABLES:
         files = ", ".join(str(p) for p in raw.partition_files(table, ds))
         failed = sum(f.table == table for f in failures)
@@ -131,6 +141,15 @@ def validate_raw(config: Config, ds: date, run_id: str) -> ValidateRawResult:
     log.info("validate_raw ds=%s: all passed in %.1fs; report %s", ds, time.perf_counter() - started, html)
     return ValidateRawResult(ds=ds, rows=rows, report_html=str(html),
                              fingerprints={t: raw.fingerprint(t, ds) for t in RAW_TABLES})
+
+
+def known_ids(frame, column: str) -> set[str]:
+    """The ids a snapshot declares (pandas or Spark frame); none where the column is missing (reported)."""
+    if column not in frame.columns:
+        return set()
+    if hasattr(frame, "sparkSession"):
+        return {row[0] for row in frame.select(column).dropna().distinct().collect()}
+    return set(frame[column].dropna())
 
 
 run = validate_raw

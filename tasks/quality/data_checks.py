@@ -11,9 +11,18 @@ import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 
 # GX 1.24 does not recognise pandas 3's `str` dtype in type expectations, but checks object columns value by
-# value; `as_checked_frame` hands it object columns, so these are Python type names.
+# value; `as_checked_frame` hands it object columns, so these are Python type names. On Spark GX compares the
+# column's Spark type instead.
 STRING_TYPES = ["str"]
 TIMESTAMP_TYPES = ["Timestamp"]
+TYPE_NAMES = {
+    "pandas": {"string": STRING_TYPES, "timestamp": TIMESTAMP_TYPES, "bool": ["bool", "bool_"],
+               "float": ["float", "float64", "int", "int64"],
+               "numeric": ["int", "float", "int32", "int64", "float32", "float64", "Int64", "Float64"]},
+    "spark": {"string": ["StringType"], "timestamp": ["TimestampType"], "bool": ["BooleanType"],
+              "float": ["DoubleType", "FloatType", "LongType", "IntegerType"],
+              "numeric": ["DoubleType", "FloatType", "LongType", "IntegerType", "ShortType", "ByteType"]},
+}
 
 
 @dataclass(frozen=True)

@@ -11,32 +11,12 @@ from pathlib import Path
 
 from configs.schema import Config, DataConfig
 from tasks.feature_set import Window
+from tasks.spark.raw import read_parquet_partitions
 from tasks.storage.raw_store import RawStore
 
 
 def _utc(day: date) -> datetime:
     return datetime(day.year, day.month, day.day, tzinfo=UTC)
-
-
-def read_parquet_partitions(spark, raw: RawStore, table: str, days: list[date]):
-    """The raw partitions of `days` that exist, with their `ds`; CSV partitions are the pandas engine's."""
-    from pyspark.sql import functions as F
-
-    frames = []
-    for day in days:
-        files = raw.partition_files(table, day)
-        if not files:
-            continue
-        if any(p.suffix != ".parquet" for p in files):
-            raise NotImplementedError(f"engine: spark reads Parquet raw partitions; {table} ds={day} has CSV "
-                                      f"files ({', '.join(map(str, files))}): use engine: pandas")
-        frames.append(spark.read.parquet(*map(str, files)).withColumn("ds", F.lit(day)))
-    if not frames:
-        return None
-    result = frames[0]
-    for frame in frames[1:]:
-        result = result.unionByName(frame, allowMissingColumns=True)
-    return result
 
 
 def weigh_events(events, data: DataConfig):

@@ -157,3 +157,40 @@ def test_an_unreadable_file_is_a_data_error_naming_it_and_changes_nothing(breake
     assert f"events ds={DS}" in str(failure.value) and str(target) in str(failure.value)
     assert isinstance(failure.value, DataContractError)  # the Airflow task fails at once instead of retrying
     pd.testing.assert_frame_equal(warehouse.query("SELECT * FROM recommendations ORDER BY ds, user_id, rank"), before)
+
+
+def _price(value):
+    def breaker(items):
+        return items.assign(price=items["price"].where(items.index != 7, value))
+    return breaker
+
+
+SPARK_CASES = {**{case: ("events", breaker) for case, (breaker, _, _) in BROKEN.items()},
+               "infinite price": ("items", _price(float("inf"))), "missing price": ("items", _price(float("nan"))),
+               "negative price": ("items", _price(-3.5)), "good": ("items", lambda items: items)}
+
+
+def _failed_rules(error: RawDataInvalid) -> list[str]:
+    """The failure lines of the message without their counts and samples: table, column, expectation, rule."""
+    return sorted(line.split(" (")[0].strip() for line in str(error).splitlines() if line.startswith("  - "))
+
+
+@pytest.mark.slow
+def test_the_spark_engine_passes_and_fails_the_same_batches_naming_the_same_rules(raw_copy, tmp_path):
+    """Each broken batch above, and the good one, through engine=pandas and engine=spark: the same verdict, and
+    the same table, column, expectation and rule named for each failure."""
+    for case, (table, breaker) in SPARK_CASES.items():
+        partition = next((raw_copy / table / f"ds={DS}").glob("*.parquet"))
+        original = pd.read_parquet(partition)
+        breaker(original.drop(columns="ds", errors="ignore")).to_parquet(partition, index=False)
+        named = {}
+        for engine in ("pandas", "spark"):
+            try:
+                result = validate_raw(make_config(tmp_path / engine, raw_copy, f"engine={engine}"), DS, case)
+                named[engine] = result.rows
+            except RawDataInvalid as error:
+                named[engine] = _failed_rules(error)
+                assert str(partition) in str(error), (case, engine)
+        assert named["spark"] == named["pandas"], case
+        assert isinstance(named["pandas"], dict) == (case == "good"), case
+        original.drop(columns="ds", errors="ignore").to_parquet(partition, index=False)
