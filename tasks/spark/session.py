@@ -24,14 +24,16 @@ def spark_session(config: SparkConfig):
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName("recsys-nightly")
-    builder = builder.remote(config.remote) if config.remote else builder.master(config.master).config(
-        "spark.driver.memory", config.driver_memory).config("spark.ui.enabled", "false")
+    if config.remote:  # a server's own settings (memory, UI) are its operator's; the session's are ours
+        builder = builder.remote(config.remote)
+    else:
+        builder = builder.master(config.master).config("spark.driver.memory", config.driver_memory).config(
+            "spark.ui.enabled", "false").config("spark.ui.showConsoleProgress", "false")  # bars garble task logs
     settings = {
         "spark.sql.session.timeZone": "UTC",
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",  # not INT96: pandas and DuckDB read it as is
         "spark.sql.shuffle.partitions": str(config.shuffle_partitions),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
-        "spark.ui.showConsoleProgress": "false",  # its progress bars would garble the task log
     }
     for key, value in settings.items():
         builder = builder.config(key, value)

@@ -106,3 +106,42 @@ def test_the_spark_engine_writes_every_feature_file_as_the_pandas_engine_does(ra
     assert "u-unlisted" in set(by_spark.serving_users["user_id"])
     rating = by_spark.interactions.set_index("event_id").loc["x-2"]
     assert rating["weight"] == 4.0 * make_config(tmp_path, raw_copy).data.event_weights["rating"]
+
+
+@pytest.mark.slow
+def test_a_spark_connect_server_validates_and_builds_the_same_features(shop_raw, tmp_path):
+    """Production's shape on loopback: a Spark Connect server (started from the pyspark wheel), and the steps as
+    their own processes, its clients through `spark.remote`. validate_raw passes; build_features writes the
+    tables the pandas engine writes."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import pyspark
+
+    from tasks.feature_set import TABLES, FeatureSet
+    from tests.conftest import REPO, step_command
+    from tests.servers import free_port, listens, server
+
+    port, spark_home = free_port(), Path(pyspark.__file__).parent
+    command = [str(spark_home / "bin" / "spark-submit"), "--class",
+               "org.apache.spark.sql.connect.service.SparkConnectServer", "--master", "local[2]",
+               "--conf", f"spark.connect.grpc.binding.port={port}",
+               "--conf", "spark.connect.grpc.binding.address=127.0.0.1", "spark-internal"]
+    env = {**os.environ, "SPARK_HOME": str(spark_home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYTHONPATH": str(REPO), "TF_USE_LEGACY_KERAS": "1"}
+    remote = ("engine=spark", f"spark.remote=sc://127.0.0.1:{port}")
+    with server(command, env, lambda: listens(port), tmp_path / "connect.log", timeout=240):
+        for module in ("tasks.validate_raw", "tasks.build_features"):
+            done = subprocess.run(step_command(module, tmp_path / "connect", shop_raw, *remote), cwd=REPO, env=env,
+                                  capture_output=True, text=True, timeout=600)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert f"spark: sc://127.0.0.1:{port}" in done.stderr  # through the server, not a local session
+    subprocess.run(step_command("tasks.build_features", tmp_path / "pandas", shop_raw), cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=600)
+    through_server, by_pandas = (FeatureSet.read(AddressBook.from_config(make_config(tmp_path / var, shop_raw))
+                                                 .features(DS)) for var in ("connect", "pandas"))
+    for table in TABLES:
+        pd.testing.assert_frame_equal(_comparable(getattr(through_server, table)), _comparable(getattr(by_pandas, table)),
+                                      check_exact=False, rtol=1e-9, obj=table)
