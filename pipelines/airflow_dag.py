@@ -104,9 +104,9 @@ def add_pod_tasks(steps: tuple[Step, ...], config) -> tuple[dict, dict]:
     from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
     from kubernetes.client import models as k8s
 
-    execution = config.execution
-
     from pipelines.airflow_step import POD_CONFIG
+
+    execution = config.execution
 
     arguments = PythonOperator(task_id=POD_ARGUMENTS, python_callable=pod_arguments)
     volume = k8s.V1Volume(name="recsys-config", config_map=k8s.V1ConfigMapVolumeSource(name=execution.config_map))
@@ -170,9 +170,9 @@ def add_step_tasks(steps: tuple[Step, ...], wait_for_events: bool = False) -> No
     planning task and one dynamically mapped task instance per shard. With `wait_for_events`, a sensor
     (reschedule mode: no worker slot held while it waits) comes first and waits for ds's events to land.
     With `execution.mode: kubernetes_pod` each step runs as a pod instead (`add_pod_tasks`)."""
-    execution = form_config().execution
-    if execution.mode == "kubernetes_pod":
-        tasks, entries = add_pod_tasks(steps, form_config())
+    config = form_config()
+    if config.execution.mode == "kubernetes_pod":
+        tasks, entries = add_pod_tasks(steps, config)
         _wire(steps, tasks, entries, wait_for_events)
         return
     tasks, entries = {}, {}

@@ -181,7 +181,7 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
     features = compute_features(events, users_at_cutoff, items_at_cutoff, users_at_ds, items_at_ds, window, config)
     days = sorted(events["ds"].unique())
     features.manifest.update(
-        ds=ds, snapshot_at_cutoff=snapshot_day, event_days=len(days),
+        ds=ds, engine="pandas", snapshot_at_cutoff=snapshot_day, event_days=len(days),
         fingerprints={f"events/ds={d}": raw.fingerprint("events", d) for d in days},
         rows={t: len(getattr(features, t)) for t in ("interactions", "train_users", "train_items",
                                                      "serving_users", "serving_items")})

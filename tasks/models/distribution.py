@@ -17,7 +17,6 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
 
 log = logging.getLogger(__name__)
-STRATEGIES = ("single", "mirrored", "multi_worker")
 
 
 def indexed_job_tf_config(env: dict[str, str]) -> dict | None:
