@@ -109,10 +109,10 @@ def test_the_spark_engine_writes_every_feature_file_as_the_pandas_engine_does(ra
 
 
 @pytest.mark.slow
-def test_a_spark_connect_server_validates_and_builds_the_same_features(shop_raw, tmp_path):
-    """Production's shape on loopback: a Spark Connect server (started from the pyspark wheel), and the steps as
-    their own processes, its clients through `spark.remote`. validate_raw passes; build_features writes the
-    tables the pandas engine writes."""
+def test_a_spark_connect_server_builds_the_features_the_pandas_engine_builds(pipeline_run, shop_raw, tmp_path):
+    """Production's shape on loopback: a Spark Connect server (started from the pyspark wheel), and the step as
+    its own process, its client through `spark.remote`. It writes the tables the session's pipeline run built
+    with pandas from the same landing zone and settings."""
     import os
     import subprocess
     import sys
@@ -133,15 +133,13 @@ def test_a_spark_connect_server_validates_and_builds_the_same_features(shop_raw,
            "PYTHONPATH": str(REPO), "TF_USE_LEGACY_KERAS": "1"}
     remote = ("engine=spark", f"spark.remote=sc://127.0.0.1:{port}")
     with server(command, env, lambda: listens(port), tmp_path / "connect.log", timeout=240):
-        for module in ("tasks.validate_raw", "tasks.build_features"):
-            done = subprocess.run(step_command(module, tmp_path / "connect", shop_raw, *remote), cwd=REPO, env=env,
-                                  capture_output=True, text=True, timeout=600)
-            assert done.returncode == 0, done.stderr[-3000:]
-            assert f"spark: sc://127.0.0.1:{port}" in done.stderr  # through the server, not a local session
-    subprocess.run(step_command("tasks.build_features", tmp_path / "pandas", shop_raw), cwd=REPO, env=env,
-                   check=True, capture_output=True, timeout=600)
-    through_server, by_pandas = (FeatureSet.read(AddressBook.from_config(make_config(tmp_path / var, shop_raw))
-                                                 .features(DS)) for var in ("connect", "pandas"))
+        done = subprocess.run(step_command("tasks.build_features", tmp_path / "connect", shop_raw, *remote), cwd=REPO,
+                              env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"spark: sc://127.0.0.1:{port}" in done.stderr  # through the server, not a local session
+    config, _ = pipeline_run
+    by_pandas = FeatureSet.read(AddressBook.from_config(config).features(DS))
+    through_server = FeatureSet.read(AddressBook.from_config(make_config(tmp_path / "connect", shop_raw)).features(DS))
     for table in TABLES:
         pd.testing.assert_frame_equal(_comparable(getattr(through_server, table)), _comparable(getattr(by_pandas, table)),
                                       check_exact=False, rtol=1e-9, obj=table)

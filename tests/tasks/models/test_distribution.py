@@ -46,10 +46,11 @@ def test_the_strategy_is_where_a_recipe_trains_not_what_it_is(shop_raw, tmp_path
 
 
 @pytest.mark.slow
-def test_two_workers_on_loopback_train_a_two_tower_as_good_as_one_process(shop_raw, tmp_path):
-    """`python -m tasks.train_retrieval` once alone, then as two workers (TF_CONFIG, MultiWorkerMirroredStrategy,
-    the global batch split between them). Worker 0 writes the model, worker 1 nothing. Both models are scored on
-    the held-out days: the two-worker one keeps at least 95% of the single one's recall@20 (the two runs may differ
+def test_two_workers_on_loopback_train_a_two_tower_as_good_as_one_process(pipeline_run, shop_raw, tmp_path):
+    """`python -m tasks.train_retrieval` as two workers (TF_CONFIG, MultiWorkerMirroredStrategy, the global batch
+    split between them) on the features of the session's pipeline run, whose own two-tower was trained by one
+    process with the same settings. Worker 0 writes the model, worker 1 nothing. Both models are scored on the
+    held-out days: the two-worker one keeps at least 95% of the single one's recall@20 (the two runs may differ
     in shuffling and float order, so not bit for bit) and beats popularity."""
     from tasks.address_book import AddressBook
     from tasks.evaluate import evaluate_model, held_out_window
@@ -57,15 +58,11 @@ def test_two_workers_on_loopback_train_a_two_tower_as_good_as_one_process(shop_r
     from tasks.models import load_recommender
     from tasks.train import fit_model
 
+    config, _ = pipeline_run
+    book = AddressBook.from_config(config)
+    pair = tmp_path / "pair"
+    shutil.copytree(book.features(DS), AddressBook.from_config(make_config(pair, shop_raw)).features(DS))
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_USE_LEGACY_KERAS": "1"}
-    alone, pair = tmp_path / "alone", tmp_path / "pair"
-    subprocess.run(step_command("tasks.build_features", alone, shop_raw), cwd=REPO, env=env, check=True,
-                   capture_output=True, timeout=300)
-    shutil.copytree(alone / "lake" / "features", pair / "lake" / "features")
-
-    done = subprocess.run(step_command("tasks.train_retrieval", alone, shop_raw), cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
     workers = [f"127.0.0.1:{free_port()}" for _ in range(2)]
     command = step_command("tasks.train_retrieval", pair, shop_raw, "train_retrieval.strategy=multi_worker")
     processes = [subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -79,15 +76,14 @@ def test_two_workers_on_loopback_train_a_two_tower_as_good_as_one_process(shop_r
     results = [json.loads(stdout) for stdout, _ in outputs]
     assert results[0]["path"] and results[1]["path"] is None  # only worker 0 wrote the model
 
-    config = make_config(alone, shop_raw)
-    features = FeatureSet.read(AddressBook.from_config(config).features(DS))
+    features = FeatureSet.read(book.features(DS))
     window = held_out_window(features, config)
 
     def recall(model) -> float:
         rows = evaluate_model(model, window, (20,), 512, "model")
         return next(r["recall_at_20"] for r in rows if r["segment"] == "all")
 
-    single = recall(load_recommender(AddressBook.from_config(config).model(DS, "two_tower")))
+    single = recall(load_recommender(book.model(DS, "two_tower")))
     two_workers = recall(load_recommender(Path(results[0]["path"])))
     popularity = recall(fit_model("popularity", features, config.train))
     assert two_workers >= 0.95 * single, (two_workers, single)
