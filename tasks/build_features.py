@@ -169,8 +169,9 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
     raw = RawStore(book.raw)
     window = feature_window(ds, config.build_features)
     if config.engine == "spark":
-        if parquet_only(raw, window):
-            return build_features_on_spark(config, ds, run_id, book, raw, window, started)
+        snapshots = snapshot_days(raw, window)
+        if parquet_only(raw, window, snapshots):
+            return build_features_on_spark(config, ds, run_id, book, raw, window, snapshots, started)
         log.info("build_features ds=%s: CSV partitions in the window, so pandas builds the features "
                  "(engine: spark reads Parquet)", ds)
     events = raw.read_range("events", window.first, window.last)
@@ -200,27 +201,27 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
     return BuildFeaturesResult(ds=ds, path=str(target), cutoff=window.cutoff, rows=features.manifest["rows"])
 
 
-def parquet_only(raw: RawStore, window: Window) -> bool:
+def snapshot_days(raw: RawStore, window: Window) -> dict[str, date]:
+    """The day of each snapshot the features take: users and items as of the cutoff's eve and as of ds."""
+    return {f"{table}_at_{when}": raw.latest_snapshot_day(table, day) for table in ("users", "items")
+            for when, day in (("cutoff", window.cutoff - timedelta(days=1)), ("ds", window.last))}
+
+
+def parquet_only(raw: RawStore, window: Window, snapshots: dict[str, date]) -> bool:
     """Whether every raw file the window reads (its days' events, the snapshots it takes) is Parquet."""
-    days = [window.first + timedelta(days=n) for n in range((window.last - window.first).days + 1)]
-    partitions = [("events", day) for day in days] + [
-        (table, raw.latest_snapshot_day(table, day)) for table in ("items", "users")
-        for day in (window.cutoff - timedelta(days=1), window.last)]
+    partitions = [("events", day) for day in window.days] + [
+        (name.split("_at_")[0], day) for name, day in snapshots.items()]
     return all(p.suffix == ".parquet" for table, day in partitions for p in raw.partition_files(table, day))
 
 
 def build_features_on_spark(config: Config, ds: date, run_id: str, book: AddressBook, raw: RawStore, window: Window,
-                            started: float) -> BuildFeaturesResult:
+                            snapshot_days: dict[str, date], started: float) -> BuildFeaturesResult:
     """`engine: spark`: the same tables, checks and atomic publication, computed and written by Spark."""
     from tasks.spark.features import compute_features as compute_on_spark
     from tasks.spark.features import write_tables
     from tasks.spark.session import spark_session
 
     spark = spark_session(config.spark)
-    snapshot_days = {"users_at_cutoff": raw.latest_snapshot_day("users", window.cutoff - timedelta(days=1)),
-                     "items_at_cutoff": raw.latest_snapshot_day("items", window.cutoff - timedelta(days=1)),
-                     "users_at_ds": raw.latest_snapshot_day("users", ds),
-                     "items_at_ds": raw.latest_snapshot_day("items", ds)}
     tables, days = compute_on_spark(spark, raw, window, snapshot_days, config)
     cutoff_ts = pd.Timestamp(window.cutoff.isoformat(), tz="UTC")
     frames = {name: tables[name] for name in ("interactions", "train_users", "train_items")}

@@ -24,6 +24,11 @@ class Window:
     cutoff: date
     last: date
 
+    @property
+    def days(self) -> list[date]:
+        """Every day from `first` to `last`, inclusive."""
+        return [self.first + timedelta(days=n) for n in range((self.last - self.first).days + 1)]
+
 
 @dataclass(frozen=True)
 class ServingSlice:

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from configs.schema import Config, DataConfig, FeatureColumns, ValidateRawConfig, ValueRule
 from tasks.address_book import RAW_TABLES, AddressBook
 from tasks.errors import RawDataInvalid
-from tasks.quality.data_checks import TYPE_NAMES, run_suites
+from tasks.quality.data_checks import TYPE_NAMES, is_spark, run_suites
 from tasks.step_cli import dump_json, step_main
 from tasks.storage.lake import reconcile_recommendations
 from tasks.storage.raw_store import RawStore
@@ -46,8 +46,7 @@ def _snapshot_suite(table: str, key: str, columns: list[str], declared: FeatureC
     return suite
 
 
-def value_rule_suite(column: str, rule: ValueRule, types: dict[str, list[str]] = TYPE_NAMES["pandas"],
-                     ) -> list[gxe.Expectation]:
+def value_rule_suite(column: str, rule: ValueRule, types: dict[str, list[str]]) -> list[gxe.Expectation]:
     """A declared numeric column's rule as expectations, each tagged with the rule it checks (the error names it)."""
     suite: list[gxe.Expectation] = [gxe.ExpectColumnValuesToBeInTypeList(column=column, type_list=types["numeric"],
                                                                          meta={"rule": "numeric"})]
@@ -64,7 +63,7 @@ def value_rule_suite(column: str, rule: ValueRule, types: dict[str, list[str]] =
 
 def events_suite(columns: list[str], ds: date, data: DataConfig, rules: ValidateRawConfig,
                  known_items: set[str], known_users: set[str], trailing_counts: list[int],
-                 types: dict[str, list[str]] = TYPE_NAMES["pandas"]) -> list[gxe.Expectation]:
+                 types: dict[str, list[str]]) -> list[gxe.Expectation]:
     """The events contract for one day; column checks only where the column exists (its absence is reported)."""
     day_start = pd.Timestamp(ds.isoformat(), tz="UTC")
     suite: list[gxe.Expectation] = [gxe.ExpectColumnToExist(column=c) for c in EVENT_COLUMNS]
@@ -147,7 +146,7 @@ def known_ids(frame, column: str) -> set[str]:
     """The ids a snapshot declares (pandas or Spark frame); none where the column is missing (reported)."""
     if column not in frame.columns:
         return set()
-    if hasattr(frame, "sparkSession"):
+    if is_spark(frame):
         return {row[0] for row in frame.select(column).dropna().distinct().collect()}
     return set(frame[column].dropna())
 

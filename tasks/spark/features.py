@@ -103,8 +103,7 @@ def compute_features(spark, raw: RawStore, window: Window, snapshot_days: dict[s
     from pyspark.sql import functions as F
 
     data, rules = config.data, config.build_features
-    days = [window.first + timedelta(days=n) for n in range((window.last - window.first).days + 1)]
-    events = read_parquet_partitions(spark, raw, "events", days)
+    events = read_parquet_partitions(spark, raw, "events", window.days)
     if events is None:
         from tasks.errors import MissingInput
 
