@@ -323,9 +323,10 @@ class Config(Section):
 
     seed: int = 42
     engine: Literal["pandas", "spark"] = Field(
-        "pandas", description="What runs validate_raw's checks and computes build_features' tables: pandas in "
-                              "the step's process, or Spark (`spark` section), with the same Great Expectations "
-                              "suites and the same files.")
+        "pandas", description="What runs validate_raw's checks, computes build_features' tables and scores "
+                              "publish_shard's users: pandas in the step's process (one task per shard), or Spark "
+                              "(`spark` section: one task, one job over every shard), with the same Great "
+                              "Expectations suites, rules and files.")
     spark: SparkConfig = SparkConfig()
     paths: PathsConfig = PathsConfig()
     data: DataConfig = DataConfig()

@@ -58,9 +58,10 @@ class Knob:
 
 KNOBS: dict[str, Knob] = {
     "k": Knob("publish.k", "integer", "Recommendations per user (items, top-K)."),
-    "engine": Knob("engine", "string", "What runs validate_raw and build_features: pandas in the task, or Spark.",
-                   ("pandas", "spark")),
-    "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks (count)."),
+    "engine": Knob("engine", "string", "What runs validate_raw, build_features and publish_shard's scoring: pandas in "
+                   "the task, or Spark.", ("pandas", "spark")),
+    "publish_shards": Knob("publish.shards", "integer", "User shards scored by parallel publish_shard tasks, or by one Spark "
+                           "job (count)."),
     "lookback_days": Knob("build_features.lookback_days", "integer", "Days of events read, ending at ds (days)."),
     "holdout_days": Knob("build_features.holdout_days", "integer", "Last days held out for evaluation (days)."),
     "models": Knob("train.models", "array", "Baseline models train fits and the gate compares.",

@@ -22,7 +22,7 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.fault_points import fault_point
-from tasks.publish_shard import shard_count, shard_file
+from tasks.publish_shard import shard_file
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.lake import publication_token, reconcile_recommendations, sweep_leftovers, write_marker
@@ -48,7 +48,7 @@ def publish(config: Config, ds: date, run_id: str) -> PublishResult:
     book = AddressBook.from_config(config)
     warehouse = warehouse_for(config, book)
     agreement = reconcile_recommendations(book, warehouse, ds)  # a crash of an earlier try is mended first
-    staging, shards = book.publish_staging(ds, run_id), shard_count(config)
+    staging, shards = book.publish_staging(ds, run_id), config.publish.shards
     files = [staging / shard_file(shard, shards) for shard in range(shards)]
     missing = [f.name for f in files if not f.is_file()]
     if missing:

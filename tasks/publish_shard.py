@@ -3,7 +3,8 @@
 Airflow runs one task per shard (dynamic task mapping), in parallel where the executor allows; each loads
 the version register tagged as serving ds (the champion, unless the night is a backfill), scores only its
 own users in batches, and writes one Parquet file under the run's staging folder. Nothing readers see
-changes here: `publish` swaps every shard in at once, or none.
+changes here: `publish` swaps every shard in at once, or none. On `engine: spark` one task runs one Spark job
+that writes the same shard files (`tasks.spark.scoring`).
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterable, Iterator
 from datetime import date
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel
@@ -24,7 +28,7 @@ from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
 from tasks.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
-from tasks.storage.model_registry import registry_for
+from tasks.storage.model_registry import RegisteredModel, registry_for
 
 log = logging.getLogger(__name__)
 _EMPTY = recommendation_frame([], [], [], [])
@@ -32,7 +36,7 @@ _EMPTY = recommendation_frame([], [], [], [])
 
 class ShardResult(BaseModel):
     ds: date
-    shard: int
+    shard: int | None  # None: every shard, staged by one Spark job
     shards: int
     users: int
     rows: int
@@ -42,7 +46,8 @@ class ShardResult(BaseModel):
 
 
 def shard_count(config: Config) -> int:
-    return config.publish.shards
+    """How many publish_shard tasks run: one per shard; on `engine: spark` one, whose Spark job stages them all."""
+    return 1 if config.engine == "spark" else config.publish.shards
 
 
 def shard_file(shard: int, shards: int) -> str:
@@ -83,35 +88,67 @@ def check_recommendations(recs, k: int, excluded, allowed_items: np.ndarray | No
 
 
 def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardResult:
-    """Recommend with the version serving ds for one shard of the users known on ds, and stage the rows."""
+    """Recommend with the version serving ds for one shard of the users known on ds, and stage the rows.
+    On `engine: spark` the one task (shard 0) stages every shard in one Spark job."""
     started = time.perf_counter()
-    shards = shard_count(config)
+    shards = config.publish.shards
     book = AddressBook.from_config(config)
     directory = book.features(ds)
+    champion = serving_champion(config, book, ds)
+    model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
+    staging = book.publish_staging(ds, run_id)
+    staging.mkdir(parents=True, exist_ok=True)
+    if config.engine == "spark":
+        from tasks.spark.scoring import stage_shards_on_spark
+
+        users, rows = stage_shards_on_spark(config, ds, directory, staging, champion.version, model_name)
+        log.info("publish_shard ds=%s on Spark: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s", ds,
+                 rows, users, shards, model_name, champion.version, time.perf_counter() - started, staging)
+        return ShardResult(ds=ds, shard=None, shards=shards, users=users, rows=rows, model_name=model_name,
+                           model_version=champion.version, path=str(staging))
     users = shard_users(FeatureSet.read_user_ids(directory), shard, shards)
+    # Only this shard's rows are read: at scale, the whole feature set per shard is what memory cannot hold.
+    inputs = ServingInputs.of_features(FeatureSet.read_serving_slice(directory, users), config.publish)
+    model = champion.recommender.for_catalog(inputs.items)  # feature models embed items newer than their training
+    label = f"publish shard {shard}/{shards}"
+    path = staging / shard_file(shard, shards)
+    rows = stage_shard(path, checked(inputs, inputs.recommend(model, users, config.publish.batch_size, label),
+                                     f"recommendations ds={ds} shard {shard}/{shards}"),
+                       {"ds": ds, "model_name": model_name, "model_version": champion.version})
+    log.info("publish_shard ds=%s %d/%d: %d rows for %d users from %s v%s in %.1fs -> %s", ds, shard, shards,
+             rows, len(users), model_name, champion.version, time.perf_counter() - started, path)
+    return ShardResult(ds=ds, shard=shard, shards=shards, users=len(users), rows=rows, model_name=model_name,
+                       model_version=champion.version, path=str(path))
+
+
+def serving_champion(config: Config, book: AddressBook, ds: date) -> RegisteredModel:
+    """The registered version tagged as serving ds, loaded."""
     registry = registry_for(config, book)
     version = registry.serving_version(str(ds))
     if version is None:
         raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")
-    champion = registry.load_version(version)
-    # Only this shard's rows are read: at scale, the whole feature set per shard is what memory cannot hold.
-    inputs = ServingInputs.of_features(FeatureSet.read_serving_slice(directory, users), config.publish)
-    model = champion.recommender.for_catalog(inputs.items)  # feature models embed items newer than their training
-    model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
-    staging = book.publish_staging(ds, run_id)
-    staging.mkdir(parents=True, exist_ok=True)
-    path = staging / shard_file(shard, shards)
+    return registry.load_version(version)
+
+
+def checked(inputs: ServingInputs, batches: Iterable[pd.DataFrame], what: str) -> Iterator[pd.DataFrame]:
+    """`batches` of recommendations, each first held to `check_recommendations` under `inputs`' rules."""
+    for recs in batches:
+        problems = check_recommendations(recs, inputs.k, inputs.excluded, inputs.allowed)
+        if problems:
+            raise RecommendationsInvalid(f"{what} not published; the table keeps its previous rows:\n"
+                                         + "\n".join(f"  - {p}" for p in problems))
+        yield recs
+
+
+def stage_shard(path: Path, batches: Iterable[pd.DataFrame], columns: dict) -> int:
+    """Write `batches` (with `columns` added: ds, model name and version) to one shard file, batch by batch so
+    memory holds one batch of rows; the file appears under its name only once whole. Returns the rows written."""
     partial = path.with_suffix(".partial")  # a retried or killed shard never leaves half a file under its name
     rows = 0
     writer = None
-    try:  # batch by batch: checked, then appended to the shard's file, so memory holds one batch of rows
-        for recs in inputs.recommend(model, users, config.publish.batch_size, f"publish shard {shard}/{shards}"):
-            problems = check_recommendations(recs, config.publish.k, inputs.excluded, inputs.allowed)
-            if problems:
-                raise RecommendationsInvalid(f"recommendations ds={ds} shard {shard}/{shards} not published; the "
-                                             "table keeps its previous rows:\n" + "\n".join(f"  - {p}" for p in problems))
-            table = pa.Table.from_pandas(recs.assign(ds=ds, model_name=model_name, model_version=champion.version),
-                                         preserve_index=False)
+    try:
+        for recs in batches:
+            table = pa.Table.from_pandas(recs.assign(**columns), preserve_index=False)
             writer = writer or pq.ParquetWriter(partial, table.schema)
             writer.write_table(table)
             rows += len(recs)
@@ -119,12 +156,9 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
         if writer is not None:
             writer.close()
     if writer is None:  # no users in this shard: an empty file with the table's columns
-        _EMPTY.assign(ds=ds, model_name=model_name, model_version=champion.version).to_parquet(partial, index=False)
+        _EMPTY.assign(**columns).to_parquet(partial, index=False)
     os.replace(partial, path)
-    log.info("publish_shard ds=%s %d/%d: %d rows for %d users from %s v%s in %.1fs -> %s", ds, shard, shards,
-             rows, len(users), model_name, champion.version, time.perf_counter() - started, path)
-    return ShardResult(ds=ds, shard=shard, shards=shards, users=len(users), rows=rows, model_name=model_name,
-                       model_version=champion.version, path=str(path))
+    return rows
 
 
 run = publish_shard

@@ -241,3 +241,34 @@ def test_a_lake_folder_the_warehouse_never_committed_is_removed(tmp_path):
     GOOD.to_parquet(orphan / "part-0.parquet")
     assert reconcile_recommendations(book, DuckDBWarehouse(book.warehouse), DS) == "removed: not in the warehouse"
     assert not orphan.exists()
+
+
+def test_spark_engine_scores_every_shard_in_one_job_and_publishes_the_pandas_engines_lists(pipeline_run, tmp_path):
+    import shutil
+
+    from pipelines.runner import run_step, shards
+    from tasks.publish import publish
+    from tests.conftest import make_config
+
+    config, _ = pipeline_run
+    var = tmp_path / "var"
+    shutil.copytree(config.paths.var, var)
+    night = make_config(var, config.paths.raw, "engine=spark", "publish.shards=3")
+    warehouse = DuckDBWarehouse(AddressBook.from_config(night).warehouse)
+    pandas_lists = warehouse.query("SELECT user_id, rank, item_id, score FROM recommendations WHERE ds = ? "
+                                   "ORDER BY user_id, rank", [DS])
+
+    assert shards("publish_shard", night) == [0]  # one task: its Spark job stages all three shards
+    staged = run_step("publish_shard", night, DS, "night", 0)
+    assert staged["shard"] is None and staged["users"] == pandas_lists["user_id"].nunique()
+    files = sorted(AddressBook.from_config(night).publish_staging(DS, "night").glob("shard-*.parquet"))
+    assert [f.name for f in files] == [f"shard-{i:05d}-of-00003.parquet" for i in range(3)]
+    spans = [pd.read_parquet(f, columns=["user_id"])["user_id"] for f in files]
+    assert all(len(s) for s in spans) and all(a.max() < b.min() for a, b in zip(spans, spans[1:]))  # id ranges
+
+    done = publish(night, DS, "night")
+    assert done.shards == 3 and done.rows == staged["rows"] == len(pandas_lists)
+    spark_lists = warehouse.query("SELECT user_id, rank, item_id, score FROM recommendations WHERE ds = ? "
+                                  "ORDER BY user_id, rank", [DS])
+    pd.testing.assert_frame_equal(spark_lists.drop(columns="score"), pandas_lists.drop(columns="score"))
+    np.testing.assert_allclose(spark_lists["score"], pandas_lists["score"], atol=1e-5)  # batches differ: float32 sums
