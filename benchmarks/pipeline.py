@@ -7,7 +7,8 @@ step the way a Kubeflow component or an Airflow worker runs it: as its own proce
 so the peak RSS of each step is its own. The shards of a sharded step run as parallel processes, as
 Airflow's mapped tasks would. Writes var/bench/<scale>.json and .md, and, from every scale measured so
 far, var/bench/scaling.md with time(M)/time(S) and time(L)/time(M) per step beside the same ratios of the
-work each step did.
+work each step did. Beside each step's time stands its floor on this machine and how many times the floor
+the step took (`benchmarks.floors`: the rates are measured first, in the same run).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from typing import Annotated
 import pandas as pd
 import typer
 
+from benchmarks.floors import Rates, measure_rates, step_floor
+from benchmarks.topk import significant
 from pipelines.nightly import topological
 from pipelines.runner import shards
 from tasks.generate import ShopSpec, generate
@@ -51,6 +54,9 @@ class StepFigures:
     unit: str
     count: int
     per_second: float
+    floor_seconds: float | None  # the least time its unskippable work takes here (`benchmarks.floors`)
+    times_floor: float | None
+    floor: str                   # the floor's formula, with this run's numbers
 
 
 def run_step(step, common: list[str], config, folder: Path) -> tuple[list[dict], float, float]:
@@ -104,7 +110,7 @@ def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int
     return int(first.get("rows", 0))
 
 
-def measure(scale: str, root: Path) -> list[StepFigures]:
+def measure(scale: str, root: Path) -> tuple[list[StepFigures], Rates]:
     from configs import load_config
 
     spec = SCALES[scale]
@@ -120,16 +126,25 @@ def measure(scale: str, root: Path) -> list[StepFigures]:
     for override in overrides:
         common += ["--set", override]
     (folder / "steps.log").unlink(missing_ok=True)
-    figures, results = [], {}
+    rates = measure_rates(raw, config, spec.users, spec.items)
+    print(f"[{scale}] rates on this machine: {rates.as_dict()}", flush=True)
+    figures, results, examples = [], {}, 0
     for step in topological():
         print(f"[{scale}] {step.name} ...", flush=True)
         results[step.name], seconds, peak = run_step(step, common, config, folder)
         done = count(step.name, results[step.name], results)
+        if step.name == "build_features":  # the two-tower's examples: the training split of the interactions
+            splits = pd.read_parquet(Path(results[step.name][0]["path"]) / "interactions.parquet", columns=["split"])
+            examples = int((splits["split"] == "train").sum())
+        floor, formula = step_floor(step.name, results, config, rates, examples)
+        times = None if floor is None else significant(seconds / floor)
         figures.append(StepFigures(step.name, len(results[step.name]), round(seconds, 1), round(peak, 0),
-                                   UNITS[step.name], done, round(done / seconds, 1)))
+                                   UNITS[step.name], done, round(done / seconds, 1),
+                                   None if floor is None else significant(floor), times, formula))
         print(f"[{scale}] {step.name}: {seconds:.1f}s, peak RSS {peak:,.0f} MiB, {done:,} {UNITS[step.name]} "
-              f"({done / seconds:,.0f}/s)", flush=True)
-    return figures
+              f"({done / seconds:,.0f}/s); floor {'-' if floor is None else f'{floor:.3g}s'} ({formula})"
+              + (f", {times}x it" if times else ""), flush=True)
+    return figures, rates
 
 
 def scaling(root: Path) -> pd.DataFrame | None:
@@ -153,12 +168,12 @@ def main(scale: Annotated[str, typer.Option(help="S, M or L.")] = "S",
         raise typer.BadParameter(f"scale must be one of {', '.join(SCALES)}")
     spec = SCALES[scale]
     started = time.perf_counter()
-    figures = measure(scale, out)
+    figures, rates = measure(scale, out)
     total = time.perf_counter() - started
     table = pd.DataFrame([asdict(f) for f in figures])
     setup = {"scale": scale, "events": spec.events, "users": spec.users, "items": spec.items, "days": spec.days,
-             "cpus": os.cpu_count(), "total_seconds": round(total, 1)}
-    (out / f"{scale}.json").write_text(json.dumps({"setup": setup, "steps": table.to_dict("records")}, indent=2))
+             "cpus": os.cpu_count(), "total_seconds": round(total, 1), "rates": rates.as_dict()}
+    (out / f"{scale}.json").write_text(json.dumps({"setup": setup, "steps": [asdict(f) for f in figures]}, indent=2))
     (out / f"{scale}.md").write_text(f"{setup}\n\n{table.to_markdown(index=False)}\n")
     print(f"\n{setup}\n\n{table.to_markdown(index=False)}")
     ratios = scaling(out)

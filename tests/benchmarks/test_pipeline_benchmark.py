@@ -19,4 +19,11 @@ def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypat
                            "refit", "register", "publish_shard", "publish", "report"]
     assert steps["publish_shard"]["processes"] == 2 and steps["publish_shard"]["count"] == steps["publish"]["count"] / 100
     assert all(row["seconds"] > 0 and row["peak_rss_mib"] > 50 and row["count"] > 0 for row in steps.values())
+    # Each step with bulk work stands beside its floor on this machine, which no step can beat.
+    assert all(rate > 0 for rate in report["setup"]["rates"].values())
+    floored = [name for name, row in steps.items() if row["floor_seconds"]]
+    assert {"validate_raw", "build_features", "train", "train_retrieval", "evaluate", "publish_shard",
+            "publish"} <= set(floored)
+    for name in floored:
+        assert steps[name]["times_floor"] >= 1 and steps[name]["floor"].endswith(("rate", "GEMM")), steps[name]
     assert (tmp_path / "T.md").exists() and (tmp_path / "T" / "raw" / ".complete").exists()
