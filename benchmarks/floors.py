@@ -91,6 +91,15 @@ def score_flops(users: int, items: int, dim: int) -> float:
     return 2.0 * users * items * dim
 
 
+def read_and_invert(interactions: int, ease_items: int | None, scan: float, gemm: float) -> tuple[float, str]:
+    """The floor of fitting the classic models: reading the interactions once and, where EASE is fitted, its
+    Cholesky factor and inverse (potrf + potri: items^3 FLOPs)."""
+    seconds, formula = interactions / scan, f"{interactions:,} interactions / scan rate"
+    if ease_items:
+        seconds, formula = seconds + ease_items ** 3 / gemm, formula + f" + {ease_items:,}^3 (EASE inverse) / GEMM"
+    return seconds, formula
+
+
 def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates: Rates,
                training_examples: int) -> tuple[float | None, str]:
     """(floor seconds, its formula) of `step` from the results of the run so far; None where the step does no
@@ -106,23 +115,21 @@ def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates:
         rows = built["interactions"]
         return rows / scan, f"{rows:,} events in the window / scan rate"
     if step == "train":
-        rows, ease = built["interactions"], results[step][0]
-        seconds, formula = rows / scan, f"{rows:,} interactions / scan rate"
-        if "ease" in ease["models"]:  # a Cholesky factor and its inverse (potrf + potri): items^3 FLOPs
-            n = built["train_items"]
-            seconds, formula = seconds + n ** 3 / gemm, formula + f" + {n:,}^3 (EASE inverse) / GEMM"
-        return seconds, formula
+        return read_and_invert(built["interactions"], built["train_items"] if "ease" in results[step][0]["models"]
+                               else None, scan, gemm)
     if step in ("train_retrieval", "train_ranking"):  # train_ranking refits its two-tower source once, as train
         if not results[step][0].get("path"):          # _retrieval fits it, before the ranker's label window
             return None, "disabled"
         examples = training_examples * epochs
         return examples / tf_rate, f"{training_examples:,} examples x {epochs} epochs / TF step rate"
-    if step == "refit":
+    if step == "refit":  # the chosen recipe, fitted again on every interaction up to ds
         fitted = results[step][0]
-        examples = fitted["interactions"] * max(sum((fitted.get("epochs") or {}).values()), 1)
-        if fitted.get("epochs"):
-            return examples / tf_rate, f"{fitted['interactions']:,} interactions x its epochs / TF step rate"
-        return fitted["interactions"] / scan, f"{fitted['interactions']:,} interactions / scan rate"
+        if fitted["epochs"]:
+            tower = fitted["epochs"].get("two_tower", max(fitted["epochs"].values()))
+            return (fitted["interactions"] * tower / tf_rate,
+                    f"{fitted['interactions']:,} examples x {tower} epochs / TF step rate")
+        return read_and_invert(fitted["interactions"], built["train_items"] if fitted["kind"] == "ease" else None,
+                               scan, gemm)
     if step == "evaluate":
         evaluated = results[step][0]
         users, models = max(evaluated["users"].values(), default=0), len(evaluated["metrics"])
