@@ -52,7 +52,8 @@ def weigh_events(events: pd.DataFrame, data: DataConfig) -> pd.Series:
 def user_features(events: pd.DataFrame, snapshot: pd.DataFrame, declared: tuple[str, ...],
                   history_length: int, as_of: pd.Timestamp) -> pd.DataFrame:
     """Declared columns from the snapshot plus behaviour from `events` (which must all precede `as_of`)."""
-    ordered = events.sort_values(["event_ts", "event_id"], ascending=False, kind="stable")
+    ordered = events[["event_id", "user_id", "item_id", "event_ts", "weight"]].sort_values(
+        ["event_ts", "event_id"], ascending=False, kind="stable")  # a sorted copy of only what is read here
     behaviour = ordered.groupby("user_id", sort=True).agg(
         n_events=("event_id", "size"), weight_sum=("weight", "sum"), last_event_ts=("event_ts", "max"))
     history = ordered.drop_duplicates(["user_id", "item_id"]).groupby("user_id").head(history_length)
@@ -108,6 +109,7 @@ def compute_features(events: pd.DataFrame, users_at_cutoff: pd.DataFrame, items_
         weight=weigh_events(events, data),
         split=np.where(events["event_ts"] < cutoff_ts, "train", "holdout"),
     )[["event_id", "user_id", "item_id", "event_type", "event_ts", "weight", "split"]]
+    del events  # where the caller handed over its only reference, the raw window is freed before the sort's copy
     interactions = interactions.sort_values(["event_ts", "event_id"], ignore_index=True)
     train = interactions[interactions["split"] == "train"]
     train_users = user_features(train, users_at_cutoff, data.users.all, rules.history_length, cutoff_ts)
@@ -174,13 +176,14 @@ def build_features(config: Config, ds: date, run_id: str) -> BuildFeaturesResult
             return build_features_on_spark(config, ds, run_id, book, raw, window, snapshots, started)
         log.info("build_features ds=%s: CSV partitions in the window, so pandas builds the features "
                  "(engine: spark reads Parquet)", ds)
-    events = raw.read_range("events", window.first, window.last)
     snapshot_day, users_at_cutoff = raw.latest_snapshot("users", window.cutoff - timedelta(days=1))
     _, items_at_cutoff = raw.latest_snapshot("items", window.cutoff - timedelta(days=1))
     _, users_at_ds = raw.latest_snapshot("users", ds)
     _, items_at_ds = raw.latest_snapshot("items", ds)
-    features = compute_features(events, users_at_cutoff, items_at_cutoff, users_at_ds, items_at_ds, window, config)
-    days = sorted(events["ds"].unique())
+    days = [day for day in window.days if raw.has_partition("events", day)]
+    # The window's events go straight in, with no name kept here, so compute_features can free them early.
+    features = compute_features(raw.read_range("events", window.first, window.last), users_at_cutoff,
+                                items_at_cutoff, users_at_ds, items_at_ds, window, config)
     features.manifest.update(
         ds=ds, engine="pandas", snapshot_at_cutoff=snapshot_day, event_days=len(days),
         fingerprints={f"events/ds={d}": raw.fingerprint("events", d) for d in days},

@@ -39,10 +39,27 @@ class Failure:
         return f"{self.table}: {where} failed {self.expectation} ({self.detail})"
 
 
-def as_checked_frame(frame: pd.DataFrame) -> pd.DataFrame:
-    """A copy whose string and timestamp columns are object-typed, so GX checks each value's type."""
-    typed = frame.select_dtypes(include=["string", "str", "datetime", "datetimetz"]).columns
-    return frame.astype({c: object for c in typed})
+COLUMN_ARGUMENTS = ("column", "column_A", "column_B", "column_list")
+TYPE_RULES = ("expect_column_values_to_be_in_type_list", "expect_column_values_to_be_of_type")
+
+
+def as_checked_frame(frame: pd.DataFrame, expectations: list[gxe.Expectation]) -> pd.DataFrame:
+    """What GX is handed for a suite: only the columns its expectations name (all of them, if one of them
+    looks at the whole table beyond its row count), and, where a type rule checks a string or timestamp
+    column, that column object-typed so GX checks each value's type. GX fingerprints every frame it is given
+    (a hash of all its values), and object columns hold a Python object per value: handing it the whole
+    10M-row interactions table object-typed took gigabytes."""
+    named, whole_table = set(), False
+    for expectation in expectations:
+        arguments = expectation.configuration.kwargs
+        columns = [arguments[a] for a in COLUMN_ARGUMENTS if arguments.get(a) is not None]
+        named.update(c for c in columns if isinstance(c, str))
+        named.update(c for group in columns if isinstance(group, list) for c in group)
+        whole_table |= not columns and expectation.expectation_type != "expect_table_row_count_to_be_between"
+    kept = frame if whole_table else frame[[c for c in frame.columns if c in named]]
+    typed = {e.configuration.kwargs["column"] for e in expectations if e.expectation_type in TYPE_RULES}
+    textual = kept.select_dtypes(include=["string", "str", "datetime", "datetimetz"]).columns
+    return kept.astype({c: object for c in textual if c in typed})
 
 
 def is_spark(frame) -> bool:
@@ -70,7 +87,7 @@ def run_suites(frames: dict, suites: dict[str, list[gxe.Expectation]],
     results: dict[str, dict] = {}
     for definition in definitions:
         table = definition.name
-        frame = frames[table] if on_spark else as_checked_frame(frames[table])
+        frame = frames[table] if on_spark else as_checked_frame(frames[table], suites[table])
         outcome = definition.run(batch_parameters={"dataframe": frame}, result_format="SUMMARY")
         results[table] = outcome.to_json_dict()
         failures += [_describe(table, r) for r in outcome.results if not r.success]
