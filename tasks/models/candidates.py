@@ -176,10 +176,12 @@ class CandidateSources:
         frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
         histories = frame["history"].tolist() if "history" in frame.columns else [[]] * len(batch)
         history = np.full((len(batch), self.history_length), -1, np.int64)
-        for row, items in enumerate(histories):
-            known = self.item_index.get_indexer(list(items if isinstance(items, list | np.ndarray) else [])
-                                                [:self.history_length])
-            history[row, :len(known)] = known
+        lists = [list(items)[:self.history_length] if isinstance(items, list | np.ndarray) else [] for items in histories]
+        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
+        if lengths.sum():  # one lookup for the whole batch: each user's items, most recent first, in their row
+            rows = np.repeat(np.arange(len(lists)), lengths)
+            history[rows, np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = \
+                self.item_index.get_indexer([item for items in lists for item in items])
         history_length = (history >= 0).sum(axis=1)
         events = frame["n_events"].to_numpy(np.float32) if "n_events" in frame.columns else history_length
         depth = float(self.history_length + 1)

@@ -68,8 +68,13 @@ class EaseModel(Recommender):
     def score(self, batch: UserBatch) -> np.ndarray:
         # Only the items EASE was fit on carry weights; the others get popularity's tie-break alone.
         history = batch.history[:, self.columns].astype(bool).astype(np.float32)
-        scores = np.broadcast_to(TIE_BREAK * self.fallback_scores, (len(batch), len(self.item_ids))).copy()
-        scores[:, self.columns] += np.asarray(history @ self.weights, dtype=np.float32)
+        product = np.asarray(history @ self.weights, dtype=np.float32)
+        tie_break = TIE_BREAK * self.fallback_scores
+        if len(self.columns) == len(self.item_ids):  # fit on every item (columns are sorted): no scatter
+            product += tie_break
+            return product
+        scores = np.broadcast_to(tie_break, (len(batch), len(self.item_ids))).copy()
+        scores[:, self.columns] = product + tie_break[self.columns]  # a plain store, not a gather and add
         return scores
 
     def _save_state(self, directory: Path) -> None:
