@@ -4,8 +4,10 @@
 
 Every method gets the same random float32 embeddings and must return each user's exact top-k item ids.
 Throughput is quoted as GFLOP/s-equivalent (2*U*I*d / seconds) beside this machine's float32 GEMM peak,
-measured in the same run as numpy's product of two 4096 x 4096 matrices, and beside the scorer's own tile
-products without any selection (its ceiling at this shape). Times are medians of `--repeats`.
+measured in the same run as numpy's product of two 4096 x 4096 matrices, beside the scorer's own tile
+products without any selection (its ceiling at this shape), and beside bfloat16 products without any
+selection (the ceiling of a bf16 pre-filter, whose survivors would still need an exact float32 pass).
+Times are medians of `--repeats`.
 Writes the table as JSON and Markdown under var/bench/.
 """
 
@@ -55,6 +57,25 @@ def gemm_peak(repeats: int) -> float:
     a @ b  # warm up: threads started, pages touched
     seconds, _ = median_seconds(lambda: a @ b, repeats)
     return 2 * 4096 ** 3 / seconds / 1e9
+
+
+def bf16_products(queries: np.ndarray, items: np.ndarray) -> None:
+    """Only the products, in bfloat16 through TensorFlow (oneDNN: AMX or AVX512-BF16 where the CPU has them),
+    4096-user blocks, no selection: the ceiling of any bf16 pre-filter at this shape, before its exact pass."""
+    import tensorflow as tf
+
+    items_t = tf.constant(items, dtype=tf.bfloat16)
+    for s in range(0, len(queries), BLOCK):
+        tf.matmul(tf.constant(queries[s:s + BLOCK], dtype=tf.bfloat16), items_t, transpose_b=True).numpy()
+
+
+def cpu_flags(*names: str) -> dict[str, bool]:
+    """Which of these /proc/cpuinfo flags this CPU has (all False where the file is absent)."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        flags = set()
+    return {name: name in flags for name in names}
 
 
 def tiled_products(queries: np.ndarray, items: np.ndarray) -> None:
@@ -146,9 +167,13 @@ def main(users: Annotated[int, typer.Option(help="Users (query embeddings).")] =
     peak = gemm_peak(repeats)
     tiled_products(queries[:BLOCK], catalogue)  # warm up: thread pool and pages, as for the methods below
     tiles = flops / median_seconds(lambda: tiled_products(queries, catalogue), repeats)[0] / 1e9
+    bf16_products(queries[:BLOCK], catalogue)  # warm up: TensorFlow's kernels and threads
+    bf16 = flops / median_seconds(lambda: bf16_products(queries, catalogue), repeats)[0] / 1e9
+    flags = cpu_flags("amx_bf16", "avx512_bf16")
     print(f"{users} x {dim} users against {items} x {dim} items, exact top-{k}; "
           f"{flops / 1e9:.1f} GFLOP per pass; GEMM peak {peak:.1f} GFLOP/s (numpy 4096 x 4096); "
-          f"the scorer's tile products alone {tiles:.1f} GFLOP/s ({tiles / peak:.0%})", flush=True)
+          f"the scorer's tile products alone {tiles:.1f} GFLOP/s ({tiles / peak:.0%}); bfloat16 products alone "
+          f"{bf16:.1f} GFLOP/s ({bf16 / peak:.0%}; CPU flags {flags})", flush=True)
     methods: dict[str, Method] = {
         "project scorer (tasks.topk: BLAS tiles + compiled threshold fold)": project_scorer,
         "faiss-cpu IndexFlatIP": faiss_flat,
@@ -171,7 +196,8 @@ def main(users: Annotated[int, typer.Option(help="Users (query embeddings).")] =
     table = pd.DataFrame(rows)
     out.mkdir(parents=True, exist_ok=True)
     setup = {"users": users, "items": items, "dim": dim, "k": k, "repeats": repeats, "cpus": os.cpu_count(),
-             "gemm_peak_gflops": significant(peak), "tile_products_gflops": significant(tiles)}
+             "gemm_peak_gflops": significant(peak), "tile_products_gflops": significant(tiles),
+             "bf16_products_gflops": significant(bf16), **flags}
     (out / "topk.json").write_text(json.dumps({"setup": setup, "methods": rows}, indent=2))
     (out / "topk.md").write_text(f"{setup}\n\n{table.to_markdown(index=False)}\n")
     print("\n" + table.to_markdown(index=False))

@@ -28,7 +28,7 @@ from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
 from tasks.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
-from tasks.storage.model_registry import RegisteredModel, registry_for
+from tasks.storage.model_registry import registry_for
 
 log = logging.getLogger(__name__)
 _EMPTY = recommendation_frame([], [], [], [])
@@ -94,18 +94,24 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
     shards = config.publish.shards
     book = AddressBook.from_config(config)
     directory = book.features(ds)
-    champion = serving_champion(config, book, ds)
-    model_name = f"{config.register.model_name}/{champion.tags.get('model_kind', champion.recommender.kind)}"
+    registry = registry_for(config, book)
+    version = registry.serving_version(str(ds))
+    if version is None:
+        raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")
+    kind = registry.version_tags(version).get("model_kind")  # register tags every version with its kind
     staging = book.publish_staging(ds, run_id)
     staging.mkdir(parents=True, exist_ok=True)
-    if config.engine == "spark":
+    if config.engine == "spark":  # the Spark workers load the model; this driver only names it
         from tasks.spark.scoring import stage_shards_on_spark
 
-        users, rows = stage_shards_on_spark(config, ds, directory, staging, champion.version, model_name)
+        model_name = f"{config.register.model_name}/{kind or registry.load_version(version).recommender.kind}"
+        users, rows = stage_shards_on_spark(config, ds, directory, staging, version, model_name)
         log.info("publish_shard ds=%s on Spark: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s", ds,
-                 rows, users, shards, model_name, champion.version, time.perf_counter() - started, staging)
+                 rows, users, shards, model_name, version, time.perf_counter() - started, staging)
         return ShardResult(ds=ds, shard=None, shards=shards, users=users, rows=rows, model_name=model_name,
-                           model_version=champion.version, path=str(staging))
+                           model_version=version, path=str(staging))
+    champion = registry.load_version(version)
+    model_name = f"{config.register.model_name}/{kind or champion.recommender.kind}"
     users = shard_users(FeatureSet.read_user_ids(directory), shard, shards)
     # Only this shard's rows are read: at scale, the whole feature set per shard is what memory cannot hold.
     inputs = ServingInputs.of_features(FeatureSet.read_serving_slice(directory, users), config.publish)
@@ -119,15 +125,6 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
              rows, len(users), model_name, champion.version, time.perf_counter() - started, path)
     return ShardResult(ds=ds, shard=shard, shards=shards, users=len(users), rows=rows, model_name=model_name,
                        model_version=champion.version, path=str(path))
-
-
-def serving_champion(config: Config, book: AddressBook, ds: date) -> RegisteredModel:
-    """The registered version tagged as serving ds, loaded."""
-    registry = registry_for(config, book)
-    version = registry.serving_version(str(ds))
-    if version is None:
-        raise MissingInput(f"no version of {config.register.model_name} serves ds={ds}: run register first")
-    return registry.load_version(version)
 
 
 def checked(inputs: ServingInputs, batches: Iterable[pd.DataFrame], what: str) -> Iterator[pd.DataFrame]:

@@ -53,14 +53,14 @@ def stage_shards_on_spark(config: Config, ds: date, features: Path, staging: Pat
     started = time.perf_counter()
     spark = spark_session(config.spark)
     shards, rules = config.publish.shards, config.publish
-    read = lambda table: spark.read.parquet(str(features / f"{table}.parquet"))  # noqa: E731
-    interactions = read("interactions")
+    interactions = spark.read.parquet(str(features / "interactions.parquet"))
     history = (interactions.groupBy("user_id", "item_id").agg(F.sum("weight").alias("weight"))
                .groupBy("user_id").agg(F.collect_list(F.struct("item_id", "weight")).alias("pairs"))
                .select("user_id", F.col("pairs.item_id").alias(_ITEMS), F.col("pairs.weight").alias(_WEIGHTS)))
     excluded = (interactions.where(F.col("event_type").isin(list(rules.exclude_event_types)))
                 .groupBy("user_id").agg(F.collect_set("item_id").alias(_EXCLUDED)))
-    users = read("serving_users").join(history, "user_id", "left").join(excluded, "user_id", "left")
+    users = (spark.read.parquet(str(features / "serving_users.parquet"))
+             .join(history, "user_id", "left").join(excluded, "user_id", "left"))
     job = ScoringJob(config, ds, features, staging, version, model_name)
     counts = (users.repartitionByRange(shards, "user_id")
               .mapInPandas(functools.partial(score_partition, job), "shard int, users long, rows long")
