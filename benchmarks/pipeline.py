@@ -14,10 +14,12 @@ the step took (`benchmarks.floors`: the rates are measured first, in the same ru
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -126,7 +128,10 @@ def measure(scale: str, root: Path) -> tuple[list[StepFigures], Rates]:
     for override in overrides:
         common += ["--set", override]
     (folder / "steps.log").unlink(missing_ok=True)
-    rates = measure_rates(raw, config, spec.users, spec.items)
+    # In a process of its own: a step's peak RSS counts the pages it shares with this process at fork, so
+    # TensorFlow and the rate probes' arrays must not live here.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as probe:
+        rates = probe.submit(measure_rates, raw, config, spec.users, spec.items).result()
     print(f"[{scale}] rates on this machine: {rates.as_dict()}", flush=True)
     figures, results, examples = [], {}, 0
     for step in topological():
