@@ -62,3 +62,21 @@ def test_k_beyond_the_catalogue_returns_every_item():
     items = np.eye(3, dtype=np.float32)
     got = exact_top_k(np.array([[0.0, 2.0, 1.0]], np.float32), items, 10)
     assert got.ids.tolist() == [[1, 2, 0]] and got.scores.tolist() == [[2.0, 1.0, 0.0]]
+
+
+def test_dense_top_k_folds_float32_rows_to_numpys_selection():
+    from tasks.topk import _partitioned_top_k, dense_top_k
+
+    rng = np.random.default_rng(5)
+    scores = rng.standard_normal((600, 3000)).astype(np.float32)
+    scores[rng.random(scores.shape) < 0.02] = -np.inf  # banned
+    scores[3, 40:] = -np.inf                            # a row with fewer than k allowed items
+    ids, best = dense_top_k(scores, 50, threads=2)
+    reference_ids, reference = _partitioned_top_k(scores, 50)
+    order = np.lexsort((reference_ids, -reference), axis=1)  # numpy leaves float32 ties in any order: lower first
+    reference_ids, reference = np.take_along_axis(reference_ids, order, 1), np.take_along_axis(reference, order, 1)
+    finite = np.isfinite(reference)
+    assert np.array_equal(best[finite], reference[finite]) and np.array_equal(ids[finite], reference_ids[finite])
+    assert (ids[~finite] == -1).all() and np.isneginf(best[~finite]).all() and (ids[3] >= 0).sum() == finite[3].sum()
+    ties = np.zeros((1, 10), np.float32)  # equal scores: the lower column first
+    assert dense_top_k(ties, 4)[0].tolist() == [[0, 1, 2, 3]]
