@@ -73,7 +73,7 @@ def featureless_two_tower_rate(users: int, items: int, dim: int, batch_size: int
             logits = tf.matmul(user_table(user), item_table(item), transpose_b=True)
             loss = tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels, logits))
         variables = user_table.trainable_variables + item_table.trainable_variables
-        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables, strict=True))
         return loss
 
     batches_iter = iter(data)
