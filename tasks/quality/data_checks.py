@@ -109,5 +109,7 @@ def _describe(table: str, result) -> Failure:
         detail = f"could not be evaluated: {result.exception_info.get('exception_message')}"
     else:
         detail = "missing" if config.type == "expect_column_to_exist" else "failed"
-    rule = (config.meta or {}).get("rule")
-    return Failure(table, config.type + (f" [rule: {rule}]" if rule else ""), config.kwargs.get("column"), detail)
+    meta = config.meta or {}  # a rule checked on a derived column names the column it is about
+    rule = meta.get("rule")
+    return Failure(table, config.type + (f" [rule: {rule}]" if rule else ""), meta.get("column", config.kwargs.get("column")),
+                   detail)

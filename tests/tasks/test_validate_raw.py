@@ -94,7 +94,8 @@ def test_unknown_items_within_tolerance_pass(raw_copy, tmp_path):
     events = pd.read_parquet(partition)
     events.assign(item_id=events["item_id"].where(events.index != 0, "never-seen")).to_parquet(partition, index=False)
     validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
-    with pytest.raises(RawDataInvalid, match="item_id failed expect_column_values_to_be_in_set"):
+    rule = r"item_id failed expect_column_values_to_be_null \[rule: declared in the day's items snapshot\]"
+    with pytest.raises(RawDataInvalid, match=rule + r" \(1 of \d+ rows unexpected, e.g. \[never-seen\]\)"):
         validate_raw(make_config(tmp_path / "var", raw_copy, "validate_raw.unknown_item_tolerance=0"), DS, "r2")
 
 
@@ -167,7 +168,8 @@ def _price(value):
 
 SPARK_CASES = {**{case: ("events", breaker) for case, (breaker, _, _) in BROKEN.items()},
                "infinite price": ("items", _price(float("inf"))), "missing price": ("items", _price(float("nan"))),
-               "negative price": ("items", _price(-3.5)), "good": ("items", lambda items: items)}
+               "negative price": ("items", _price(-3.5)), "good": ("items", lambda items: items),
+               "unknown users": ("events", lambda e: e.assign(user_id=e["user_id"].where(e.index % 2 == 0, "stranger")))}
 
 
 def _failed_rules(error: RawDataInvalid) -> list[str]:
