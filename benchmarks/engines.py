@@ -1,6 +1,6 @@
 """A step on both engines: wall time and peak memory of pandas against Spark (local[N]) at a scale.
 
-    python -m benchmarks.engines --scale S|M|L [--repeats 3] [--step build_features|publish_shard]
+    python -m benchmarks.engines --scale S|M|L [--repeats 3] [--step validate_raw|build_features|publish_shard]
 
 Uses the shop of `benchmarks.pipeline` (generated once under var/bench/<scale>/raw); `publish_shard` also
 needs that benchmark's run of the scale (var/bench/<scale>/var, with a serving model). Each run is its own
@@ -30,7 +30,7 @@ from pipelines.runner import shards
 from tasks.generate import generate
 
 ENGINES = ("pandas", "spark")
-STEPS = ("build_features", "publish_shard")
+STEPS = ("validate_raw", "build_features", "publish_shard")
 
 
 def tree_rss(process: psutil.Process) -> int:
@@ -66,8 +66,8 @@ def run_once(commands: list[list[str]], log: Path) -> tuple[float, float]:
 def main(scale: Annotated[str, typer.Option(help="S, M or L.")] = "S",
          repeats: Annotated[int, typer.Option(help="Runs per engine; the median is reported.")] = 3,
          master: Annotated[str, typer.Option(help="Spark master of the spark runs.")] = "local[2]",
-         step: Annotated[str, typer.Option(help="build_features, or publish_shard (after benchmarks.pipeline "
-                                                "ran the scale).")] = "build_features",
+         step: Annotated[str, typer.Option(help="validate_raw, build_features, or publish_shard (after "
+                                                "benchmarks.pipeline ran the scale).")] = "build_features",
          out: Annotated[Path, typer.Option(help="Folder for data and results.")] = Path("var/bench")) -> None:
     if scale not in SCALES:
         raise typer.BadParameter(f"scale must be one of {', '.join(SCALES)}")
@@ -86,14 +86,12 @@ def main(scale: Annotated[str, typer.Option(help="S, M or L.")] = "S",
     log.unlink(missing_ok=True)
     rows = []
     for engine in ENGINES:
-        var = folder / (f"engine-{engine}" if step == "build_features" else "var")
-        config = load_config(None, (f"paths.var={var}", f"paths.raw={raw}", f"engine={engine}",
-                                    f"spark.master={master}"))
+        var = folder / ("var" if step == "publish_shard" else f"engine-{engine}")
+        overrides = (f"paths.var={var}", f"paths.raw={raw}", f"engine={engine}", f"spark.master={master}")
         command = [sys.executable, "-m", f"tasks.{step}", "--ds", spec.end.isoformat(), "--run-id", f"engines-{engine}",
-                   "--set", f"paths.var={var}", "--set", f"paths.raw={raw}", "--set", f"engine={engine}",
-                   "--set", f"spark.master={master}"]
-        commands = ([[*command, "--shard", str(shard)] for shard in shards(step, config)] if step == "publish_shard"
-                    else [command])
+                   *(part for override in overrides for part in ("--set", override))]
+        commands = ([[*command, "--shard", str(shard)] for shard in shards(step, load_config(None, overrides))]
+                    if step == "publish_shard" else [command])
         runs = [run_once(commands, log) for _ in range(repeats)]
         for seconds, peak in runs:
             print(f"[{scale}] {engine}: {seconds:.1f}s, peak {peak:,.0f} MiB", flush=True)
