@@ -7,12 +7,15 @@ the dense n x n Gram matrix, so it runs only up to `max_items` items that were i
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
+from numba import njit
 
 from configs.schema import EaseConfig
 from tasks.models.base import Recommender, UserBatch
@@ -56,6 +59,25 @@ def ease_weights(user_items: sp.csr_matrix, l2: float) -> np.ndarray:
     return precision
 
 
+SCORE_BLOCK = 64  # users per block of scoring
+
+
+@njit(nogil=True, cache=True)
+def _score_rows(indptr, indices, data, row_of, columns, weights, tie_break, out):
+    """out[u] = tie_break, plus, on the fit columns, the sum of the weight rows of the user's (binarised)
+    history items: the sparse history times B, one contiguous row of B at a time."""
+    product = np.empty(weights.shape[1], np.float32)
+    for u in range(out.shape[0]):
+        product[:] = 0.0
+        for t in range(indptr[u], indptr[u + 1]):
+            row = row_of[indices[t]] if data[t] != 0 else -1
+            if row >= 0:
+                product += weights[row]
+        out[u] = tie_break
+        for j in range(len(columns)):
+            out[u, columns[j]] += product[j]
+
+
 class EaseModel(Recommender):
     kind = "ease"
 
@@ -64,17 +86,22 @@ class EaseModel(Recommender):
         super().__init__(item_ids, fallback_scores, params)
         self.columns = np.zeros(0, np.int64) if columns is None else np.asarray(columns, np.int64)
         self.weights = np.zeros((0, 0), np.float32) if weights is None else weights
+        self.rows = np.full(len(self.item_ids), -1, np.int64)  # each item column's row of the weights (-1: not fit)
+        self.rows[self.columns] = np.arange(len(self.columns))
 
     def score(self, batch: UserBatch) -> np.ndarray:
-        # Only the items EASE was fit on carry weights; the others get popularity's tie-break alone.
-        history = batch.history[:, self.columns].astype(bool).astype(np.float32)
-        product = np.asarray(history @ self.weights, dtype=np.float32)
-        tie_break = TIE_BREAK * self.fallback_scores
-        if len(self.columns) == len(self.item_ids):  # fit on every item (columns are sorted): no scatter
-            product += tie_break
-            return product
-        scores = np.broadcast_to(tie_break, (len(batch), len(self.item_ids))).copy()
-        scores[:, self.columns] = product + tie_break[self.columns]  # a plain store, not a gather and add
+        # x_u B over the items EASE was fit on; the others get popularity's tie-break alone.
+        history = batch.history.tocsr()
+        scores = np.empty((len(batch), len(self.item_ids)), np.float32)
+        tie_break = (TIE_BREAK * self.fallback_scores).astype(np.float32)
+
+        def block(first: int) -> None:  # compiled, without the GIL: one block of users per core at a time
+            rows = slice(first, min(first + SCORE_BLOCK, len(batch)))
+            _score_rows(history.indptr[rows.start:rows.stop + 1], history.indices, history.data, self.rows,
+                        self.columns, self.weights, tie_break, scores[rows])
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(block, range(0, len(batch), SCORE_BLOCK)))
         return scores
 
     def _save_state(self, directory: Path) -> None:

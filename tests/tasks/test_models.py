@@ -66,6 +66,29 @@ def test_ease_weights_match_the_closed_form_worked_by_hand():
     np.testing.assert_allclose(scores, [-0.2, 1.0, -0.2, 0.0], atol=1e-6)
 
 
+
+def test_ease_scores_are_the_binarised_history_times_its_weights_plus_the_tie_break():
+    # The compiled scorer against the plain product, with items EASE was not fit on (the tie-break alone),
+    # explicit zeros in the history (not touched) and cold rows, over more users than one scoring block.
+    from tasks.models.cooccurrence import TIE_BREAK
+    from tasks.models.ease import SCORE_BLOCK, EaseModel
+
+    rng = np.random.default_rng(3)
+    items, users = 40, 2 * SCORE_BLOCK + 5
+    columns = np.sort(rng.choice(items, 30, replace=False))
+    weights = rng.normal(size=(30, 30)).astype(np.float32)
+    fallback = rng.random(items).astype(np.float32)
+    model = EaseModel(np.arange(items).astype(str).astype(object), fallback, {}, columns, weights)
+    history = sp.random(users, items, density=0.1, format="csr", random_state=4, dtype=np.float32)
+    history.data[::7] = 0.0  # stored, but no interaction
+    history[:3] = 0.0        # cold users
+    dense = np.zeros((items, items), np.float32)
+    dense[np.ix_(columns, columns)] = weights
+    expected = (history.toarray() != 0).astype(np.float32) @ dense + TIE_BREAK * fallback
+    scores = model.score(UserBatch(np.arange(users).astype(str).astype(object), history))
+    assert scores.dtype == np.float32
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-5)
+
 def test_ease_above_its_item_cap_is_skipped_with_the_memory_it_would_need():
     events = _events([(u, i, 1.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "c")]])
     with pytest.raises(EaseTooLarge, match=r"3 interacted items exceed ease.max_items=2; .* GiB"):
