@@ -11,16 +11,20 @@ the user's recent history.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numba import njit
 
 from tasks.models.base import Recommender, UserBatch
 
 MISSING_SCORE = -10.0  # a source's normalised score where it did not propose the item (its own top scores 0)
+FRAME_BLOCK = 256      # users per block of compiled frame building; blocks run on all cores
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,117 @@ def feature_names(sources: tuple[str, ...], attributes: tuple[str, ...], numeric
     return names
 
 
+@njit(nogil=True, cache=True)
+def _pool(ids, normalised, depth, out_ids, features, kept):
+    """Per user, the union of the sources' proposals, best rank in any source first (then more sources, then
+    the lower column), cut to out_ids' width; each kept candidate's per-source (present, log1p rank,
+    normalised score) and, after them, how many sources proposed it.
+
+    ids, normalised: (sources, users, width), -1 where a source proposed nothing; out_ids (users, size) -1
+    and features (users, size, features) zero on entry; kept: how many candidates each user got."""
+    sources, users, width = ids.shape
+    size = out_ids.shape[1]
+    entries = sources * width
+    items, source, rank = np.empty(entries, np.int64), np.empty(entries, np.int64), np.empty(entries, np.int64)
+    score = np.empty(entries, np.float32)
+    group_start, group_best, group_count = (np.empty(entries, np.int64), np.empty(entries, np.int64),
+                                            np.empty(entries, np.int64))
+    keys = np.empty(entries, np.int64)
+    absent = np.log1p(np.float32(depth + 1))
+    for u in range(users):
+        m = 0
+        for s in range(sources):
+            for j in range(width):
+                if ids[s, u, j] >= 0:
+                    items[m], source[m], rank[m], score[m] = ids[s, u, j], s, j + 1, normalised[s, u, j]
+                    m += 1
+        order = np.argsort(items[:m], kind="mergesort")
+        groups, i = 0, 0
+        while i < m:  # the entries of one item are adjacent in `order`
+            first, best, count = i, rank[order[i]], 1
+            i += 1
+            while i < m and items[order[i]] == items[order[first]]:
+                best, count = min(best, rank[order[i]]), count + 1
+                i += 1
+            group_start[groups], group_best[groups], group_count[groups] = first, best, count
+            keys[groups] = (((best << 8) | (sources - count)) << 32) | items[order[first]]
+            groups += 1
+        chosen = np.argsort(keys[:groups], kind="mergesort")[:size]
+        kept[u] = len(chosen)
+        for slot in range(len(chosen)):
+            g = chosen[slot]
+            out_ids[u, slot] = items[order[group_start[g]]]
+            for s in range(sources):
+                features[u, slot, 3 * s + 1], features[u, slot, 3 * s + 2] = absent, MISSING_SCORE
+            for e in range(group_start[g], group_start[g] + group_count[g]):
+                s = source[order[e]]
+                features[u, slot, 3 * s] = 1.0
+                features[u, slot, 3 * s + 1] = np.log1p(np.float32(rank[order[e]]))
+                features[u, slot, 3 * s + 2] = score[order[e]]
+            features[u, slot, 3 * sources] = group_count[g]
+
+
+@njit(nogil=True, cache=True)
+def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, vocabulary, features, first, words_at):
+    """The features that pair each candidate with its user's history, in place from column `first`:
+    whether and where (log1p position, most recent first) the item is in it; per categorical attribute,
+    where the first history item sharing its value sits and the share of the history that does; and, from
+    column `words_at` (-1: no words), the share of the item's words seen in the history's items and how
+    often they were, per history item. The cost follows users x candidates x history, never the catalogue."""
+    users, size = ids.shape
+    length = history.shape[1]
+    depth = length + 1.0
+    attributes = codes.shape[0]
+    counts = np.zeros(vocabulary, np.float64)  # this user's history: how often each word occurs
+    for u in range(users):
+        known = 0
+        for p in range(length):
+            h = history[u, p]
+            if h >= 0:
+                known += 1
+                if words_at >= 0:
+                    for t in range(word_ptr[h], word_ptr[h + 1]):
+                        counts[word_ids[t]] += word_weights[t]
+        for j in range(size):
+            item = ids[u, j]
+            if item < 0:
+                continue
+            position = -1
+            for p in range(length):
+                if history[u, p] == item:
+                    position = p
+                    break
+            features[u, j, first + 5] = 1.0 if position >= 0 else 0.0
+            features[u, j, first + 6] = np.log1p(position + 1.0 if position >= 0 else depth)
+            for a in range(attributes):
+                mine, position, matches = codes[a, item], -1, 0
+                if mine >= 0:
+                    for p in range(length):
+                        h = history[u, p]
+                        if h >= 0 and codes[a, h] == mine:
+                            matches += 1
+                            if position < 0:
+                                position = p
+                features[u, j, first + 7 + 2 * a] = np.log1p(position + 1.0 if position >= 0 else depth)
+                features[u, j, first + 8 + 2 * a] = matches / max(known, 1)
+            if words_at >= 0:
+                words, shared, weighted = 0.0, 0.0, 0.0
+                for t in range(word_ptr[item], word_ptr[item + 1]):
+                    seen = counts[word_ids[t]]
+                    words += word_weights[t]
+                    weighted += word_weights[t] * seen
+                    if seen > 0:
+                        shared += word_weights[t]
+                features[u, j, words_at] = shared / max(words, 1.0)
+                features[u, j, words_at + 1] = weighted / max(words * known, 1.0)
+        if words_at >= 0:  # clear only what this user touched
+            for p in range(length):
+                h = history[u, p]
+                if h >= 0:
+                    for t in range(word_ptr[h], word_ptr[h + 1]):
+                        counts[word_ids[t]] = 0.0
+
+
 class CandidateSources:
     """The named retrievers of a two-stage model and the frame they build together."""
 
@@ -132,88 +247,75 @@ class CandidateSources:
         return self.frame_from(batch, self.proposals(batch, banned, allowed))
 
     def frame_from(self, batch: UserBatch, proposals: dict[str, tuple]) -> CandidateFrame:
-        users, n_items, names = len(batch), len(self.item_ids), list(self.sources)
-        rows, items, source, rank, score = [], [], [], [], []
-        for s, name in enumerate(names):
-            ids, scores = proposals[name]
-            valid = ids >= 0
+        users, names = len(batch), list(self.sources)
+        width = max((proposals[name][0].shape[1] for name in names), default=0)
+        ids = np.full((len(names), users, width), -1, np.int64)
+        normalised = np.full((len(names), users, width), MISSING_SCORE, np.float32)
+        for s, name in enumerate(names):  # each source's scores scaled per user: its top is 0, one spread is -1
+            found, scores = proposals[name]
+            valid = found >= 0
             count = np.maximum(valid.sum(axis=1, keepdims=True), 1)
             top = np.where(valid, scores, -np.inf).max(axis=1, keepdims=True, initial=-np.inf)
             mean = np.where(valid, scores, 0.0).sum(axis=1, keepdims=True) / count
             spread = np.sqrt(np.where(valid, (scores - mean) ** 2, 0.0).sum(axis=1, keepdims=True) / count) + 1e-6
             with np.errstate(invalid="ignore"):  # padding (-inf) is never read
-                normalised = np.clip((scores - top) / spread, MISSING_SCORE, 0.0)
-            r, c = np.nonzero(valid)
-            rows.append(r), items.append(ids[r, c]), source.append(np.full(len(r), s)), rank.append(c + 1)
-            score.append(normalised[r, c])
-        rows, items, source, rank, score = (np.concatenate(x) for x in (rows, items, source, rank, score))
-        keys, inverse = np.unique(rows.astype(np.int64) * max(n_items, 1) + items, return_inverse=True)
-        ranks = np.full((len(keys), len(names)), self.depth + 1, np.float32)
-        scores = np.full((len(keys), len(names)), MISSING_SCORE, np.float32)
-        ranks[inverse, source], scores[inverse, source] = rank, score
-        present = ranks <= self.depth
-        pair_row, pair_item = keys // max(n_items, 1), keys % max(n_items, 1)
-        # Each user keeps the `size` candidates with the best rank in any source (more sources first on ties).
-        order = np.lexsort((pair_item, -present.sum(axis=1), ranks.min(axis=1), pair_row))
-        starts = np.searchsorted(pair_row[order], np.arange(users))
-        position = np.arange(len(order)) - starts[pair_row[order]]
-        kept = order[position < self.size]
-        slot = position[position < self.size]
-        width = int(min(self.size, max(slot.max(initial=-1) + 1, 1)))
-        ids = np.full((users, width), -1, np.int64)
-        ids[pair_row[kept], slot] = pair_item[kept]
-        per_source = np.stack([present, np.log1p(ranks), scores], axis=2).reshape(len(keys), -1)
-        features = np.zeros((users, width, len(self.names)), np.float32)
-        n_source_features = per_source.shape[1]
-        features[pair_row[kept], slot, :n_source_features] = per_source[kept]
-        features[..., n_source_features:] = self._context(batch, ids)
-        features[..., n_source_features] = features[..., 0:n_source_features:3].sum(axis=2)  # n_sources
-        return CandidateFrame(ids, features)
+                normalised[s, :, :found.shape[1]] = np.clip((scores - top) / spread, MISSING_SCORE, 0.0)
+            ids[s, :, :found.shape[1]] = found
+        pooled = np.full((users, self.size), -1, np.int64)
+        features = np.zeros((users, self.size, len(self.names)), np.float32)
+        kept = np.zeros(users, np.int64)
+        history = self._history_columns(batch)
+        words = self.signals.tokens if self.signals.tokens is not None else sp.csr_matrix((len(self.item_ids), 1))
+        words_at = -1 if self.signals.tokens is None else 3 * len(names) + 7 + 2 * len(self.signals.attributes) + len(
+            self.signals.numeric)
+        codes = np.array(list(self.signals.attributes.values()), np.int64).reshape(-1, len(self.item_ids))
+        word_ptr, word_ids = words.indptr.astype(np.int64), words.indices.astype(np.int64)
+        word_weights = words.data.astype(np.float32)
 
-    def _context(self, batch: UserBatch, ids: np.ndarray) -> np.ndarray:
-        """Features beside the sources': counts, item signals, the user's activity and history positions."""
-        columns = np.maximum(ids, 0)
+        def build(first: int) -> None:  # one block of users, in compiled code that releases the GIL
+            rows = slice(first, min(first + FRAME_BLOCK, users))
+            _pool(ids[:, rows], normalised[:, rows], self.depth, pooled[rows], features[rows], kept[rows])
+            _history_features(pooled[rows], history[rows], codes, word_ptr, word_ids, word_weights, words.shape[1],
+                              features[rows], 3 * len(names), words_at)
+
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            list(pool.map(build, range(0, users, FRAME_BLOCK)))
+        width = int(min(self.size, max(kept.max(initial=0), 1)))
+        pooled, features = pooled[:, :width], features[:, :width]
+        self._item_and_user_features(batch, pooled, history, features, 3 * len(names))
+        return CandidateFrame(pooled, features)
+
+    def _history_columns(self, batch: UserBatch) -> np.ndarray:
+        """Each user's last `history_length` items as item columns, most recent first (-1: not in the catalogue
+        or past the history's end); one lookup for the whole batch."""
         frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
         histories = frame["history"].tolist() if "history" in frame.columns else [[]] * len(batch)
         history = np.full((len(batch), self.history_length), -1, np.int64)
         lists = [list(items)[:self.history_length] if isinstance(items, list | np.ndarray) else [] for items in histories]
         lengths = np.fromiter(map(len, lists), np.int64, len(lists))
-        if lengths.sum():  # one lookup for the whole batch: each user's items, most recent first, in their row
+        if lengths.sum():
             rows = np.repeat(np.arange(len(lists)), lengths)
             history[rows, np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = \
                 self.item_index.get_indexer([item for items in lists for item in items])
+        return history
+
+    def _item_and_user_features(self, batch: UserBatch, ids: np.ndarray, history: np.ndarray, features: np.ndarray,
+                                first: int) -> None:
+        """The columns that need no pairing with the history: the item's signals, the user's activity, and each
+        numeric attribute's distance from the history's mean (elementwise over users x candidates)."""
+        columns, valid = np.maximum(ids, 0), ids >= 0
+        frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
         history_length = (history >= 0).sum(axis=1)
         events = frame["n_events"].to_numpy(np.float32) if "n_events" in frame.columns else history_length
-        depth = float(self.history_length + 1)
-        same = (history[:, None, :] == ids[:, :, None]) & (history[:, None, :] >= 0)
-        parts = [np.zeros(ids.shape, np.float32),  # n_sources, filled below from the source columns
-                 self.signals.popularity[columns], self.signals.trend[columns],
-                 np.broadcast_to(np.log1p(events)[:, None], ids.shape),
-                 np.broadcast_to(np.log1p(history_length)[:, None], ids.shape),
-                 same.any(axis=2), np.log1p(np.where(same.any(axis=2), same.argmax(axis=2) + 1, depth))]
-        for codes in self.signals.attributes.values():
-            mine, theirs = codes[columns], np.where(history >= 0, codes[np.maximum(history, 0)], -2)
-            match = (theirs[:, None, :] == mine[:, :, None]) & (mine[:, :, None] >= 0)
-            parts += [np.log1p(np.where(match.any(axis=2), match.argmax(axis=2) + 1, depth)),
-                      match.sum(axis=2) / np.maximum(history_length, 1)[:, None]]
-        for values in self.signals.numeric.values():  # how far the item's value is from the history's mean
+        parts = {1: self.signals.popularity[columns], 2: self.signals.trend[columns],
+                 3: np.broadcast_to(np.log1p(events)[:, None], ids.shape),
+                 4: np.broadcast_to(np.log1p(history_length)[:, None], ids.shape)}
+        offset = 7 + 2 * len(self.signals.attributes)
+        for n, values in enumerate(self.signals.numeric.values()):  # how far the item's value is from the history's mean
             theirs = np.where(history >= 0, values[np.maximum(history, 0)], np.nan)
             known = np.isfinite(theirs)
             mean = np.where(known, theirs, 0.0).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
             distance = np.abs(values[columns] - mean[:, None])
-            parts.append(np.where(np.isfinite(distance) & known.any(axis=1)[:, None], distance, 0.0))
-        if self.signals.tokens is not None:  # the item's words among the words of the user's history items
-            tokens = self.signals.tokens
-            rows, slots = np.nonzero(history >= 0)
-            seen = sp.csr_matrix((np.ones(len(rows), np.float32), (rows, history[rows, slots])),
-                                 shape=(len(batch), tokens.shape[0])) @ tokens  # users x words: history counts
-            # Only the (user, candidate) pairs: each candidate's word row against its user's, elementwise, so
-            # the cost follows the pairs' words, never users x items.
-            candidate_words = tokens[columns.ravel()]
-            user_words = seen.tocsr()[np.repeat(np.arange(len(batch)), ids.shape[1])]
-            weighted = np.asarray(candidate_words.multiply(user_words).sum(axis=1)).reshape(ids.shape)
-            shared = np.asarray(candidate_words.multiply(user_words > 0).sum(axis=1)).reshape(ids.shape)
-            size = np.asarray(tokens.sum(axis=1)).ravel()[columns]
-            parts += [shared / np.maximum(size, 1), weighted / np.maximum(size * history_length[:, None], 1)]
-        context = np.stack([np.asarray(p, np.float32) for p in parts], axis=2)
-        return np.where((ids >= 0)[..., None], context, 0.0)
+            parts[offset + n] = np.where(np.isfinite(distance) & known.any(axis=1)[:, None], distance, 0.0)
+        for column, values in parts.items():
+            features[..., first + column] = np.where(valid, values, 0.0)
