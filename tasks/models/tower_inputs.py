@@ -6,12 +6,14 @@ Pure numpy/pandas: no TensorFlow here, so the spec can be built, saved and teste
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from configs.schema import DataConfig
 from tasks.feature_set import FeatureSet
@@ -121,6 +123,40 @@ def encode(frame: pd.DataFrame, spec: TowerSpec) -> dict[str, np.ndarray]:
         inputs[name] = _tokens(column(name, None), length)
     return inputs
 
+
+
+def padded_lists(values: pa.Array | pa.ChunkedArray, length: int) -> np.ndarray:
+    """`_pad` of an Arrow list-of-strings column, vectorised: each row's first `length` values, PAD after."""
+    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy().astype(np.int64)
+    flat = values.flatten().to_numpy(zero_copy_only=False)  # the non-null lists' values, in order
+    kept = np.minimum(lengths, length)
+    rows = np.repeat(np.arange(len(lengths)), kept)
+    position = np.arange(len(rows)) - np.repeat(np.cumsum(kept) - kept, kept)
+    out = np.full((len(lengths), length), PAD, dtype=object)
+    out[rows, position] = flat[np.repeat(np.cumsum(lengths) - lengths, kept) + position]
+    return out
+
+
+class EncodedTable:
+    """`encode` of a whole user or item table, done once, so that a batch of examples is a gather of rows.
+
+    Columns named in `per_example` (the history each example carries) are left for the batch to encode.
+    An id missing from the table gets what `encode` gives a row it knows nothing of."""
+
+    def __init__(self, table: pd.DataFrame, spec: TowerSpec, per_example: tuple[str, ...] = ()):
+        spec = replace(spec, lists={k: v for k, v in spec.lists.items() if k not in per_example})
+        self.id_column, self.index = spec.id_column, pd.Index(table[spec.id_column].astype(str))
+        known = encode(table, spec)
+        unknown = encode(pd.DataFrame({spec.id_column: [PAD]}), spec)
+        self.columns = {name: np.concatenate([values, unknown[name]]) for name, values in known.items()}
+
+    def rows(self, ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The encoded rows of these ids (position -1, the last row, for ids the table lacks)."""
+        at = self.index.get_indexer(ids)
+        out = {name: values[at] for name, values in self.columns.items()}
+        out[self.id_column] = np.asarray(ids, dtype=object).astype(str).astype(object)
+        return out
 
 def first_touches(interactions: pd.DataFrame) -> pd.DataFrame:
     """One row per (user, item): when the user first touched the item, with the strongest event they gave it

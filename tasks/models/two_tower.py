@@ -8,6 +8,7 @@ item-embedding Parquet table and a BruteForce index.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -22,12 +24,14 @@ from tasks.models.base import Recommender, UserBatch
 from tasks.models.distribution import across_replicas, shard_by_example, training_strategy
 from tasks.models.tower_inputs import (
     PAD,
+    EncodedTable,
     HistoryAttributes,
     TowerSpec,
     encode,
     first_touches,
     histories_before_each_event,
     history_attributes,
+    padded_lists,
     tower_specs,
     write_example_splits,
 )
@@ -209,36 +213,48 @@ def to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
     return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
 
 
-def feature_sides(frame: pd.DataFrame, users: pd.DataFrame, items: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The user rows (with each example's own `history`) and item rows of a batch of examples.
-
-    `users` and `items` are indexed by user_id and item_id.
-    """
-    user_side = users.reindex(frame["user_id"]).reset_index().assign(history=frame["history"].to_numpy())
-    return user_side, items.reindex(frame["item_id"]).reset_index()
-
-
 def stream_examples(path: Path, to_batch, signature, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Stream examples from Parquet in record batches through `to_batch(frame)`, never all in memory at once."""
-    def batches():
-        for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch_size * 4):
-            yield to_batch(record_batch.to_pandas())
+    """Stream examples from Parquet, never all in memory at once, as ready batches of `to_batch(table)`.
 
-    data = tf.data.Dataset.from_generator(batches, output_signature=signature).unbatch()
-    if shuffle:
-        data = data.shuffle(batch_size * 8, seed=seed, reshuffle_each_iteration=True)
-    return data.batch(batch_size).prefetch(2)
+    Windows of 8 batches are shuffled in numpy, anew each epoch (the file itself was shuffled once when it was
+    written), and cut into full batches; only the epoch's last batch may be short. Encoding whole batches at
+    once keeps tf.data from handling every example on its own."""
+    epochs = itertools.count()
+
+    def windows():
+        leftover = None
+        for chunk in pq.ParquetFile(path).iter_batches(batch_size=batch_size * 8):
+            table = pa.Table.from_batches([chunk])
+            table = table if leftover is None else pa.concat_tables([leftover, table])
+            full = table.num_rows // batch_size * batch_size
+            yield table.slice(0, full)
+            leftover = table.slice(full)
+        if leftover is not None and leftover.num_rows:
+            yield leftover
+
+    def batches():
+        rng = np.random.default_rng([seed, next(epochs)])
+        for window in windows():
+            if shuffle:
+                window = window.take(rng.permutation(window.num_rows))
+            for start in range(0, window.num_rows, batch_size):
+                yield to_batch(window.slice(start, batch_size))
+
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
 
 
 def examples_dataset(path: Path, query: TowerSpec, candidate: TowerSpec, user_table: pd.DataFrame,
                      item_table: pd.DataFrame, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
     """Retrieval examples: (query and candidate inputs, sample weight, sampling probability)."""
-    users, items = user_table.set_index("user_id"), item_table.set_index("item_id")
+    users, items = EncodedTable(user_table, query, per_example=("history",)), EncodedTable(item_table, candidate)
+    history_length = query.lists["history"][1]
 
-    def to_batch(frame):
-        user_side, item_side = feature_sides(frame, users, items)
-        return ({"query": encode(user_side, query), "candidate": encode(item_side, candidate)},
-                frame["weight"].to_numpy(np.float32), frame["probability"].to_numpy(np.float32))
+    def to_batch(table: pa.Table):
+        user_side = users.rows(table.column("user_id").to_numpy())
+        user_side["history"] = padded_lists(table.column("history"), history_length)
+        return ({"query": user_side, "candidate": items.rows(table.column("item_id").to_numpy())},
+                table.column("weight").to_numpy().astype(np.float32),
+                table.column("probability").to_numpy().astype(np.float32))
 
     signature = ({"query": tower_signature(query), "candidate": tower_signature(candidate)},
                  tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
