@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from numba import njit
 
 from configs.schema import CooccurrenceConfig
 from tasks.models.base import Recommender, UserBatch
@@ -31,19 +32,39 @@ def user_item_matrix(interactions: pd.DataFrame, user_ids: np.ndarray, item_ids:
 
 
 def item_similarity(user_items: sp.csr_matrix, neighbours: int, shrinkage: float) -> sp.csr_matrix:
-    """Shrunk cosine similarity between item columns, keeping each item's `neighbours` most similar."""
+    """Shrunk cosine similarity between item columns, keeping each item's `neighbours` most similar (ties to
+    the lower column): co-counts / (sqrt(count_i * count_j) + shrinkage) over the users who touched both."""
     binary = user_items.copy()
     binary.data[:] = 1.0
-    cooc = (binary.T @ binary).tocsr().astype(np.float32)
-    counts = cooc.diagonal()
-    cooc.setdiag(0.0)
-    cooc.eliminate_zeros()
-    coo = cooc.tocoo()
-    sims = coo.data / (np.sqrt(counts[coo.row] * counts[coo.col]) + shrinkage)
-    frame = pd.DataFrame({"row": coo.row, "col": coo.col, "sim": sims})
-    top = frame.sort_values(["row", "sim"], ascending=[True, False]).groupby("row").head(neighbours)
+    cooc = (binary.T @ binary).tocsr()
+    cooc.sort_indices()
+    counts = np.asarray(binary.sum(axis=0), dtype=np.float32).ravel()  # users per item: the Gram's diagonal
+    kept = np.minimum(np.diff(cooc.indptr) - (cooc.diagonal() != 0), neighbours)
+    indptr = np.concatenate([[0], np.cumsum(kept)]).astype(np.int64)
+    indices, data = np.empty(indptr[-1], np.int64), np.empty(indptr[-1], np.float32)
+    _top_neighbours(cooc.indptr.astype(np.int64), cooc.indices.astype(np.int64), cooc.data.astype(np.float32),
+                    counts, np.float32(shrinkage), indptr, indices, data)
     n = user_items.shape[1]
-    return sp.csr_matrix((top["sim"].to_numpy(np.float32), (top["row"], top["col"])), shape=(n, n))
+    return sp.csr_matrix((data, indices, indptr), shape=(n, n))
+
+
+@njit(nogil=True, cache=True)
+def _top_neighbours(indptr, indices, cooc, counts, shrinkage, out_ptr, out_indices, out_data):
+    """Per row of the co-count matrix (sorted columns), its highest similarities but the diagonal's, best
+    first, ties to the lower column; written at out_ptr[row]."""
+    for row in range(len(indptr) - 1):
+        start, stop = indptr[row], indptr[row + 1]
+        columns, similarity = np.empty(stop - start, np.int64), np.empty(stop - start, np.float32)
+        m = 0
+        for t in range(start, stop):
+            if indices[t] != row:
+                columns[m] = indices[t]
+                similarity[m] = cooc[t] / (np.sqrt(counts[row] * counts[indices[t]]) + shrinkage)
+                m += 1
+        order = np.argsort(-similarity[:m], kind="mergesort")  # stable: ties keep the lower column first
+        for slot in range(out_ptr[row + 1] - out_ptr[row]):
+            out_indices[out_ptr[row] + slot] = columns[order[slot]]
+            out_data[out_ptr[row] + slot] = similarity[order[slot]]
 
 
 class CooccurrenceModel(Recommender):

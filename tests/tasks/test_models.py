@@ -36,6 +36,25 @@ def test_cooccurrence_scores_match_shrunk_cosine_by_hand():
     assert scores[2] == pytest.approx(1 / np.sqrt(3), rel=1e-5)
 
 
+
+def test_cooccurrence_keeps_each_items_top_neighbours_by_shrunk_cosine_ties_to_the_lower_column():
+    from tasks.models.cooccurrence import item_similarity
+
+    rng = np.random.default_rng(5)
+    touched = rng.random((300, 40)) < 0.15
+    touched[:, 31] = touched[:, 30]  # two items with the same users: equal similarity to every other item
+    weights = sp.csr_matrix(touched * rng.integers(1, 4, touched.shape).astype(np.float32))
+    similarity = item_similarity(weights, neighbours=5, shrinkage=3.0).toarray()
+    binary = touched.astype(np.float64)
+    co, counts = binary.T @ binary, binary.sum(axis=0)
+    full = co / (np.sqrt(np.outer(counts, counts)) + 3.0)
+    np.fill_diagonal(co, 0)
+    for item in range(40):
+        others = [j for j in range(40) if j != item and co[item, j] > 0]
+        best = sorted(others, key=lambda j: (-round(full[item, j], 6), j))[:5]
+        assert np.flatnonzero(similarity[item]).tolist() == sorted(best), item
+        np.testing.assert_allclose(similarity[item, best], full[item, best], rtol=1e-5)
+
 def test_saved_models_reload_with_identical_scores(tmp_path):
     events = _events([(u, i, 2.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c")]])
     popularity = fit_popularity(events, ITEMS, AS_OF, PopularityConfig())
