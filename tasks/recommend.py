@@ -158,7 +158,8 @@ def user_batches(item_ids: np.ndarray, user_ids: np.ndarray, history: pd.DataFra
     user_ids = np.asarray(user_ids, dtype=object)
     hist = user_item_matrix(history, user_ids, item_ids)
     banned = user_item_matrix(excluded.assign(weight=1.0), user_ids, item_ids).astype(bool).tocsr()
-    allowed = np.ones(len(item_ids), bool) if allowed_items is None else np.isin(item_ids, allowed_items)
+    # pandas hashes; numpy's isin sorts object arrays by Python comparisons (3 s for 20,000 ids at M).
+    allowed = np.ones(len(item_ids), bool) if allowed_items is None else pd.Index(item_ids).isin(allowed_items)
     by_user = None if user_features is None else user_features.drop_duplicates("user_id").set_index("user_id")
     for start in range(0, len(user_ids), batch_size):
         rows = slice(start, start + batch_size)
