@@ -9,6 +9,7 @@ about one epoch on data this size (QUALITY.md).
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -80,9 +81,41 @@ class ExportedRanker(tf.Module):
                                                   tf.TensorSpec([None, None], tf.bool)])
 
 
-def _shuffled_batches(features, mask, labels, batch_size: int, seed: int) -> tf.data.Dataset:
-    data = tf.data.Dataset.from_tensor_slices((features, mask, labels))
-    return data.shuffle(len(features), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+def _shuffled_batches(features, mask, labels, rows: np.ndarray, batch_size: int, seed: int) -> tf.data.Dataset:
+    """Batches of the given list rows in a new random order each epoch, gathered from the arrays as they go:
+    no copy of the lists in TensorFlow nor in a shuffle buffer (at L they are gigabytes)."""
+    epochs = itertools.count()
+
+    def batches():
+        order = rows[np.random.default_rng([seed, next(epochs)]).permutation(len(rows))]
+        for start in range(0, len(order), batch_size):
+            picked = np.sort(order[start:start + batch_size])  # the same lists, read in memory order
+            yield features[picked].astype(np.float32), mask[picked].astype(bool), labels[picked].astype(np.float32)
+
+    signature = (tf.TensorSpec([None, *features.shape[1:]], tf.float32), tf.TensorSpec([None, mask.shape[1]], tf.bool),
+                 tf.TensorSpec([None, labels.shape[1]], tf.float32))
+    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+
+
+def feature_moments(features: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each feature over the real candidates, a chunk of lists at a time."""
+    total, squares, count = np.zeros(features.shape[2]), np.zeros(features.shape[2]), 0
+    for start in range(0, len(features), chunk):
+        real = features[start:start + chunk][mask[start:start + chunk]].astype(np.float64)
+        total, count = total + real.sum(axis=0), count + len(real)
+    mean = total / max(count, 1)
+    for start in range(0, len(features), chunk):
+        real = features[start:start + chunk][mask[start:start + chunk]].astype(np.float64)
+        squares += ((real - mean) ** 2).sum(axis=0)
+    return mean.astype(np.float32), np.sqrt(squares / max(count, 1)).astype(np.float32)
+
+
+def list_logits(ranker, features: np.ndarray, mask: np.ndarray, chunk: int = 1024) -> np.ndarray:
+    """The ranker's logits for many lists, a chunk at a time (its activations are lists x candidates x width)."""
+    if len(features) == 0:
+        return np.zeros(mask.shape, np.float32)
+    return np.concatenate([ranker((features[start:start + chunk], mask[start:start + chunk])).numpy()
+                           for start in range(0, len(features), chunk)])
 
 
 class KeepBestListNdcg(tf.keras.callbacks.Callback):
@@ -103,7 +136,7 @@ class KeepBestListNdcg(tf.keras.callbacks.Callback):
         self.evidence = None
 
     def ndcg(self) -> np.ndarray:
-        logits = self.ranker(self.lists).numpy()
+        logits = list_logits(self.ranker, *self.lists)
         return list_ndcg_per_row(np.where(self.lists[1], logits, -np.inf), self.relevant, 10)
 
     def on_train_begin(self, logs=None):
@@ -145,8 +178,8 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
     ranker and a report with the validation lists' NDCG@10 of the ranker and of the anchor alone.
     """
     tf.keras.utils.set_random_seed(seed)
-    real = features[mask]
-    mean, scale = real.mean(axis=0), real.std(axis=0) + 1e-3
+    mean, spread = feature_moments(features, mask)
+    scale = spread + 1e-3
     is_validation = np.zeros(len(features), bool)
     if fixed_epochs is None and validation is not None:
         is_validation = np.asarray(validation, bool)
@@ -156,7 +189,7 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
     ranker = ListRanker(mean, scale, deep, anchor)
     trainer = ListRankingTrainer(ranker)
     trainer.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
-    train = _shuffled_batches(features[~is_validation], mask[~is_validation], labels[~is_validation], batch_size, seed)
+    train = _shuffled_batches(features, mask, labels, np.flatnonzero(~is_validation), batch_size, seed)
     report = {"lists": int(len(features)), "validation_lists": int(is_validation.sum())}
     if fixed_epochs is not None:
         if fixed_epochs > 0:
