@@ -172,23 +172,27 @@ def first_touches(interactions: pd.DataFrame) -> pd.DataFrame:
     return first.merge(strongest, on=keys, how="left")
 
 
-def histories_before_each_event(interactions: pd.DataFrame, length: int) -> list[list[str]]:
-    """For each interaction, the user's previous `length` items, most recent first (point in time per event).
+def histories_before_each_event(interactions: pd.DataFrame, length: int) -> pd.Series:
+    """For each interaction, the user's previous `length` items, most recent first (point in time per event),
+    as an Arrow list column aligned with `interactions`: no Python list per event (tens of millions at L).
 
     Fed `first_touches`, these are distinct items, as the serving history built by `build_features` is.
     """
-    ordered = interactions.sort_values(["user_id", "event_ts", "event_id"], kind="stable")
-    items = ordered["item_id"].to_numpy(dtype=object)
+    ordered = interactions.reset_index(drop=True).sort_values(["user_id", "event_ts", "event_id"], kind="stable")
+    codes, items = pd.factorize(ordered["item_id"].astype(str))  # a hash, not a sort of strings
     user_codes = pd.factorize(ordered["user_id"])[0]
     starts = np.r_[0, np.flatnonzero(np.diff(user_codes)) + 1]
     first_of_user = np.repeat(starts, np.diff(np.r_[starts, len(ordered)]))
     positions = np.arange(len(ordered))
-    back = positions[:, None] - np.arange(1, length + 1)[None, :]
-    valid = back >= first_of_user[:, None]
-    padded = np.where(valid, items[np.clip(back, 0, None)], None)
-    histories = [[v for v in row if v is not None] for row in padded]
-    out = pd.Series(histories, index=ordered.index).reindex(interactions.index)
-    return out.tolist()
+    counts = np.minimum(positions - first_of_user, length)  # earlier events of the same user, at most `length`
+    offsets = np.r_[0, np.cumsum(counts)]
+    back = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts) + 1  # 1: the event just before
+    earlier = codes[np.repeat(positions, counts) - back]
+    values = pc.take(pa.array(np.asarray(items, dtype=object), pa.string()), pa.array(earlier, pa.int64()))
+    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
+    rank = np.empty(len(ordered), np.int64)
+    rank[ordered.index.to_numpy()] = positions  # where each interaction's row sits in the sorted order
+    return pd.Series(pd.arrays.ArrowExtensionArray(lists.take(pa.array(rank))), index=interactions.index)
 
 
 def write_example_splits(examples: pd.DataFrame, cutoff: date, validation_days: int, seed: int, workdir: Path,
