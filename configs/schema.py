@@ -204,7 +204,8 @@ class TrainRankingConfig(Section):
     learning_rate: float = Field(0.003, gt=0)
     patience: int = Field(3, ge=1)
     validation_share: float = Field(0.1, gt=0, lt=1, description="Users whose lists drive early stopping.")
-    max_lists: int = Field(20_000, ge=2, description="Most users' lists the ranker trains on (a seeded sample).")
+    max_lists: int = Field(20_000, ge=2, description="Most users' lists the ranker trains on, per label window "
+                                                      "and in all (a seeded sample).")
 
 
 class EvaluateConfig(Section):

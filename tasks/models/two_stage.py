@@ -118,36 +118,44 @@ def candidate_signals(sources: dict[str, Recommender], features: FeatureSet, con
 
 
 def labelled_lists(candidates: CandidateSources, earlier: FeatureSet, labels: pd.DataFrame, allowed: np.ndarray,
-                   excluded: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
+                   excluded: pd.DataFrame, limit: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
     """Candidate frames of the labelled users, built as serving builds them, with their label rows.
 
     labels: (user_id, item_id, weight) engaged in the label window; excluded: the (user_id, item_id) pairs
     publishing would ban at the window's start. Returns features, mask and labels (each
-    row sums to one over its engaged candidates, in proportion to its strongest event's weight) of the users
-    with at least one engaged candidate, and the candidate recall of each source and of the union.
+    row sums to one over its engaged candidates, in proportion to its strongest event's weight) of at most
+    `limit` users with at least one engaged candidate, and the candidate recall of each source and of the
+    union over the users whose frames were built. Users are taken in a seeded random order and only lists
+    with an engaged candidate are kept, until `limit` are found: a uniform sample of them, and at L most
+    users' frames are never built nor held.
     """
     from tasks.recommend import user_batches  # recommend imports the models package
 
     labels = labels[pd.Index(candidates.item_ids).get_indexer(labels["item_id"]) >= 0]
     labels = labels.groupby(["user_id", "item_id"], as_index=False)["weight"].max()
-    user_ids = np.sort(labels["user_id"].unique()).astype(object)
+    user_ids = np.random.default_rng(seed).permutation(np.sort(labels["user_id"].unique()).astype(object))
     features, masks, targets = [], [], []
     found = dict.fromkeys((*candidates.sources, "union"), 0)
     train = earlier.train_interactions
+    kept = labelled = 0
     for batch, banned, _ in user_batches(candidates.item_ids, user_ids, train[["user_id", "item_id", "weight"]],
                                          excluded, None, USERS_PER_FRAME, earlier.train_users):
         engaged = user_item_matrix(labels, batch.user_ids, candidates.item_ids, damp=False)
+        labelled += engaged.nnz
         proposals = candidates.proposals(batch, banned, allowed)
         frame = candidates.frame_from(batch, proposals)
         target = values_at(engaged, frame.ids).astype(np.float32)
         found["union"] += int((target > 0).sum())
         for name, (ids, _) in proposals.items():
             found[name] += int((values_at(engaged, ids) > 0).sum())
-        features.append(frame.features), masks.append(frame.mask), targets.append(target)
-    features, mask, target = _stack(features), _stack(masks), _stack(targets)
-    keep = target.sum(axis=1) > 0
-    recall = {f"candidate_recall.{name}": count / max(len(labels), 1) for name, count in found.items()}
-    return features[keep], mask[keep], target[keep] / target[keep].sum(axis=1, keepdims=True), recall
+        keep = target.sum(axis=1) > 0
+        features.append(frame.features[keep]), masks.append(frame.mask[keep]), targets.append(target[keep])
+        kept += int(keep.sum())
+        if kept >= limit:
+            break
+    features, mask, target = (_stack(part)[:limit] for part in (features, masks, targets))
+    recall = {f"candidate_recall.{name}": count / max(labelled, 1) for name, count in found.items()}
+    return features, mask, target / np.maximum(target.sum(axis=1, keepdims=True), 1e-12), recall
 
 
 def anchor_source(candidates: CandidateSources, lists: np.ndarray, mask: np.ndarray,
@@ -184,7 +192,7 @@ def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path
     if engaged.empty:
         return candidates, None
     return candidates, labelled_lists(candidates, earlier, engaged[["user_id", "item_id", "weight"]], allowed,
-                                      excluded)
+                                      excluded, rules.max_lists, config.seed)
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:

@@ -137,6 +137,21 @@ def test_with_several_label_windows_early_stopping_looks_ahead_to_the_newest(pip
     assert 0 < report["validation_lists"] < report["lists"]
 
 
+
+def test_a_label_window_builds_lists_until_it_has_max_lists_users_with_an_engaged_candidate(pipeline_run, tmp_path):
+    from tasks.models.two_stage import window_lists
+
+    config, _ = pipeline_run
+    capped = make_config(config.paths.var, config.paths.raw, "train_ranking.max_lists=7",
+                         "train_ranking.sources=[cooccurrence, popularity]")
+    features = FeatureSet.read(AddressBook.from_config(capped).features(DS))
+    start = features.window.cutoff - pd.Timedelta(days=capped.train_ranking.label_days)
+    _, (lists, mask, labels, recall) = window_lists(features, capped, start, features.window.cutoff, tmp_path, None,
+                                                    tuple(capped.train_ranking.sources), required=False)
+    assert lists.shape[0] == mask.shape[0] == labels.shape[0] == 7
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)  # each kept list has an engaged candidate
+    assert (labels[~mask] == 0).all() and 0 < recall["candidate_recall.union"] <= 1
+
 def _lists(rng, signal: bool):
     """400 lists of 20 candidates, 3 features; feature 0 is the anchor's score. The engaged candidate is the
     one with the highest feature 1 (signal) or a random one (noise)."""
