@@ -76,7 +76,9 @@ def test_the_airflow_runs_mlflow_link_opens_the_night_in_the_model_training_view
     night = two_nights.results["night_a"]
     page.goto(night["report"]["mlflow_run_url"])
 
-    expect(page.get_by_text(mlflow_runs(two_nights.config)["night_a"].name, exact=True).first).to_be_visible()
+    # MLflow's run page loads its data after the shell ("Run page loading"): on a busy machine, beyond 5 s.
+    expect(page.get_by_text(mlflow_runs(two_nights.config)["night_a"].name, exact=True).first).to_be_visible(
+        timeout=60_000)
     expect(page.get_by_role("link", name="Model registry")).to_be_visible()  # the model-training side bar
     version = night["register"]["model_version"]
     expect(page.get_by_role("link", name=f"recsys_recommender version {version}")).to_be_visible()
