@@ -124,7 +124,6 @@ def encode(frame: pd.DataFrame, spec: TowerSpec) -> dict[str, np.ndarray]:
     return inputs
 
 
-
 def padded_lists(values: pa.Array | pa.ChunkedArray, length: int) -> np.ndarray:
     """`_pad` of an Arrow list-of-strings column, vectorised: each row's first `length` values, PAD after."""
     values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
@@ -157,6 +156,7 @@ class EncodedTable:
         out = {name: values[at] for name, values in self.columns.items()}
         out[self.id_column] = np.asarray(ids, dtype=object).astype(str).astype(object)
         return out
+
 
 def first_touches(interactions: pd.DataFrame) -> pd.DataFrame:
     """One row per (user, item): when the user first touched the item, with the strongest event they gave it

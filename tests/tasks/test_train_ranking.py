@@ -152,6 +152,18 @@ def test_a_label_window_builds_lists_until_it_has_max_lists_users_with_an_engage
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)  # each kept list has an engaged candidate
     assert (labels[~mask] == 0).all() and 0 < recall["candidate_recall.union"] <= 1
 
+
+def test_feature_moments_summed_by_chunks_are_the_real_candidates_mean_and_spread():
+    from tasks.models.ranker import feature_moments
+
+    rng = np.random.default_rng(2)
+    features = rng.normal(3.0, 2.0, (23, 9, 4)).astype(np.float32)
+    mask = rng.random((23, 9)) < 0.6
+    features[~mask] = 1e6  # padding never counts
+    mean, spread = feature_moments(features, mask, chunk=5)
+    np.testing.assert_allclose(mean, features[mask].mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(spread, features[mask].std(axis=0), rtol=1e-5)
+
 def _lists(rng, signal: bool):
     """400 lists of 20 candidates, 3 features; feature 0 is the anchor's score. The engaged candidate is the
     one with the highest feature 1 (signal) or a random one (noise)."""
