@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.cooccurrence import user_item_matrix
-from tasks.topk import TopK, dense_top_k
+from tasks.topk import TopK, dense_top_k, fallback_top_k
 
 log = logging.getLogger(__name__)
 
@@ -184,27 +184,6 @@ def recommendation_frame(users, ranks, items, scores) -> pd.DataFrame:
     """The rows every recommender produces: (user_id, rank, item_id, score)."""
     return pd.DataFrame({"user_id": pd.array(users, dtype="str"), "rank": np.asarray(ranks, dtype="int32"),
                          "item_id": pd.array(items, dtype="str"), "score": np.asarray(scores, dtype="float64")})
-
-
-def fallback_top_k(fallback: np.ndarray, allowed: np.ndarray, banned: sp.csr_matrix, k: int) -> TopK:
-    """Every row's k best items by the one `fallback` score vector, skipping that row's `banned` items.
-
-    The fallback's order is found once; each row then walks it past its own banned items, so no rows x items
-    matrix is built however large the catalogue.
-    """
-    banned = banned.tocsr()
-    depth = min(int(allowed.sum()), k + int(np.diff(banned.indptr).max(initial=0)))
-    candidates = np.flatnonzero(allowed)
-    candidates = candidates[np.argsort(-fallback[candidates], kind="stable")[:depth]]
-    usable = ~banned[:, candidates].toarray()
-    position = np.cumsum(usable, axis=1)
-    take = usable & (position <= k)
-    ids = np.full((banned.shape[0], k), -1, dtype=np.int64)
-    scores = np.full((banned.shape[0], k), -np.inf, dtype=np.float32)
-    rows, columns = np.nonzero(take)
-    ids[rows, position[rows, columns] - 1] = candidates[columns]
-    scores[rows, position[rows, columns] - 1] = fallback[candidates[columns]]
-    return TopK(ids, scores)
 
 
 def _dense_top_k(scores: np.ndarray, cold: np.ndarray, fallback: np.ndarray, banned, allowed: np.ndarray,

@@ -255,3 +255,99 @@ def exact_top_k(queries: np.ndarray, items: np.ndarray, k: int, banned: sparse.c
     with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
         list(pool.map(score_block, range(0, users, user_block)))
     return result
+
+
+def fallback_top_k(fallback: np.ndarray, allowed: np.ndarray, banned: sparse.csr_matrix, k: int) -> TopK:
+    """Every row's k best items by the one `fallback` score vector, skipping that row's `banned` items.
+
+    The fallback's order is found once; each row then walks it past its own banned items, so no rows x items
+    matrix is built however large the catalogue.
+    """
+    banned = banned.tocsr()
+    depth = min(int(allowed.sum()), k + int(np.diff(banned.indptr).max(initial=0)))
+    candidates = np.flatnonzero(allowed)
+    candidates = candidates[np.argsort(-fallback[candidates], kind="stable")[:depth]]
+    usable = ~banned[:, candidates].toarray()
+    position = np.cumsum(usable, axis=1)
+    take = usable & (position <= k)
+    ids = np.full((banned.shape[0], k), -1, dtype=np.int64)
+    scores = np.full((banned.shape[0], k), -np.inf, dtype=np.float32)
+    rows, columns = np.nonzero(take)
+    ids[rows, position[rows, columns] - 1] = candidates[columns]
+    scores[rows, position[rows, columns] - 1] = fallback[candidates[columns]]
+    return TopK(ids, scores)
+
+
+def sparse_top_k(scores: sparse.csr_matrix, background: np.ndarray, k: int, banned: sparse.csr_matrix,
+                 allowed: np.ndarray) -> TopK:
+    """The exact top-k of the dense float32 `scores.toarray() + background` per row over the allowed, unbanned
+    columns (ties to the lower column), without that dense matrix. `scores` has no duplicate entries (a
+    sparse product's result has none).
+
+    Every column a row has no entry for scores its `background` alone, so only the row's entries and the first
+    k columns of the background's order it has no entry for can make its top k: each row merges the two,
+    at most (entries + k) keys instead of the whole catalogue. The same float32 sums as the dense matrix, so
+    the same ids and scores as `dense_top_k` of it with banned and disallowed columns at -inf.
+    """
+    scores = scores.tocsr()
+    banned = banned.tocsr()
+    banned.sort_indices()
+    background = np.ascontiguousarray(background, dtype=np.float32)
+    columns = np.flatnonzero(allowed)
+    order = columns[np.argsort(-background[columns], kind="stable")]  # best first, ties to the lower column
+    k = max(1, min(k, len(background)))
+    result = TopK(np.full((scores.shape[0], k), -1, dtype=np.int64),
+                  np.full((scores.shape[0], k), -np.inf, dtype=np.float32))
+    _merge_sparse_rows(scores.indptr.astype(np.int64, copy=False), scores.indices.astype(np.int64, copy=False),
+                       scores.data.astype(np.float32, copy=False), background, order, np.asarray(allowed, bool),
+                       banned.indptr.astype(np.int64, copy=False), banned.indices.astype(np.int64, copy=False), k,
+                       result.scores, result.ids)
+    return result
+
+
+@njit(nogil=True, cache=True)
+def _merge_sparse_rows(ptr, indices, data, background, order, allowed, banned_ptr, banned_ids, k, out_scores,
+                       out_ids):
+    """Per row: its allowed, unbanned entries scored entry + background, and the background order's first k
+    allowed, unbanned columns without an entry scored by the background; the k best keys of both, best first."""
+    widest = 0
+    for row in range(len(ptr) - 1):
+        widest = max(widest, ptr[row + 1] - ptr[row])
+    marked = np.full(len(background), -1, dtype=np.int64)  # marked[item] == row: the row has an entry there
+    values = np.empty(widest + k, dtype=np.float32)
+    items = np.empty(widest + k, dtype=np.int64)
+    keys = np.empty(widest + k, dtype=np.uint64)
+    bits = np.empty(k, dtype=np.uint32)
+    for row in range(len(ptr) - 1):
+        start, stop = ptr[row], ptr[row + 1]
+        ban_start, ban_stop = banned_ptr[row], banned_ptr[row + 1]
+        size = 0
+        for t in range(start, stop):
+            item = indices[t]
+            marked[item] = row
+            if allowed[item] and not _contains(banned_ids, ban_start, ban_stop, item):
+                values[size] = data[t] + background[item]
+                items[size] = item
+                size += 1
+        taken = 0
+        for item in order:
+            if taken == k:
+                break
+            if marked[item] == row or _contains(banned_ids, ban_start, ban_stop, item):
+                continue
+            values[size] = background[item]
+            items[size] = item
+            size += 1
+            taken += 1
+        value_bits = values[:size].view(np.uint32)
+        for i in range(size):
+            keys[i] = _key(value_bits[i], items[i])
+        if size > k:
+            _select(keys, size, k)
+            size = k
+        best = keys[:size]
+        best.sort()
+        for rank in range(len(best)):
+            bits[rank] = _score_bits(best[rank])
+            out_ids[row, rank] = best[rank] & np.uint64(0xFFFFFFFF)
+        out_scores[row, :len(best)] = bits[:len(best)].view(np.float32)

@@ -11,6 +11,7 @@ from numba import njit
 
 from configs.schema import CooccurrenceConfig
 from tasks.models.base import Recommender, UserBatch
+from tasks.topk import TopK, sparse_top_k
 
 # Popularity breaks ties (and ranks items with no co-occurrence) without outweighing any real similarity.
 TIE_BREAK = 1e-6
@@ -78,6 +79,10 @@ class CooccurrenceModel(Recommender):
         # similarity[i, j] is how strongly item i points at item j; a user's score sums over the history.
         scores = np.asarray((batch.history @ self.similarity).todense(), dtype=np.float32)
         return scores + TIE_BREAK * self.fallback_scores
+
+    def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
+        # The top k of `score` from the sparse product: a user's history reaches a few thousand items at most.
+        return sparse_top_k(batch.history @ self.similarity, TIE_BREAK * self.fallback_scores, k, banned, allowed)
 
     def _save_state(self, directory: Path) -> None:
         sp.save_npz(directory / "similarity.npz", self.similarity)

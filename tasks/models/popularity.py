@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 
 from configs.schema import PopularityConfig
 from tasks.models.base import Recommender, UserBatch
+from tasks.topk import TopK, fallback_top_k
 
 
 def decayed_popularity(interactions: pd.DataFrame, item_ids: np.ndarray, as_of: pd.Timestamp,
@@ -24,6 +26,10 @@ class PopularityModel(Recommender):
 
     def score(self, batch: UserBatch) -> np.ndarray:
         return np.broadcast_to(self.fallback_scores, (len(batch), len(self.item_ids))).copy()
+
+    def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
+        # Every row shares one order: walked past each user's banned items, no users x items matrix.
+        return fallback_top_k(self.fallback_scores, allowed, banned, max(1, min(k, len(self.item_ids))))
 
 
 def fit_popularity(interactions: pd.DataFrame, item_ids: np.ndarray, as_of: pd.Timestamp,

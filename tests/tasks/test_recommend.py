@@ -52,14 +52,26 @@ def test_exclusions_take_only_the_configured_event_types():
     assert exclusions(interactions, ("purchase",)).to_dict("records") == [{"user_id": "u", "item_id": "a"}]
 
 
-def test_fallback_top_k_walks_the_fallback_order_past_each_users_banned_items():
-    from scipy import sparse
+@pytest.mark.parametrize("kind", ["popularity", "cooccurrence"])
+def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
+    """Popularity and co-occurrence find their top k without a users x items matrix; the lists must be those
+    of the dense scores, ties, bans, unavailable items and cold users included."""
+    from tasks.recommend import _dense_top_k, model_top_k, user_batches
 
-    from tasks.recommend import fallback_top_k
-
-    fallback = np.array([0.1, 0.9, 0.5, 0.7, 0.3], dtype=np.float32)
-    allowed = np.array([True, True, True, True, False])
-    banned = sparse.csr_matrix(np.array([[0, 0, 0, 0, 0], [0, 1, 0, 1, 0], [1, 1, 1, 1, 0]], dtype=bool))
-    found = fallback_top_k(fallback, allowed, banned, 3)
-    assert found.ids.tolist() == [[1, 3, 2], [2, 0, -1], [-1, -1, -1]]
-    assert found.scores[0].tolist() == pytest.approx([0.9, 0.7, 0.5]) and np.isneginf(found.scores[2]).all()
+    rng = np.random.default_rng(5)
+    items = np.array([f"i{n}" for n in range(80)], dtype=object)
+    events = pd.DataFrame({"user_id": [f"u{n}" for n in rng.integers(0, 150, 1500)],
+                           "item_id": items[rng.zipf(1.3, 1500) % 80], "weight": rng.choice([1.0, 3.0], 1500),
+                           "event_ts": AS_OF - pd.to_timedelta(rng.integers(0, 30, 1500), unit="D")})
+    popularity = fit_popularity(events, items, AS_OF, PopularityConfig())
+    model = popularity if kind == "popularity" else \
+        fit_cooccurrence(events, items, popularity.fallback_scores, CooccurrenceConfig(neighbours=5))
+    users = np.array([f"u{n}" for n in range(160)], dtype=object)  # u150 and on are cold
+    excluded = events[events["weight"] > 1][["user_id", "item_id"]]
+    for k in (3, 20, 100):
+        for batch, banned, allowed in user_batches(items, users, events, excluded, items[5:], 64):
+            cold = np.diff(batch.history.indptr) == 0
+            got = model_top_k(model, batch, k, banned, allowed)
+            want = _dense_top_k(model.score(batch), cold, model.fallback_scores, banned, allowed, k)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.scores, want.scores)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from tasks.topk import exact_top_k
+from tasks.topk import dense_top_k, exact_top_k, fallback_top_k, sparse_top_k
 
 
 def reference(queries, items, k, banned=None):
@@ -80,3 +80,45 @@ def test_dense_top_k_folds_float32_rows_to_numpys_selection():
     assert (ids[~finite] == -1).all() and np.isneginf(best[~finite]).all() and (ids[3] >= 0).sum() == finite[3].sum()
     ties = np.zeros((1, 10), np.float32)  # equal scores: the lower column first
     assert dense_top_k(ties, 4)[0].tolist() == [[0, 1, 2, 3]]
+
+
+def test_fallback_top_k_walks_the_fallback_order_past_each_users_banned_items():
+    fallback = np.array([0.1, 0.9, 0.5, 0.7, 0.3], dtype=np.float32)
+    allowed = np.array([True, True, True, True, False])
+    banned = sparse.csr_matrix(np.array([[0, 0, 0, 0, 0], [0, 1, 0, 1, 0], [1, 1, 1, 1, 0]], dtype=bool))
+    found = fallback_top_k(fallback, allowed, banned, 3)
+    assert found.ids.tolist() == [[1, 3, 2], [2, 0, -1], [-1, -1, -1]]
+    assert found.scores[0].tolist() == pytest.approx([0.9, 0.7, 0.5]) and np.isneginf(found.scores[2]).all()
+
+
+def dense_reference(scores, background, k, banned, allowed):
+    """`sparse_top_k`'s definition: the dense float32 sum, banned and disallowed columns at -inf, then the
+    dense selection (ties to the lower column)."""
+    dense = scores.toarray().astype(np.float32) + background
+    dense[:, ~allowed] = -np.inf
+    dense[banned.toarray()] = -np.inf
+    ids, best = dense_top_k(dense, k)
+    return np.where(np.isfinite(best), ids, -1), best
+
+
+@pytest.mark.parametrize("k", [1, 5, 40, 200])
+def test_sparse_top_k_equals_the_dense_selection_of_the_summed_scores(k):
+    rng = np.random.default_rng(11)
+    users, items = 120, 150
+    # Few distinct values, so that entries, background and their sums tie often; some rows are empty, some
+    # entries are explicit zeros, and some rows ban or have entries for most of the catalogue.
+    scores = sparse.random(users, items, density=0.08, format="lil", random_state=3, dtype=np.float32)
+    scores[:10] = 0
+    scores[10, :140] = 1.0
+    scores = scores.tocsr()
+    scores.data = rng.integers(0, 4, scores.nnz).astype(np.float32) / 4
+    background = (rng.integers(0, 6, items) * 1e-6).astype(np.float32)
+    allowed = rng.random(items) < 0.9
+    banned = (sparse.random(users, items, density=0.05, format="lil", random_state=4) > 0).tolil()
+    banned[11, :145] = True
+    banned = banned.tocsr()
+    got = sparse_top_k(scores, background, k, banned, allowed)
+    ids, best = dense_reference(scores, background, k, banned, allowed)
+    np.testing.assert_array_equal(got.ids, ids)
+    np.testing.assert_array_equal(got.scores, best)
+    assert (got.ids[11] == -1).sum() >= min(k, items) - 5  # row 11 has at most 5 usable items
