@@ -26,6 +26,13 @@ ITEM_BLOCK = 4096   # items per tile: a 256 x 4096 float32 tile is 4 MiB
 BUFFER = 4          # candidates kept per user between cuts, as a multiple of k
 
 
+def in_row_blocks(work, rows: int, block: int, threads: int | None = None) -> None:
+    """Call `work(first)` for every block of `block` rows from `first`, on one thread per core: the compiled
+    kernels it runs release the GIL, so the blocks share the cores."""
+    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+        list(pool.map(work, range(0, rows, block)))
+
+
 @njit(cache=True, inline="always")
 def _contains(sorted_ids, start, stop, item):
     """Whether `item` is in sorted_ids[start:stop] (binary search)."""
@@ -182,8 +189,7 @@ def dense_top_k(scores: np.ndarray, k: int, threads: int | None = None) -> tuple
         _fold_tile(scores[rows], 0, buffers, sizes, thresholds, k, no_bans[0][:count + 1], no_bans[1])
         _finish(buffers, sizes, k, best[rows], ids[rows])
 
-    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-        list(pool.map(fold, range(0, users, USER_BLOCK)))
+    in_row_blocks(fold, users, USER_BLOCK, threads)
     return ids, best
 
 
@@ -252,8 +258,8 @@ def exact_top_k(queries: np.ndarray, items: np.ndarray, k: int, banned: sparse.c
 
     # One single-threaded BLAS per worker: each core runs its own product and fold, with no hand-over
     # between BLAS threads and kernel threads (both release the GIL).
-    with threadpool_limits(1, user_api="blas"), ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
-        list(pool.map(score_block, range(0, users, user_block)))
+    with threadpool_limits(1, user_api="blas"):
+        in_row_blocks(score_block, users, user_block, threads)
     return result
 
 

@@ -11,9 +11,7 @@ the user's recent history.
 
 from __future__ import annotations
 
-import os
 import re
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +20,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from tasks.models.base import Recommender, UserBatch
+from tasks.topk import in_row_blocks
 
 MISSING_SCORE = -10.0  # a source's normalised score where it did not propose the item (its own top scores 0)
 FRAME_BLOCK = 256      # users per block of compiled frame building; blocks run on all cores
@@ -278,8 +277,7 @@ class CandidateSources:
             _history_features(pooled[rows], history[rows], codes, word_ptr, word_ids, word_weights, words.shape[1],
                               features[rows], 3 * len(names), words_at)
 
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            list(pool.map(build, range(0, users, FRAME_BLOCK)))
+        in_row_blocks(build, users, FRAME_BLOCK)
         width = int(min(self.size, max(kept.max(initial=0), 1)))
         pooled, features = pooled[:, :width], features[:, :width]
         self._item_and_user_features(batch, pooled, history, features, 3 * len(names))

@@ -7,8 +7,6 @@ the dense n x n Gram matrix, so it runs only up to `max_items` items that were i
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from numba import njit
 from configs.schema import EaseConfig
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.cooccurrence import TIE_BREAK, user_item_matrix
+from tasks.topk import in_row_blocks
 
 
 class EaseTooLarge(RuntimeError):
@@ -100,8 +99,7 @@ class EaseModel(Recommender):
             _score_rows(history.indptr[rows.start:rows.stop + 1], history.indices, history.data, self.rows,
                         self.columns, self.weights, tie_break, scores[rows])
 
-        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-            list(pool.map(block, range(0, len(batch), SCORE_BLOCK)))
+        in_row_blocks(block, len(batch), SCORE_BLOCK)
         return scores
 
     def _save_state(self, directory: Path) -> None:
