@@ -5,6 +5,7 @@ import pytest
 from configs.schema import CooccurrenceConfig, PopularityConfig
 from tasks.models.cooccurrence import fit_cooccurrence
 from tasks.models.popularity import fit_popularity
+from tasks.models.recent import RecentModel
 from tasks.recommend import exclusions, recommend
 from tasks.topk import dense_top_k
 
@@ -52,9 +53,9 @@ def test_exclusions_take_only_the_configured_event_types():
     assert exclusions(interactions, ("purchase",)).to_dict("records") == [{"user_id": "u", "item_id": "a"}]
 
 
-@pytest.mark.parametrize("kind", ["popularity", "cooccurrence"])
+@pytest.mark.parametrize("kind", ["popularity", "cooccurrence", "recent"])
 def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
-    """Popularity and co-occurrence find their top k without a users x items matrix; the lists must be those
+    """Popularity, co-occurrence and recent find their top k without a users x items matrix; the lists must be those
     of the dense scores, ties, bans, unavailable items and cold users included."""
     from tasks.recommend import _dense_top_k, model_top_k, user_batches
 
@@ -64,8 +65,9 @@ def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
                            "item_id": items[rng.zipf(1.3, 1500) % 80], "weight": rng.choice([1.0, 3.0], 1500),
                            "event_ts": AS_OF - pd.to_timedelta(rng.integers(0, 30, 1500), unit="D")})
     popularity = fit_popularity(events, items, AS_OF, PopularityConfig())
-    model = popularity if kind == "popularity" else \
-        fit_cooccurrence(events, items, popularity.fallback_scores, CooccurrenceConfig(neighbours=5))
+    model = {"popularity": popularity, "recent": RecentModel(items, popularity.fallback_scores, {}),
+             "cooccurrence": fit_cooccurrence(events, items, popularity.fallback_scores,
+                                              CooccurrenceConfig(neighbours=5))}[kind]
     users = np.array([f"u{n}" for n in range(160)], dtype=object)  # u150 and on are cold
     excluded = events[events["weight"] > 1][["user_id", "item_id"]]
     for k in (3, 20, 100):
