@@ -244,6 +244,9 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
              "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
              report["epochs_run"], candidates.names[anchor], {k.split(".")[1]: round(v, 3) for k, v in recall.items()})
+    # The label windows' lists and sources are done with: let them go before the serving sources are fit (at L
+    # the lists alone are about 0.5 GB, and a refit fits a two-tower next).
+    del lists, mask, labels, parts, found, candidates
     sources = fit_sources(features, config, names, workdir / "sources", epochs, fitted.get(features.window.cutoff),
                           required=True)
     serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
