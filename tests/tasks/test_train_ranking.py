@@ -164,6 +164,7 @@ def test_feature_moments_summed_by_chunks_are_the_real_candidates_mean_and_sprea
     np.testing.assert_allclose(mean, features[mask].mean(axis=0), rtol=1e-5)
     np.testing.assert_allclose(spread, features[mask].std(axis=0), rtol=1e-5)
 
+
 def _lists(rng, signal: bool):
     """400 lists of 20 candidates, 3 features; feature 0 is the anchor's score. The engaged candidate is the
     one with the highest feature 1 (signal) or a random one (noise)."""
