@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.metrics import list_ndcg_per_row
+from tasks.models.candidates import MISSING_SCORE
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402
@@ -32,7 +33,8 @@ class ListRanker(tf.keras.Model):
     The logit is the anchor feature (the best source's normalised score on the label lists) plus a learnt
     correction whose last layer starts at zero: training starts from the best single source's order and
     moves only where the other sources and the context say it is wrong, which matters with a few hundred
-    lists, where a ranker learnt from scratch loses to the source it should improve on.
+    lists, where a ranker learnt from scratch loses to the source it should improve on. Candidates the anchor
+    did not propose start one spread below its lowest proposal (`anchor_order`).
     """
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, deep: tuple[int, ...], anchor: int):
@@ -51,8 +53,18 @@ class ListRanker(tf.keras.Model):
         x = self.cross(x)
         for layer in self.deep:
             x = layer(x)
-        logits = self.logit(x)[..., 0] + self.anchor_weight * features[..., self.anchor]
+        logits = self.logit(x)[..., 0] + self.anchor_weight * anchor_order(features[..., self.anchor], mask)
         return tf.where(mask, logits, PADDING_LOGIT)
+
+
+def anchor_order(scores, mask):
+    """The anchor source's normalised scores, with the candidates it did not propose (MISSING_SCORE) one
+    spread below its lowest proposal in the list instead of far below it: they start behind every proposal,
+    as the anchor ranks them, but within reach of the correction, so the first epochs do not spend themselves
+    lifting the other sources' finds from -10."""
+    proposed = tf.logical_and(scores > MISSING_SCORE, mask)
+    lowest = tf.reduce_min(tf.where(proposed, scores, 0.0), axis=-1, keepdims=True)
+    return tf.where(proposed, scores, lowest - 1.0)
 
 
 class ListRankingTrainer(tfrs.Model):
@@ -118,6 +130,14 @@ def list_logits(ranker, features: np.ndarray, mask: np.ndarray, chunk: int = 102
                            for start in range(0, len(features), chunk)])
 
 
+def patience_spent(scores: list[float], patience: int) -> bool:
+    """Whether to stop: `scores[0]` is the anchor's order, the rest one per trained epoch. Patience counts from
+    the best trained epoch, not from the anchor: the first epochs often fall below the anchor's order (the
+    correction starts from random features) and climb past it later. The anchor stays the fallback."""
+    trained = scores[1:]
+    return len(trained) - 1 - int(np.argmax(trained)) >= patience if trained else False
+
+
 class KeepBestListNdcg(tf.keras.callbacks.Callback):
     """Early stopping on what the ranker is for: NDCG@10 of the validation lists, measured before the first
     epoch too, so a ranker that never beats its anchor's own order keeps the anchor's (zero correction).
@@ -149,7 +169,7 @@ class KeepBestListNdcg(tf.keras.callbacks.Callback):
         self.scores.append(float(rows.mean()))
         if self.scores[-1] > max(self.scores[:-1]):
             self.best_epoch, self.best_weights, self.best_rows = epoch + 1, self.model.get_weights(), rows
-        elif epoch + 1 - self.best_epoch >= self.patience:
+        if patience_spent(self.scores, self.patience):
             self.model.stop_training = True
 
     def on_train_end(self, logs=None):

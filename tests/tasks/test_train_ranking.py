@@ -188,3 +188,26 @@ def test_the_ranker_leaves_its_anchors_order_only_on_evidence(signal):
     else:  # an epoch scored best on noise (+27% here, on 100 lists), and the anchor's order stays
         assert report["validation_gain_low"] < 0 and report["epochs_run"] == 0
         assert report["validation_ndcg_at_10"] == report["validation_anchor_ndcg_at_10"]
+
+
+def test_patience_counts_from_the_best_trained_epoch_not_from_the_anchor():
+    from tasks.models.ranker import patience_spent
+
+    # The first epochs fall below the anchor's 0.16 and are still climbing: training goes on.
+    assert not patience_spent([0.16, 0.10, 0.14, 0.15], patience=3)
+    # Three epochs past the best trained one (0.17), whatever the anchor scored.
+    assert patience_spent([0.16, 0.10, 0.17, 0.15, 0.16, 0.165], patience=3)
+    assert not patience_spent([0.16, 0.10, 0.17, 0.15, 0.16], patience=3)
+    assert not patience_spent([0.16], patience=1)  # before the first epoch
+
+
+def test_the_anchors_missing_candidates_start_just_below_its_lowest_proposal():
+    from tasks.models.ranker import anchor_order
+
+    scores = np.array([[0.0, -2.5, MISSING_SCORE, -1.0, MISSING_SCORE, 7.0],
+                       [MISSING_SCORE, MISSING_SCORE, 0.0, -4.0, -0.5, 0.0]], np.float32)
+    mask = np.array([[True] * 5 + [False], [True] * 5 + [False]])  # the last column is padding
+    order = anchor_order(scores, mask).numpy()
+    # Proposals keep their scores; the rest sit one spread below the list's lowest proposal, padding ignored.
+    np.testing.assert_array_equal(order[0, :5], [0.0, -2.5, -3.5, -1.0, -3.5])
+    np.testing.assert_array_equal(order[1, :5], [-5.0, -5.0, 0.0, -4.0, -0.5])
