@@ -59,7 +59,7 @@ def main() -> None:
         text = (f"## ds {cutoff} ({time.perf_counter() - started:.0f} s)\n\n{overall.to_markdown(floatfmt='.4f')}\n\n"
                 f"best candidate {decision['best_candidate']}; served recipe {decision['serving_kind']} "
                 f"({decision['reason']}); two_stage / best single source NDCG@10: "
-                f"{overall['ndcg_at_10'].get('two_stage', float('nan')) / best_single:.3f}\n")
+                f"{overall['ndcg_at_10'].get('two_stage', float('nan')) / best_single:.4f}\n")
         print(text, flush=True)
         report.append(text)
     (args.out / "real_data.md").write_text("\n".join(report))
