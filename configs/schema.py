@@ -215,6 +215,14 @@ class EvaluateConfig(Section):
     batch_size: int = Field(1024, ge=1)
 
 
+class RefitConfig(Section):
+    mode: Literal["refit", "warm_start"] = Field(
+        "refit", description="How the gate's winning recipe is brought up to ds: `refit` trains it anew on every "
+                             "day up to ds; `warm_start` trains its twin's TFRS parts on over the held-out days "
+                             "only (the baselines are refit either way). `python -m benchmarks.serve_fresh` "
+                             "measures both on the days after ds.")
+
+
 class RegisterConfig(Section):
     tracking_uri: str | None = Field(None, description="Defaults to SQLite under <var>/mlflow.")
     experiment: str = "recsys_nightly"
@@ -338,6 +346,7 @@ class Config(Section):
     train_retrieval: TrainRetrievalConfig = TrainRetrievalConfig()
     train_ranking: TrainRankingConfig = TrainRankingConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    refit: RefitConfig = RefitConfig()
     register: RegisterConfig = RegisterConfig()
     publish: PublishConfig = PublishConfig()
     report: ReportConfig = ReportConfig()

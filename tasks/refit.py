@@ -19,7 +19,8 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.evaluate import read_decision
 from tasks.feature_set import FeatureSet
-from tasks.models.recipes import fit_recipe, recipe_config, twin_epochs
+from tasks.models.base import WarmStart
+from tasks.models.recipes import BASELINES, fit_recipe, recipe_config, twin_epochs
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
 
@@ -33,6 +34,7 @@ class RefitResult(BaseModel):
     twin: str                    # the evaluation row (and model folder) whose recipe and metrics this model carries
     epochs: dict[str, int] | None
     interactions: int
+    warm_start: bool = False     # the twin trained on over the held-out days, not a fit from scratch
     seconds: float
 
 
@@ -49,17 +51,20 @@ def refit(config: Config, ds: date, run_id: str) -> RefitResult:
     # refit starts there, they are that window's sources as they are.
     fitted = {held_out.window.cutoff: {source.name: source for source in (twin / "sources").iterdir()}} \
         if (twin / "sources").is_dir() else None
+    warm = WarmStart(twin, held_out.window.cutoff) \
+        if config.refit.mode == "warm_start" and decision.serving_kind not in BASELINES else None
     target = book.serving_model(ds)
     with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix="refit-") as scratch:
         model = fit_recipe(decision.serving_kind, recipe_config(config, decision.serving_recipe), features,
-                           Path(scratch), epochs, fitted)
+                           Path(scratch), epochs, fitted, warm)
         model.save(staging)
     seconds = time.perf_counter() - started
-    log.info("refit ds=%s: %s recipe (twin: %s, epochs %s) on %d interactions through %s, %d items in %.1fs -> %s",
-             ds, decision.serving_kind, decision.serving_row, epochs, len(features.interactions), ds,
+    log.info("refit ds=%s: %s recipe (twin: %s, epochs %s, %s) on %d interactions through %s, %d items in %.1fs -> %s",
+             ds, decision.serving_kind, decision.serving_row, epochs,
+             f"trained on from the twin since {warm.since}" if warm else "from scratch", len(features.interactions), ds,
              len(model.item_ids), seconds, target)
     return RefitResult(ds=ds, kind=decision.serving_kind, path=str(target), twin=decision.serving_row, epochs=epochs,
-                       interactions=len(features.interactions), seconds=round(seconds, 2))
+                       interactions=len(features.interactions), warm_start=warm is not None, seconds=round(seconds, 2))
 
 
 run = refit

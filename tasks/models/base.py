@@ -6,6 +6,7 @@ import importlib
 import json
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -39,6 +40,15 @@ class UserBatch:
 
     def __len__(self) -> int:
         return len(self.user_ids)
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """Train on from a saved twin instead of from scratch: `model` is the twin's folder, `since` the first day
+    it never saw (its cutoff); only the days from `since` on are trained on."""
+
+    model: Path
+    since: date
 
 
 class Recommender(ABC):

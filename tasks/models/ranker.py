@@ -39,8 +39,9 @@ class ListRanker(tf.keras.Model):
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray, deep: tuple[int, ...], anchor: int):
         super().__init__()
-        self.mean = tf.constant(mean, tf.float32)
-        self.scale = tf.constant(scale, tf.float32)
+        # Variables, not constants, so the saved ranker carries them and a warm start reads them back.
+        self.mean = tf.Variable(np.asarray(mean, np.float32), trainable=False, name="feature_mean")
+        self.scale = tf.Variable(np.asarray(scale, np.float32), trainable=False, name="feature_scale")
         self.anchor = anchor
         self.anchor_weight = tf.Variable(1.0, dtype=tf.float32, name="anchor_weight")
         self.cross = tfrs.layers.dcn.Cross()
@@ -187,15 +188,16 @@ class KeepBestListNdcg(tf.keras.callbacks.Callback):
 
 def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, deep: tuple[int, ...], anchor: int,
                  learning_rate: float, batch_size: int, epochs: int, patience: int, validation_share: float,
-                 seed: int, fixed_epochs: int | None = None,
-                 validation: np.ndarray | None = None) -> tuple[ExportedRanker, dict]:
+                 seed: int, fixed_epochs: int | None = None, validation: np.ndarray | None = None,
+                 warm_from: Path | None = None) -> tuple[ExportedRanker, dict]:
     """Fit on lists (users, list, features) whose labels sum to one over each user's engaged candidates,
     starting from the order of feature `anchor`.
 
     The lists marked in `validation` (else a random `validation_share` of them) keep the epoch with the best
     NDCG@10 (0: the anchor's order), unless `fixed_epochs` is given (a refit): then every list trains for that
-    many epochs. Returns the exported
-    ranker and a report with the validation lists' NDCG@10 of the ranker and of the anchor alone.
+    many epochs. `warm_from` (a saved ranker over the same features) starts from its weights and its feature
+    moments instead of the anchor's order: a warm start. Returns the exported ranker and a report with the
+    validation lists' NDCG@10 of the ranker and of the anchor alone.
     """
     tf.keras.utils.set_random_seed(seed)
     mean, spread = feature_moments(features, mask)
@@ -207,6 +209,8 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
         held = max(1, int(len(features) * validation_share))
         is_validation[np.random.default_rng(seed).permutation(len(features))[:held]] = True
     ranker = ListRanker(mean, scale, deep, anchor)
+    if warm_from is not None:
+        read_saved_ranker(ranker, warm_from, features.shape[2])
     trainer = ListRankingTrainer(ranker)
     trainer.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
     train = _shuffled_batches(features, mask, labels, np.flatnonzero(~is_validation), batch_size, seed)
@@ -226,6 +230,13 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
                                                          "validation_gain_high": keep_best.evidence.high}),
                "validation_ndcg_at_10_by_epoch": [round(v, 5) for v in keep_best.scores]}
     return ExportedRanker(ranker, features.shape[2]), report
+
+
+def read_saved_ranker(ranker: ListRanker, directory: Path, n_features: int) -> None:
+    """Give `ranker` the weights and feature moments of the ranker saved in `directory` (`save_ranker`), whose
+    layers and features must be the same."""
+    ranker((tf.zeros([1, 1, n_features]), tf.ones([1, 1], tf.bool)))  # creates the layers' variables
+    tf.train.Checkpoint(ranker=ranker).read(str(directory / "variables" / "variables")).assert_existing_objects_matched()
 
 
 def save_ranker(ranker: ExportedRanker, directory: Path) -> None:

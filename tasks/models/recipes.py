@@ -17,7 +17,7 @@ import pandas as pd
 
 from configs.schema import Config
 from tasks.feature_set import FeatureSet
-from tasks.models.base import MANIFEST, Recommender
+from tasks.models.base import MANIFEST, Recommender, WarmStart
 
 BASELINES = ("popularity", "cooccurrence", "ease", "recent")
 # The config sections each kind is shaped by; every kind falls back to the popularity list.
@@ -77,14 +77,16 @@ def best_epochs(model_dir: Path) -> int | None:
 
 
 def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
-               epochs: dict[str, int] | None = None, fitted: dict[date, dict[str, Path]] | None = None
-               ) -> Recommender:
+               epochs: dict[str, int] | None = None, fitted: dict[date, dict[str, Path]] | None = None,
+               warm: WarmStart | None = None) -> Recommender:
     """Fit one recipe on the feature set's training interactions; nothing on or after its cutoff is read.
 
     `epochs` ({"two_tower": n, "two_stage": m}) trains the TFRS parts for those epochs on every training day,
     with no early-stopping split, as a refit does with the epochs its twin stopped at. `fitted` maps a day to
     models already fit with this config on the days before it, which the two-stage kind uses as the sources
-    of the window ending there (see `fit_two_stage`). Save the result before `workdir` goes away.
+    of the window ending there (see `fit_two_stage`). `warm` (with `epochs`) trains the TFRS kinds on from a
+    saved twin of this recipe over the days it never saw; the baselines, counts and closed forms, ignore it.
+    Save the result before `workdir` goes away.
     """
     from tasks.train import fit_model
 
@@ -96,10 +98,10 @@ def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
         popularity = fit_model("popularity", features, config.train)
         return fit_two_tower(features, config.data, config.train_retrieval, config.seed, workdir,
                              pd.Series(popularity.fallback_scores, index=popularity.item_ids),
-                             epochs=(epochs or {}).get("two_tower"))
+                             epochs=(epochs or {}).get("two_tower"), warm=warm)
     from tasks.models.two_stage import fit_two_stage
 
-    return fit_two_stage(features, config, workdir, epochs, fitted)
+    return fit_two_stage(features, config, workdir, epochs, fitted, warm)
 
 
 def twin_epochs(kind: str, model_dir: Path) -> dict[str, int] | None:

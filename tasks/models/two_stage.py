@@ -20,7 +20,7 @@ import scipy.sparse as sp
 from configs.schema import Config
 from tasks.feature_set import FeatureSet
 from tasks.metrics import list_ndcg
-from tasks.models.base import Recommender, UserBatch, load_recommender
+from tasks.models.base import Recommender, UserBatch, WarmStart, load_recommender
 from tasks.models.candidates import CandidateFrame, CandidateSources, ItemSignals, values_at
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.ease import EaseTooLarge
@@ -87,10 +87,11 @@ class TwoStageModel(Recommender):
 
 def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], workdir: Path,
                 epochs: dict[str, int] | None, fitted: dict[str, Path] | None = None,
-                required: bool = False) -> dict[str, Recommender]:
+                required: bool = False, warm: WarmStart | None = None) -> dict[str, Recommender]:
     """Each named source fit on the feature set's training days, or loaded from `fitted` where the night
     already fit that kind on these days with this config; EASE over its item cap is left out (an error where
-    `required`: the ranker was trained with it)."""
+    `required`: the ranker was trained with it). With `warm` (a saved two-stage twin), the TFRS sources train
+    on from the twin's; the others are counts and closed forms, refit whole in seconds."""
     from tasks.models.recipes import fit_recipe
 
     sources = {}
@@ -100,7 +101,9 @@ def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], wo
             continue
         (workdir / name).mkdir(parents=True, exist_ok=True)
         try:
-            sources[name] = fit_recipe(name, config, features, workdir / name, epochs)
+            twin = None if warm is None else warm.model / "sources" / name
+            sources[name] = fit_recipe(name, config, features, workdir / name, epochs,
+                                       warm=WarmStart(twin, warm.since) if twin is not None and twin.is_dir() else None)
         except EaseTooLarge as reason:
             if required:
                 raise
@@ -202,18 +205,26 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
 
 
 def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: dict[str, int] | None = None,
-                  fitted: dict[date, dict[str, Path]] | None = None) -> TwoStageModel:
+                  fitted: dict[date, dict[str, Path]] | None = None, warm: WarmStart | None = None) -> TwoStageModel:
     """Fit the ranker on the label windows (each with sources fit on the days before it), then serve it over
     sources fit on every training day. `epochs` trains every TFRS part for fixed epochs without an early-
     stopping split (a refit); `fitted` maps a day to models the night already fit, with this config, on the
     days before it (`train`'s and `train_retrieval`'s before the cutoff; for a refit, its twin's sources),
-    which serve as the sources of that window as they are."""
+    which serve as the sources of that window as they are.
+
+    `warm` (with `epochs`) trains on from a saved twin of this recipe over the days it never saw: its ranker
+    learns on for `epochs` over one label window, `warm.since` to the cutoff, whose candidates come from the
+    twin's own sources; the serving sources are refit, the TFRS ones trained on from the twin's."""
     fitted = fitted or {}
     rules = config.train_ranking
     names, parts, recall, windows, newest = tuple(rules.sources), [], {}, [], []
-    for back in range(rules.label_windows):  # the newest window first: it decides which sources take part
+    if warm is not None:
+        twin = load_recommender(warm.model).params
+        names, fitted = tuple(twin["sources"]), {warm.since: {name: warm.model / "sources" / name
+                                                              for name in twin["sources"]}}
+    for back in range(1 if warm is not None else rules.label_windows):  # the newest first: it decides the sources
         end = features.window.cutoff - timedelta(days=back * rules.label_days)
-        start = end - timedelta(days=rules.label_days)
+        start = warm.since if warm is not None else end - timedelta(days=rules.label_days)
         if start <= features.window.first:
             break
         candidates, found = window_lists(features, config, start, end, workdir / f"label_sources_{back}", epochs,
@@ -237,27 +248,32 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     # was in fashion that fortnight, which the next one does not repeat.
     validation = newest if len(parts) > 1 and newest.any() and not newest.all() else None
     anchor, source_ndcg = anchor_source(candidates, lists, mask, labels)
+    if warm is not None:  # the twin's ranker learnt its correction on top of its own anchor
+        anchor = candidates.names.index(twin["anchor"])
     ranker, report = train_ranker(lists, mask, labels, tuple(rules.deep_layers), anchor, rules.learning_rate,
                                   rules.batch_size, rules.epochs, rules.patience, rules.validation_share, config.seed,
-                                  (epochs or {}).get("two_stage"), validation)
+                                  (epochs or {}).get("two_stage"), validation,
+                                  None if warm is None else warm.model / "ranker")
     report |= recall | source_ndcg
     log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
              "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
              report["epochs_run"], candidates.names[anchor], {k.split(".")[1]: round(v, 3) for k, v in recall.items()})
     # The label windows' lists and sources are done with: let them go before the serving sources are fit (at L
     # the lists alone are about 0.5 GB, and a refit fits a two-tower next).
+    anchor_name = candidates.names[anchor]
     del lists, mask, labels, parts, found, candidates
     sources = fit_sources(features, config, names, workdir / "sources", epochs, fitted.get(features.window.cutoff),
-                          required=True)
+                          required=True, warm=warm)
     serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
                                rules.candidates, config.build_features.history_length)
     first = next(iter(sources.values()))
-    stopping = "fixed epochs" if (epochs or {}).get("two_stage") is not None else \
+    stopping = f"fixed epochs, trained on from {warm.model}" if warm is not None else \
+        "fixed epochs" if (epochs or {}).get("two_stage") is not None else \
         f"the newest label window {windows[0]}" if validation is not None else \
         f"a random {rules.validation_share:.0%} of the labelled users"
     params = {**rules.model_dump(mode="json"), "sources": list(sources), "attributes": list(serving.signals.attributes),
               "numeric": list(serving.signals.numeric), "history_length": config.build_features.history_length,
-              "features": serving.names, "label_windows_used": windows,
+              "features": serving.names, "label_windows_used": windows, "anchor": anchor_name,
               "early_stopping_on": stopping, "epochs_run": report["epochs_run"],
               "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
               "validation": {k: v for k, v in report.items() if not isinstance(v, list)}}

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
-from tasks.models.base import Recommender, UserBatch
+from tasks.models.base import Recommender, UserBatch, WarmStart
 from tasks.models.distribution import across_replicas, shard_by_example, training_strategy
 from tasks.models.tower_inputs import (
     PAD,
@@ -331,10 +331,70 @@ class _ExportedIndex(tf.Module):
         self.serve = tf.function(lambda inputs: index(inputs), input_signature=[tower_signature(query_spec)])
 
 
+def build_tower(tower: Tower) -> Tower:
+    """Create a tower's variables: call it once on a row it knows nothing of."""
+    tower(to_tensors(encode(pd.DataFrame({tower.spec.id_column: [PAD]}), tower.spec)))
+    return tower
+
+
+def saved_towers(directory: Path, config) -> tuple[Tower, Tower]:
+    """The Keras towers a saved two-tower model was exported from, rebuilt from its specs and given the
+    SavedModels' variables (their checkpoint keeps the towers' layer paths)."""
+    query_spec, candidate_spec = (TowerSpec.from_dict(d) for d in json.loads((directory / "tower_specs.json").read_text()))
+    history = np.array([v for v in query_spec.lists.get("history", ([], 0))[0] if v != PAD], dtype=object).astype(str)
+    # The history tables are read back with the rest; only their shapes matter here.
+    shapes = HistoryAttributes(history, {name: (np.zeros(len(history), np.int64), len(vocab))
+                                         for name, vocab in candidate_spec.categorical.items()},
+                               {name: np.zeros(len(history), np.float32) for name in candidate_spec.numeric})
+    towers = (Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
+                    history_attributes=shapes),
+              Tower(candidate_spec, config.embedding_dim, normalize=config.normalize))
+    for tower, name in zip(towers, ("query_tower", "candidate_tower"), strict=True):
+        checkpoint = tf.train.Checkpoint(tower=build_tower(tower))
+        checkpoint.read(str(directory / name / "variables" / "variables")).assert_existing_objects_matched()
+    return towers
+
+
+def _copy_rows(new: tf.Variable, old: tf.Variable, new_tokens: list[str], old_tokens: list[str]) -> int:
+    """Copy each embedding row of a token both vocabularies hold (row i is token i); returns how many."""
+    at = pd.Index(old_tokens).get_indexer(new_tokens)
+    rows = np.flatnonzero(at >= 0)
+    weights = new.numpy()
+    weights[rows] = old.numpy()[at[rows]]
+    new.assign(weights)
+    return len(rows)
+
+
+def warm_start_towers(query: Tower, candidate: Tower, directory: Path, config) -> None:
+    """Start tonight's towers from a saved twin's: the dense layers as they are, and each embedding row whose
+    id or value the twin knew; rows of ids and values first seen since keep their fresh initialisation."""
+    old_query, old_candidate = saved_towers(directory, config)
+    for new, old in ((query, old_query), (candidate, old_candidate)):
+        build_tower(new)
+        new.hidden.set_weights(old.hidden.get_weights())
+        new.output_layer.set_weights(old.output_layer.get_weights())
+        ids = new.id_lookup.get_vocabulary()
+        if new.use_id:  # a user tower may leave its id out (`user_id_embedding`)
+            _copy_rows(new.id_embedding.embeddings, old.id_embedding.embeddings, ids, old.id_lookup.get_vocabulary())
+        for name, layer in new.embeddings.items():
+            if isinstance(new.lookups[name], tf.keras.layers.StringLookup):
+                _copy_rows(layer.embeddings, old.embeddings[name].embeddings, new.lookups[name].get_vocabulary(),
+                           old.lookups[name].get_vocabulary())
+            else:  # hashed text: the same bins
+                layer.embeddings.assign(old.embeddings[name].embeddings)
+        for name, layer in new.history_embeddings.items():  # codes: 0 unknown, then 1-based in the item values
+            _copy_rows(layer.embeddings, old.history_embeddings[name].embeddings,
+                       [PAD, *candidate.spec.categorical[name]], [PAD, *old_candidate.spec.categorical[name]])
+        log.info("two_tower warm start: %s tower from %s; %d of its %d ids new since", new.spec.id_column,
+                 directory, len(set(ids) - set(old.id_lookup.get_vocabulary())), len(ids))
+
+
 def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd.Series,
-                  epochs: int | None = None) -> TwoTowerModel:
+                  epochs: int | None = None, warm: WarmStart | None = None) -> TwoTowerModel:
     """Train on the feature set's training interactions; the last `validation_days` drive early stopping,
     unless `epochs` is given: then every day trains, for that many epochs (a refit of an early-stopped twin).
+    With `warm` (and `epochs`), the towers start from the saved twin's weights (`warm_start_towers`) and
+    train on the days from `warm.since` on only; histories still reach back over every training day.
 
     `fallback` (popularity by item id) serves users without history, the same list every model falls back to.
     """
@@ -342,12 +402,16 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     tf.keras.utils.set_random_seed(seed)
     train = first_touches(features.train_interactions)
     query_spec, candidate_spec = tower_specs(features, data, config.history_length)
-    counts = train["item_id"].value_counts()
-    examples = train.assign(
-        history=histories_before_each_event(train, config.history_length),
-        weight=(train["weight"] / train["weight"].mean()).astype(np.float32),
+    examples = train.assign(history=histories_before_each_event(train, config.history_length))
+    if warm is not None:
+        examples = examples[examples["event_ts"] >= pd.Timestamp(warm.since.isoformat(), tz="UTC")]
+        if examples.empty:
+            raise ValueError(f"two_tower warm start: no training event on or after {warm.since}")
+    counts = examples["item_id"].value_counts()
+    examples = examples.assign(
+        weight=(examples["weight"] / examples["weight"].mean()).astype(np.float32),
         # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples.
-        probability=train["item_id"].map(counts / len(train)).astype(np.float32),
+        probability=examples["item_id"].map(counts / len(examples)).astype(np.float32),
     )[["user_id", "item_id", "history", "weight", "probability", "event_ts"]]
     paths, is_validation = write_example_splits(examples, features.window.cutoff,
                                                 0 if epochs else config.validation_days, seed, workdir, "retrieval")
@@ -362,6 +426,8 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
         query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
                       history_attributes=history_attributes(items, candidate_spec))
         candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
+        if warm is not None:
+            warm_start_towers(query, candidate, warm.model, config)
         catalog = to_tensors(encode(items, candidate_spec)) if config.extra_negatives else None
         trainer = TwoTowerTrainer(query, candidate, config.temperature, catalog, config.extra_negatives)
         trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))

@@ -1,5 +1,7 @@
 """The served model has seen ds: the gate's winning recipe is refit on every day up to ds."""
 
+from pathlib import Path
+
 import pandas as pd
 
 from pipelines.runner import run_pipeline
@@ -34,3 +36,27 @@ def test_an_item_first_bought_on_ds_is_recommended_the_next_morning(raw_copy, tm
     table = DuckDBWarehouse(AddressBook.from_config(config).warehouse).query(
         "SELECT item_id FROM recommendations WHERE ds = ? AND user_id = ?", [DS, reader])
     assert "i_new" in table["item_id"].tolist()  # the model trained before ds never saw the item
+
+
+def test_a_warm_start_trains_the_twin_on_over_the_held_out_days_only(pipeline_run, tmp_path):
+    import shutil
+
+    from tasks.feature_set import FeatureSet
+    from tasks.models import load_recommender
+    from tasks.refit import refit
+
+    config, results = pipeline_run
+    var = tmp_path / "var"
+    shutil.copytree(config.paths.var, var)
+    warm = make_config(var, config.paths.raw, "refit.mode=warm_start")
+    cutoff = FeatureSet.read_manifest(AddressBook.from_config(warm).features(DS))["window"]["cutoff"]
+
+    result = refit(warm, DS, "warm_start")
+
+    assert result.warm_start and result.kind == results["refit"]["kind"] == "two_stage"
+    model = load_recommender(Path(result.path))
+    assert model.params["label_windows_used"] == [f"{cutoff}..{DS}"]  # the days the twin never saw
+    assert model.params["early_stopping_on"].startswith("fixed epochs, trained on from")
+    assert model.params["anchor"] == load_recommender(Path(results["refit"]["path"])).params["anchor"]
+    served = load_recommender(Path(results["refit"]["path"]))
+    assert set(model.item_ids) == set(served.item_ids)  # the same catalogue as the refit: every item up to ds

@@ -211,3 +211,21 @@ def test_the_anchors_missing_candidates_start_just_below_its_lowest_proposal():
     # Proposals keep their scores; the rest sit one spread below the list's lowest proposal, padding ignored.
     np.testing.assert_array_equal(order[0, :5], [0.0, -2.5, -3.5, -1.0, -3.5])
     np.testing.assert_array_equal(order[1, :5], [-5.0, -5.0, 0.0, -4.0, -0.5])
+
+
+def test_a_warm_started_ranker_starts_from_the_saved_rankers_weights_and_moments(tmp_path):
+    from tasks.models.ranker import list_logits, save_ranker, score_lists, train_ranker
+
+    features, mask, labels = _lists(np.random.default_rng(6), signal=True)
+    trained, _ = train_ranker(features, mask, labels, (8,), anchor=0, learning_rate=0.01, batch_size=32, epochs=2,
+                              patience=3, validation_share=0.25, seed=1, fixed_epochs=2)
+    save_ranker(trained, tmp_path / "ranker")
+    shifted = features + 5.0  # other lists, other moments: the warm start keeps the saved ones
+    warm, _ = train_ranker(shifted, mask, labels, (8,), anchor=0, learning_rate=0.01, batch_size=32, epochs=2,
+                           patience=3, validation_share=0.25, seed=3, fixed_epochs=0, warm_from=tmp_path / "ranker")
+    np.testing.assert_allclose(score_lists(warm, shifted[:50], mask[:50]), score_lists(trained, shifted[:50], mask[:50]),
+                               rtol=1e-5, atol=1e-5)
+    cold, _ = train_ranker(shifted, mask, labels, (8,), anchor=0, learning_rate=0.01, batch_size=32, epochs=2,
+                           patience=3, validation_share=0.25, seed=3, fixed_epochs=0)
+    assert not np.allclose(list_logits(cold.ranker, shifted[:50], mask[:50]),
+                           list_logits(trained.ranker, shifted[:50], mask[:50]))

@@ -95,3 +95,37 @@ def test_new_items_get_embeddings_from_their_features(pipeline_run):
     assert len(widened.item_ids) == len(items) + 3
     vectors = widened.item_embeddings[-3:]
     assert np.isfinite(vectors).all() and (np.abs(vectors).sum(axis=1) > 0).all()
+
+
+def test_a_warm_start_carries_the_twins_weights_and_gives_a_new_id_a_fresh_row(pipeline_run):
+    from dataclasses import replace
+
+    import tensorflow as tf
+
+    from tasks.models.tower_inputs import history_attributes, tower_specs
+    from tasks.models.two_tower import Tower, saved_towers, warm_start_towers
+
+    config, _ = pipeline_run
+    rules, twin = config.train_retrieval, AddressBook.from_config(config).model(DS, "two_tower")
+    features = FeatureSet.read(AddressBook.from_config(config).features(DS)).through_ds()
+    query_spec, candidate_spec = tower_specs(features, config.data, rules.history_length)
+    candidate_spec = replace(candidate_spec, id_vocabulary=[*candidate_spec.id_vocabulary, "i_new"])
+    query = Tower(query_spec, rules.embedding_dim, normalize=rules.normalize, use_id=rules.user_id_embedding,
+                  history_attributes=history_attributes(features.train_items, candidate_spec))
+    candidate = Tower(candidate_spec, rules.embedding_dim, normalize=rules.normalize)
+    warm_start_towers(query, candidate, twin, rules)
+    old_query, old_candidate = saved_towers(twin, rules)
+    for new, old, layer in ((query, old_query, "history"), (candidate, old_candidate, None)):
+        np.testing.assert_array_equal(new.hidden.kernel.numpy(), old.hidden.kernel.numpy())
+        np.testing.assert_array_equal(new.output_layer.kernel.numpy(), old.output_layer.kernel.numpy())
+        pairs = [(new.id_lookup, new.id_embedding, old.id_lookup, old.id_embedding)] if new.use_id else []
+        if layer:  # the user tower's history items
+            pairs.append((new.lookups[layer], new.embeddings[layer], old.lookups[layer], old.embeddings[layer]))
+        for new_lookup, new_rows, old_lookup, old_rows in pairs:
+            known = [t for t in new_lookup.get_vocabulary() if t in set(old_lookup.get_vocabulary())]
+            assert len(known) > 0.9 * new_lookup.vocabulary_size()
+            np.testing.assert_array_equal(tf.gather(new_rows.embeddings, new_lookup(tf.constant(known))).numpy(),
+                                          tf.gather(old_rows.embeddings, old_lookup(tf.constant(known))).numpy())
+    assert "i_new" not in old_candidate.id_lookup.get_vocabulary()
+    fresh = candidate.id_embedding.embeddings.numpy()[candidate.id_lookup(tf.constant(["i_new"])).numpy()[0]]
+    assert not np.isclose(old_candidate.id_embedding.embeddings.numpy(), fresh).all(axis=1).any()
