@@ -63,13 +63,12 @@ def serve_fresh(config: Config, ds: date, out: Path) -> str:
                                             name)
         rows.append(found[0] | {"seconds": seconds})
     table = pd.DataFrame(rows).set_index("model")[COLUMNS]
-    evidence = {name: paired_bootstrap(per_user["warm_start"]["ndcg_at_10"].to_numpy(),
-                                       per_user[name]["ndcg_at_10"].to_numpy(), name, "ndcg_at_10", 0.9, 2000)
-                for name in ("refit", "twin")}
+    pairs = [("warm_start", "refit"), ("refit", "twin"), ("warm_start", "twin")]
+    evidence = [(a, b, paired_bootstrap(per_user[a]["ndcg_at_10"].to_numpy(), per_user[b]["ndcg_at_10"].to_numpy(),
+                                        b, "ndcg_at_10", 0.9, 2000)) for a, b in pairs]
     return (f"## ds {ds}: the {decision['serving_kind']} recipe, scored on {ds + timedelta(days=1)}..{later} "
             f"(night {night_seconds:.0f} s)\n\n{table.to_markdown(floatfmt='.4f')}\n\n"
-            f"warm_start / refit NDCG@10 {evidence['refit'].gain + 1:.4f}: {evidence['refit'].text()}; "
-            f"warm_start / twin {evidence['twin'].gain + 1:.4f}: {evidence['twin'].text()}\n")
+            + "".join(f"- {a} / {b} NDCG@10 {found.gain + 1:.4f}: {found.text()}\n" for a, b, found in evidence))
 
 
 def main(scale: Annotated[str | None, typer.Option(help="S or M: the synthetic shop of benchmarks.pipeline")] = None,
