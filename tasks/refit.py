@@ -2,7 +2,9 @@
 
 The held-out days chose the recipe; the model then trains on every day of the window, held-out days
 included. The TFRS kinds train for the epochs their twin's early stopping kept, since no day is left aside
-to stop on. The twin's holdout metrics stand for the refit model (register logs them beside it).
+to stop on. With `refit.mode: warm_start` they train on from the twin over the held-out days only instead
+(cheaper, and level or worse on the days after ds where measured: README, "Serve fresh"). The twin's holdout
+metrics stand for the served model (register logs them beside it).
 """
 
 from __future__ import annotations

@@ -226,8 +226,10 @@ def exact_top_k(queries: np.ndarray, items: np.ndarray, k: int, banned: sparse.c
     users, catalogue = len(queries), len(items)
     if catalogue >= 2 ** 32:
         raise ValueError(f"{catalogue} items: item indices must fit in 32 bits")
-    k = max(1, min(k, catalogue))
+    k = max(0, min(k, catalogue))
     result = TopK(np.full((users, k), -1, dtype=np.int64), np.full((users, k), -np.inf, dtype=np.float32))
+    if k == 0:
+        return result
     if banned is None:
         banned = sparse.csr_matrix((users, catalogue), dtype=np.int8)
     banned = banned.tocsr()
@@ -301,9 +303,11 @@ def sparse_top_k(scores: sparse.csr_matrix, background: np.ndarray, k: int, bann
     background = np.ascontiguousarray(background, dtype=np.float32)
     columns = np.flatnonzero(allowed)
     order = columns[np.argsort(-background[columns], kind="stable")]  # best first, ties to the lower column
-    k = max(1, min(k, len(background)))
+    k = max(0, min(k, len(background)))
     result = TopK(np.full((scores.shape[0], k), -1, dtype=np.int64),
                   np.full((scores.shape[0], k), -np.inf, dtype=np.float32))
+    if k == 0:
+        return result
     _merge_sparse_rows(scores.indptr.astype(np.int64, copy=False), scores.indices.astype(np.int64, copy=False),
                        scores.data.astype(np.float32, copy=False), background, order, np.asarray(allowed, bool),
                        banned.indptr.astype(np.int64, copy=False), banned.indices.astype(np.int64, copy=False), k,

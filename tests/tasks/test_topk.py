@@ -122,3 +122,17 @@ def test_sparse_top_k_equals_the_dense_selection_of_the_summed_scores(k):
     np.testing.assert_array_equal(got.ids, ids)
     np.testing.assert_array_equal(got.scores, best)
     assert (got.ids[11] == -1).sum() >= min(k, items) - 5  # row 11 has at most 5 usable items
+
+
+def test_k_zero_asks_for_nothing_and_every_scorer_returns_no_column():
+    rng = np.random.default_rng(4)
+    queries, items = rng.normal(size=(6, 8)).astype(np.float32), rng.normal(size=(30, 8)).astype(np.float32)
+    banned = sparse.csr_matrix((6, 30), dtype=np.int8)
+    scores = sparse.random(6, 30, density=0.2, format="csr", dtype=np.float32, random_state=4)
+    found = [exact_top_k(queries, items, 0, banned), fallback_top_k(np.arange(30, dtype=np.float32),
+                                                                    np.ones(30, bool), banned, 0),
+             sparse_top_k(scores, np.zeros(30, np.float32), 0, banned, np.ones(30, bool))]
+    for top in found:
+        assert top.ids.shape == top.scores.shape == (6, 0)
+    ids, best = dense_top_k(queries @ items.T, 0)
+    assert ids.shape == best.shape == (6, 0)
