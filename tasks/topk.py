@@ -150,20 +150,26 @@ def _fold_tile(scores, first_item, buffers, sizes, thresholds, k, banned_ptr, ba
 
 
 @njit(nogil=True, cache=True)
+def _write_best(keys, size, k, bits, out_scores, out_ids):
+    """The k best of `keys[:size]`, best first, into one user's row of scores and ids; a shorter row keeps its
+    padding (-inf, -1) after them. `bits` is scratch of k."""
+    if size > k:
+        _select(keys, size, k)
+        size = k
+    best = keys[:size]
+    best.sort()
+    for rank in range(size):
+        bits[rank] = _score_bits(best[rank])
+        out_ids[rank] = best[rank] & np.uint64(0xFFFFFFFF)
+    out_scores[:size] = bits[:size].view(np.float32)
+
+
+@njit(nogil=True, cache=True)
 def _finish(buffers, sizes, k, out_scores, out_ids):
     """Each user's k best from its buffer, best first; -inf and -1 pad users with fewer than k candidates."""
     bits = np.empty(k, dtype=np.uint32)
     for row in range(buffers.shape[0]):
-        keys, size = buffers[row], sizes[row]
-        if size > k:
-            _select(keys, size, k)
-            size = k
-        best = keys[:size]
-        best.sort()
-        for rank in range(size):
-            bits[rank] = _score_bits(best[rank])
-            out_ids[row, rank] = best[rank] & np.uint64(0xFFFFFFFF)
-        out_scores[row, :size] = bits[:size].view(np.float32)
+        _write_best(buffers[row], sizes[row], k, bits, out_scores[row], out_ids[row])
 
 
 def dense_top_k(scores: np.ndarray, k: int, threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -352,12 +358,4 @@ def _merge_sparse_rows(ptr, indices, data, background, order, allowed, banned_pt
         value_bits = values[:size].view(np.uint32)
         for i in range(size):
             keys[i] = _key(value_bits[i], items[i])
-        if size > k:
-            _select(keys, size, k)
-            size = k
-        best = keys[:size]
-        best.sort()
-        for rank in range(len(best)):
-            bits[rank] = _score_bits(best[rank])
-            out_ids[row, rank] = best[rank] & np.uint64(0xFFFFFFFF)
-        out_scores[row, :len(best)] = bits[:len(best)].view(np.float32)
+        _write_best(keys, size, k, bits, out_scores[row], out_ids[row])
