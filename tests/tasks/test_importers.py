@@ -111,8 +111,8 @@ def test_pipeline_runs_end_to_end_on_the_real_retail_data(tmp_path):
         pytest.skip(f"the shared Online Retail file is absent here ({RETAIL})")
     counts = import_online_retail(RETAIL, tmp_path / "raw")
     assert counts["events"] > 200_000 and counts["users"] > 3_000
-    # Two label windows, not the shipped five: each fits its own sources (a two-tower among them) twice a
-    # night, in train_ranking and in refit; two run the same code in half the suite's longest test.
+    # Two label windows, not the shipped five: each window fits its own sources (a two-tower among them), in
+    # train_ranking and again in refit. Two run the same code, and this is the suite's longest test.
     config = load_config(REPO / "configs" / "retail.yaml", (f"paths.var={tmp_path / 'var'}",
                                                             f"paths.raw={tmp_path / 'raw'}",
                                                             "train_ranking.label_windows=2"))
