@@ -9,6 +9,7 @@ times, and the ranker reads ranks and per-user normalised scores, which survive 
 
 from __future__ import annotations
 
+import json
 import logging
 from datetime import date, timedelta
 from pathlib import Path
@@ -18,9 +19,10 @@ import pandas as pd
 import scipy.sparse as sp
 
 from configs.schema import Config
+from tasks.errors import IncompatibleModel
 from tasks.feature_set import FeatureSet
 from tasks.metrics import list_ndcg
-from tasks.models.base import Recommender, UserBatch, WarmStart, load_recommender
+from tasks.models.base import MANIFEST, Recommender, UserBatch, WarmStart, load_recommender
 from tasks.models.candidates import CandidateFrame, CandidateSources, ItemSignals, values_at
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.ease import EaseTooLarge
@@ -219,7 +221,10 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     rules = config.train_ranking
     names, parts, recall, windows, newest = tuple(rules.sources), [], {}, [], []
     if warm is not None:
-        twin = load_recommender(warm.model).params
+        twin = json.loads((warm.model / MANIFEST).read_text())["params"]  # its parameters, not its TF models
+        if "anchor" not in twin:
+            raise IncompatibleModel(f"{warm.model}: a two_stage twin saved by an older release, without its "
+                                    "ranker's anchor; warm start needs tonight's twin (or refit.mode: refit)")
         names, fitted = tuple(twin["sources"]), {warm.since: {name: warm.model / "sources" / name
                                                               for name in twin["sources"]}}
     for back in range(1 if warm is not None else rules.label_windows):  # the newest first: it decides the sources

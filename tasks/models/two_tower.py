@@ -355,14 +355,13 @@ def saved_towers(directory: Path, config) -> tuple[Tower, Tower]:
     return towers
 
 
-def _copy_rows(new: tf.Variable, old: tf.Variable, new_tokens: list[str], old_tokens: list[str]) -> int:
-    """Copy each embedding row of a token both vocabularies hold (row i is token i); returns how many."""
+def _copy_rows(new: tf.Variable, old: tf.Variable, new_tokens: list[str], old_tokens: list[str]) -> None:
+    """Copy each embedding row of a token both vocabularies hold (row i is token i)."""
     at = pd.Index(old_tokens).get_indexer(new_tokens)
     rows = np.flatnonzero(at >= 0)
     weights = new.numpy()
     weights[rows] = old.numpy()[at[rows]]
     new.assign(weights)
-    return len(rows)
 
 
 def warm_start_towers(query: Tower, candidate: Tower, directory: Path, config) -> None:

@@ -122,7 +122,8 @@ def test_a_warm_start_carries_the_twins_weights_and_gives_a_new_id_a_fresh_row(p
         if layer:  # the user tower's history items
             pairs.append((new.lookups[layer], new.embeddings[layer], old.lookups[layer], old.embeddings[layer]))
         for new_lookup, new_rows, old_lookup, old_rows in pairs:
-            known = [t for t in new_lookup.get_vocabulary() if t in set(old_lookup.get_vocabulary())]
+            old_tokens = set(old_lookup.get_vocabulary())
+            known = [t for t in new_lookup.get_vocabulary() if t in old_tokens]
             assert len(known) > 0.9 * new_lookup.vocabulary_size()
             np.testing.assert_array_equal(tf.gather(new_rows.embeddings, new_lookup(tf.constant(known))).numpy(),
                                           tf.gather(old_rows.embeddings, old_lookup(tf.constant(known))).numpy())
