@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from configs.schema import DataConfig
 from tasks.feature_set import FeatureSet
@@ -124,19 +123,6 @@ def encode(frame: pd.DataFrame, spec: TowerSpec) -> dict[str, np.ndarray]:
     return inputs
 
 
-def padded_lists(values: pa.Array | pa.ChunkedArray, length: int) -> np.ndarray:
-    """`_pad` of an Arrow list-of-strings column, vectorised: each row's first `length` values, PAD after."""
-    values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-    lengths = pc.fill_null(pc.list_value_length(values), 0).to_numpy().astype(np.int64)
-    flat = values.flatten().to_numpy(zero_copy_only=False)  # the non-null lists' values, in order
-    kept = np.minimum(lengths, length)
-    rows = np.repeat(np.arange(len(lengths)), kept)
-    position = np.arange(len(rows)) - np.repeat(np.cumsum(kept) - kept, kept)
-    out = np.full((len(lengths), length), PAD, dtype=object)
-    out[rows, position] = flat[np.repeat(np.cumsum(lengths) - lengths, kept) + position]
-    return out
-
-
 class EncodedTable:
     """`encode` of a whole user or item table, done once, so that a batch of examples is a gather of rows.
 
@@ -172,9 +158,10 @@ def first_touches(interactions: pd.DataFrame) -> pd.DataFrame:
     return first.merge(strongest, on=keys, how="left")
 
 
-def histories_before_each_event(interactions: pd.DataFrame, length: int) -> pd.Series:
-    """For each interaction, the user's previous `length` items, most recent first (point in time per event),
-    as an Arrow list column aligned with `interactions`: no Python list per event (tens of millions at L).
+def histories_before_each_event(interactions: pd.DataFrame, length: int) -> tuple[np.ndarray, np.ndarray]:
+    """For each interaction, the user's previous `length` items, most recent first (point in time per event):
+    a [rows, length] int32 matrix aligned with `interactions`, each entry an item's position in the returned
+    item ids plus one, 0 where the history is shorter. No string per entry (200 million at L).
 
     Fed `first_touches`, these are distinct items, as the serving history built by `build_features` is.
     """
@@ -184,15 +171,26 @@ def histories_before_each_event(interactions: pd.DataFrame, length: int) -> pd.S
     starts = np.r_[0, np.flatnonzero(np.diff(user_codes)) + 1]
     first_of_user = np.repeat(starts, np.diff(np.r_[starts, len(ordered)]))
     positions = np.arange(len(ordered))
-    counts = np.minimum(positions - first_of_user, length)  # earlier events of the same user, at most `length`
-    offsets = np.r_[0, np.cumsum(counts)]
-    back = np.arange(offsets[-1]) - np.repeat(offsets[:-1], counts) + 1  # 1: the event just before
-    earlier = codes[np.repeat(positions, counts) - back]
-    values = pc.take(pa.array(np.asarray(items, dtype=object), pa.string()), pa.array(earlier, pa.int64()))
-    lists = pa.LargeListArray.from_arrays(pa.array(offsets, pa.int64()), values)
-    rank = np.empty(len(ordered), np.int64)
-    rank[ordered.index.to_numpy()] = positions  # where each interaction's row sits in the sorted order
-    return pd.Series(pd.arrays.ArrowExtensionArray(lists.take(pa.array(rank))), index=interactions.index)
+    row = ordered.index.to_numpy()  # where each sorted interaction sits in `interactions`
+    histories = np.zeros((len(ordered), length), np.int32)
+    for back in range(1, length + 1):  # column back-1: the user's event `back` events earlier
+        has = positions - first_of_user >= back
+        histories[row[has], back - 1] = codes[positions[has] - back] + 1
+    return histories, np.asarray(items, dtype=object)
+
+
+def as_list_column(matrix: np.ndarray, index: pd.Index) -> pd.Series:
+    """A [rows, width] matrix as one column of fixed-size lists (Arrow-backed: filtered, shuffled and written
+    to Parquet with the frame, no Python list per row)."""
+    flat = pa.array(np.ascontiguousarray(matrix).ravel())
+    return pd.Series(pd.arrays.ArrowExtensionArray(pa.FixedSizeListArray.from_arrays(flat, matrix.shape[1])),
+                     index=index)
+
+
+def list_column_matrix(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """`as_list_column` back: a (possibly sliced or chunked) fixed-size list column as a [rows, width] matrix."""
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.flatten().to_numpy().reshape(len(column), column.type.list_size)
 
 
 def write_example_splits(examples: pd.DataFrame, cutoff: date, validation_days: int, seed: int, workdir: Path,

@@ -12,6 +12,7 @@ import itertools
 import json
 import logging
 import os
+from datetime import date
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,12 @@ from tasks.models.tower_inputs import (
     EncodedTable,
     HistoryAttributes,
     TowerSpec,
+    as_list_column,
     encode,
     first_touches,
     histories_before_each_event,
     history_attributes,
-    padded_lists,
+    list_column_matrix,
     tower_specs,
     write_example_splits,
 )
@@ -43,6 +45,9 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 log = logging.getLogger(__name__)
 TEXT_BINS = 4096
+# Training steps per call from Python into TensorFlow (Keras' steps_per_execution): one call per step cost a
+# third of an epoch at M, where a step of 256 examples takes milliseconds.
+STEPS_PER_CALL = 32
 
 
 class Tower(tf.keras.Model):
@@ -84,31 +89,6 @@ class Tower(tf.keras.Model):
         self.hidden = tf.keras.layers.Dense(hidden, activation="relu")
         self.output_layer = tf.keras.layers.Dense(embedding_dim)
 
-    def profile_layout(self) -> list[tuple[str, int, bool]]:
-        """(name, width, categorical) of each pooled history attribute, in `history_profile` order."""
-        return [(name, self.history_embeddings[name].input_dim, True) if name in self.history_embeddings
-                else (name, 1, False) for name in self.history_tables]
-
-    def history_profile(self, inputs):
-        """The history's attribute profile: per categorical attribute, the share of each value (a histogram
-        over its codes); per numeric one, the mean."""
-        rows, mask = self.lookups["history"](inputs["history"]), tf.not_equal(inputs["history"], PAD)
-        parts = [tf.zeros([tf.shape(rows)[0], 0])]
-        for name, width, categorical in self.profile_layout():
-            values = tf.gather(self.history_tables[name], rows)
-            parts.append(self._masked_mean(tf.one_hot(values, width) if categorical else values[..., None], mask))
-        return tf.concat(parts, axis=-1)
-
-    def attribute_values(self, inputs, layout):
-        """An item's own attribute values, one column per entry of `layout` (the user tower's
-        `profile_layout`): a categorical value as its code, the position of its share in the user's
-        `history_profile`; a numeric value as it is."""
-        parts = [tf.zeros([tf.shape(inputs[self.spec.id_column])[0], 0])]
-        for name, _, categorical in layout:
-            value = self.lookups[name](inputs[name]) if categorical else inputs[name]
-            parts.append(tf.cast(value, tf.float32)[:, None])
-        return tf.concat(parts, axis=-1)
-
     @staticmethod
     def _table(size: int, rows: np.ndarray, values: np.ndarray, name: str) -> tf.Variable:
         """A constant lookup from history vocabulary index to an attribute (padding and unknown ids: 0)."""
@@ -118,29 +98,51 @@ class Tower(tf.keras.Model):
 
     @staticmethod
     def _masked_mean(embedded, mask):
-        mask = tf.cast(mask, embedded.dtype)[..., None]
-        return tf.reduce_sum(embedded * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
+        """The mean over axis 1 of the entries `mask` keeps (zeros where it keeps none), as one batched
+        product: at a batch of a few hundred, a step's time is its number of ops, not their arithmetic."""
+        mask = tf.cast(mask, embedded.dtype)
+        weights = mask / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
+        return tf.einsum("bl,bld->bd", weights, embedded)
+
+    def indices(self, inputs):
+        """Inputs as the rows they select: each string column looked up in its vocabulary (or hashed), a
+        numeric one as float32. Row 0 of a list or text column is its padding. Training feeds these, computed
+        once per user and item, so no string enters a training step; serving passes strings to `call`."""
+        out = {}
+        for name, value in inputs.items():
+            lookup = self.id_lookup if name == self.spec.id_column else self.lookups.get(name)
+            out[name] = tf.cast(value, tf.float32) if lookup is None else lookup(value)
+        return out
 
     def call(self, inputs):
-        parts = [self.id_embedding(self.id_lookup(inputs[self.spec.id_column]))] if self.use_id else []
+        return self.embed(self.indices(inputs))
+
+    def embed(self, rows):
+        """The tower's output for `indices` of its inputs."""
+        parts = [self.id_embedding(rows[self.spec.id_column])] if self.use_id else []
         for name in self.spec.categorical:
-            parts.append(self.embeddings[name](self.lookups[name](inputs[name])))
+            parts.append(self.embeddings[name](rows[name]))
         for name in self.spec.numeric:
-            parts.append(tf.expand_dims(tf.cast(inputs[name], tf.float32), -1))
-        # Lists and text are mean-pooled over their real entries. With a mask value, StringLookup and
-        # Hashing keep index 0 for padding.
+            parts.append(tf.expand_dims(rows[name], -1))
+        # Lists and text are mean-pooled over their real entries (with a mask value, StringLookup and Hashing
+        # keep row 0 for padding); the history's attributes with its ids, under one mask.
         for name in (*self.spec.lists, *self.spec.text):
-            embedded = self.embeddings[name](self.lookups[name](inputs[name]))
-            parts.append(self._masked_mean(embedded, tf.not_equal(inputs[name], PAD)))
-        if self.history_tables:
-            rows, mask = self.lookups["history"](inputs["history"]), tf.not_equal(inputs["history"], PAD)
-            for name, table in self.history_tables.items():
-                values = tf.gather(table, rows)
-                embedded = self.history_embeddings[name](values) if name in self.history_embeddings \
-                    else tf.expand_dims(values, -1)
-                parts.append(self._masked_mean(embedded, mask))
+            embedded = [self.embeddings[name](rows[name])]
+            if name == "history":
+                for attribute, table in self.history_tables.items():
+                    values = tf.gather(table, rows[name])
+                    embedded.append(self.history_embeddings[attribute](values) if attribute in self.history_embeddings
+                                    else tf.expand_dims(values, -1))
+            parts.append(self._masked_mean(tf.concat(embedded, axis=-1), tf.not_equal(rows[name], 0)))
         output = self.output_layer(self.hidden(tf.concat(parts, axis=-1)))
         return tf.math.l2_normalize(output, axis=-1) if self.normalize else output
+
+    def rows_of(self, inputs: dict[str, np.ndarray], chunk: int = 65_536) -> dict[str, np.ndarray]:
+        """`indices` of a table's encoded inputs (`encode`, `EncodedTable.rows`), in chunks, as numpy."""
+        size = len(next(iter(inputs.values())))
+        parts = [self.indices(to_tensors({name: values[start:start + chunk] for name, values in inputs.items()}))
+                 for start in range(0, max(size, 1), chunk)]
+        return {name: np.concatenate([part[name].numpy() for part in parts]) for name in parts[0]}
 
 
 def random_negatives(catalog: dict, count: int, batch_size, seed: int | None = None):
@@ -158,7 +160,8 @@ def random_negatives(catalog: dict, count: int, batch_size, seed: int | None = N
 
 class TwoTowerTrainer(tfrs.Model):
     """In-batch softmax over the global batch's items (gathered across replicas under a strategy), plus
-    `extra_negatives` uniform draws from `catalog` per replica."""
+    `extra_negatives` uniform draws from `catalog` per replica. Its examples, and `catalog`, are the towers'
+    `indices` of their inputs."""
 
     def __init__(self, query: Tower, candidate: Tower, temperature: float, catalog: dict | None = None,
                  extra_negatives: int = 0):
@@ -172,17 +175,17 @@ class TwoTowerTrainer(tfrs.Model):
         inputs, weight, probability = features
         items = inputs["candidate"]
         id_column = self.candidate.spec.id_column
-        # Embeddings, not inputs, cross replicas (collectives carry numbers, not strings); ids as vocabulary rows.
-        embeddings = across_replicas(self.candidate(items))
-        ids = across_replicas(self.candidate.id_lookup(items[id_column]))
+        # Embeddings and vocabulary rows cross replicas (collectives carry numbers, not strings).
+        embeddings = across_replicas(self.candidate.embed(items))
+        ids = across_replicas(items[id_column])
         probability = across_replicas(probability)
         if training and self.extra_negatives:
             drawn, drawn_probability = random_negatives(self.catalog, self.extra_negatives, tf.shape(probability)[0])
-            embeddings = tf.concat([embeddings, self.candidate(drawn)], axis=0)
-            ids = tf.concat([ids, self.candidate.id_lookup(drawn[id_column])], axis=0)
+            embeddings = tf.concat([embeddings, self.candidate.embed(drawn)], axis=0)
+            ids = tf.concat([ids, drawn[id_column]], axis=0)
             probability = tf.concat([probability, drawn_probability], axis=0)
         # Labels pair query i with candidate i; every other candidate is a negative for it.
-        return self.task(self.query(inputs["query"]), embeddings, sample_weight=weight,
+        return self.task(self.query.embed(inputs["query"]), embeddings, sample_weight=weight,
                          candidate_sampling_probability=probability, candidate_ids=ids, compute_metrics=False)
 
 
@@ -213,12 +216,14 @@ def to_tensors(inputs: dict[str, np.ndarray]) -> dict[str, tf.Tensor]:
     return {k: tf.constant(v.astype(str) if v.dtype == object else v) for k, v in inputs.items()}
 
 
-def stream_examples(path: Path, to_batch, signature, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
+def stream_examples(path: Path, to_batch, signature, batch_size: int, shuffle: bool, seed: int,
+                    sized: bool = False) -> tf.data.Dataset:
     """Stream examples from Parquet, never all in memory at once, as ready batches of `to_batch(table)`.
 
     Windows of 8 batches are shuffled in numpy, anew each epoch (the file itself was shuffled once when it was
     written), and cut into full batches; only the epoch's last batch may be short. Encoding whole batches at
-    once keeps tf.data from handling every example on its own."""
+    once keeps tf.data from handling every example on its own. `sized`: the dataset states its number of
+    batches."""
     epochs = itertools.count()
 
     def windows():
@@ -240,25 +245,44 @@ def stream_examples(path: Path, to_batch, signature, batch_size: int, shuffle: b
             for start in range(0, window.num_rows, batch_size):
                 yield to_batch(window.slice(start, batch_size))
 
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+    data = tf.data.Dataset.from_generator(batches, output_signature=signature)
+    if sized:  # so that `fit` may run several steps per call (STEPS_PER_CALL)
+        data = data.apply(tf.data.experimental.assert_cardinality(-(-pq.ParquetFile(path).metadata.num_rows
+                                                                     // batch_size)))
+    return data.prefetch(2)
 
 
-def examples_dataset(path: Path, query: TowerSpec, candidate: TowerSpec, user_table: pd.DataFrame,
-                     item_table: pd.DataFrame, batch_size: int, shuffle: bool, seed: int) -> tf.data.Dataset:
-    """Retrieval examples: (query and candidate inputs, sample weight, sampling probability)."""
-    users, items = EncodedTable(user_table, query, per_example=("history",)), EncodedTable(item_table, candidate)
-    history_length = query.lists["history"][1]
+def rows_signature(rows: dict[str, np.ndarray]) -> dict[str, tf.TensorSpec]:
+    return {name: tf.TensorSpec([None, *values.shape[1:]], tf.as_dtype(values.dtype)) for name, values in rows.items()}
 
+
+def examples_dataset(path: Path, users: dict[str, np.ndarray], items: dict[str, np.ndarray], batch_size: int,
+                     shuffle: bool, seed: int, sized: bool) -> tf.data.Dataset:
+    """Retrieval examples: (query and candidate inputs, sample weight, sampling probability).
+
+    A batch is a gather of numbers: each example names its user's row in `users` and its item's row in
+    `items` (the towers' `indices`, computed once) and carries its own history rows."""
     def to_batch(table: pa.Table):
-        user_side = users.rows(table.column("user_id").to_numpy())
-        user_side["history"] = padded_lists(table.column("history"), history_length)
-        return ({"query": user_side, "candidate": items.rows(table.column("item_id").to_numpy())},
-                table.column("weight").to_numpy().astype(np.float32),
-                table.column("probability").to_numpy().astype(np.float32))
+        query = {name: values[table.column("user_row").to_numpy()] for name, values in users.items()}
+        query["history"] = list_column_matrix(table.column("history"))
+        return ({"query": query, "candidate": {name: values[table.column("item_row").to_numpy()]
+                                               for name, values in items.items()}},
+                table.column("weight").to_numpy().astype(np.float32, copy=False),
+                table.column("probability").to_numpy().astype(np.float32, copy=False))
 
-    signature = ({"query": tower_signature(query), "candidate": tower_signature(candidate)},
+    length = pq.ParquetFile(path).schema_arrow.field("history").type.list_size
+    signature = ({"query": rows_signature(users) | {"history": tf.TensorSpec([None, length], tf.int32)},
+                  "candidate": rows_signature(items)},
                  tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.float32))
-    return stream_examples(path, to_batch, signature, batch_size, shuffle, seed)
+    return stream_examples(path, to_batch, signature, batch_size, shuffle, seed, sized)
+
+
+def example_rows(ids: pd.Series, table: pd.DataFrame, tower: Tower, per_example: tuple[str, ...] = ()):
+    """Each example's row (int32) in a table of its distinct ids, and that table as `tower.indices` of the
+    ids' features (`EncodedTable.rows`: an id the table lacks keeps its id, features empty)."""
+    at, distinct = pd.factorize(ids.astype(str))
+    encoded = EncodedTable(table, tower.spec, per_example).rows(np.asarray(distinct, dtype=object))
+    return at.astype(np.int32), tower.rows_of(encoded)
 
 
 class TwoTowerModel(Recommender):
@@ -388,6 +412,33 @@ def warm_start_towers(query: Tower, candidate: Tower, directory: Path, config) -
                  directory, len(set(ids) - set(old.id_lookup.get_vocabulary())), len(ids))
 
 
+def retrieval_examples(train: pd.DataFrame, query: Tower, candidate: Tower, users: pd.DataFrame,
+                       items: pd.DataFrame, since: date | None = None):
+    """Every training example as numbers, once: its history as the user tower's history rows (point in time,
+    over all of `train`), its user and item as rows of tables of their towers' `indices` (`example_rows`),
+    its sample weight and its item's sampling probability. Only the examples from `since` on, if given.
+
+    Returns the examples (user_row, item_row, history, weight, probability, event_ts) and the two tables."""
+    history, history_items = histories_before_each_event(train, query.spec.lists["history"][1])
+    history_rows = np.r_[0, query.lookups["history"](tf.constant(history_items.astype(str))).numpy()]
+    examples = train.assign(history=as_list_column(history_rows.astype(np.int32)[history], train.index))
+    del history
+    if since is not None:
+        examples = examples[examples["event_ts"] >= pd.Timestamp(since.isoformat(), tz="UTC")]
+        if examples.empty:
+            raise ValueError(f"two_tower warm start: no training event on or after {since}")
+    user_row, user_rows = example_rows(examples["user_id"], users, query, per_example=("history",))
+    item_row, item_rows = example_rows(examples["item_id"], items, candidate)
+    counts = examples["item_id"].value_counts()
+    examples = examples.assign(
+        user_row=user_row, item_row=item_row,
+        weight=(examples["weight"] / examples["weight"].mean()).astype(np.float32),
+        # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples.
+        probability=examples["item_id"].map(counts / len(examples)).astype(np.float32),
+    )[["user_row", "item_row", "history", "weight", "probability", "event_ts"]]
+    return examples, user_rows, item_rows
+
+
 def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd.Series,
                   epochs: int | None = None, warm: WarmStart | None = None) -> TwoTowerModel:
     """Train on the feature set's training interactions; the last `validation_days` drive early stopping,
@@ -401,35 +452,32 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     tf.keras.utils.set_random_seed(seed)
     train = first_touches(features.train_interactions)
     query_spec, candidate_spec = tower_specs(features, data, config.history_length)
-    examples = train.assign(history=histories_before_each_event(train, config.history_length))
-    if warm is not None:
-        examples = examples[examples["event_ts"] >= pd.Timestamp(warm.since.isoformat(), tz="UTC")]
-        if examples.empty:
-            raise ValueError(f"two_tower warm start: no training event on or after {warm.since}")
-    counts = examples["item_id"].value_counts()
-    examples = examples.assign(
-        weight=(examples["weight"] / examples["weight"].mean()).astype(np.float32),
-        # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples.
-        probability=examples["item_id"].map(counts / len(examples)).astype(np.float32),
-    )[["user_id", "item_id", "history", "weight", "probability", "event_ts"]]
-    paths, is_validation = write_example_splits(examples, features.window.cutoff,
-                                                0 if epochs else config.validation_days, seed, workdir, "retrieval")
     users, items = features.train_users, features.train_items
-    train_data = examples_dataset(paths["train"], query_spec, candidate_spec, users, items, config.batch_size, True, seed)
-    validation_data = None if epochs else examples_dataset(paths["validation"], query_spec, candidate_spec, users,
-                                                           items, config.batch_size, False, seed)
-    if strategy.num_replicas_in_sync > 1:  # `batch_size` is the global batch, split among the replicas
-        train_data = shard_by_example(train_data)
-        validation_data = None if validation_data is None else shard_by_example(validation_data)
     with strategy.scope():
         query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
                       history_attributes=history_attributes(items, candidate_spec))
         candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
+    examples, user_rows, item_rows = retrieval_examples(train, query, candidate, users, items,
+                                                        None if warm is None else warm.since)
+    paths, is_validation = write_example_splits(examples, features.window.cutoff,
+                                                0 if epochs else config.validation_days, seed, workdir, "retrieval")
+    del examples
+    # Several steps per call, in one process; across replicas one step per call, for workers may hold
+    # different numbers of batches, which fit's step-by-step loop reconciles.
+    alone = strategy.num_replicas_in_sync == 1
+    train_data = examples_dataset(paths["train"], user_rows, item_rows, config.batch_size, True, seed, alone)
+    validation_data = None if epochs else examples_dataset(paths["validation"], user_rows, item_rows,
+                                                           config.batch_size, False, seed, alone)
+    if not alone:  # `batch_size` is the global batch, split among the replicas
+        train_data = shard_by_example(train_data)
+        validation_data = None if validation_data is None else shard_by_example(validation_data)
+    with strategy.scope():
         if warm is not None:
             warm_start_towers(query, candidate, warm.model, config)
-        catalog = to_tensors(encode(items, candidate_spec)) if config.extra_negatives else None
+        catalog = candidate.rows_of(encode(items, candidate_spec)) if config.extra_negatives else None
         trainer = TwoTowerTrainer(query, candidate, config.temperature, catalog, config.extra_negatives)
-        trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate))
+        trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate),
+                        steps_per_execution=STEPS_PER_CALL if alone else 1)
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
     history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
                           callbacks=[] if epochs else [stop], verbose=0)

@@ -1,5 +1,6 @@
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from tasks.address_book import AddressBook
 from tasks.feature_set import FeatureSet
@@ -11,7 +12,11 @@ from tests.conftest import DS
 def test_history_of_an_event_holds_only_earlier_items():
     events = pd.DataFrame({"event_id": list("12345"), "user_id": list("aabab"), "item_id": list("xyzwq"),
                            "event_ts": pd.to_datetime([1, 2, 3, 4, 5])})
-    assert histories_before_each_event(events, 2).tolist() == [[], ["x"], [], ["y", "x"], ["z"]]
+    assert as_lists(*histories_before_each_event(events, 2)) == [[], ["x"], [], ["y", "x"], ["z"]]
+
+
+def as_lists(histories: np.ndarray, items: np.ndarray) -> list[list[str]]:
+    return [[items[at - 1] for at in row if at] for row in histories]
 
 
 def test_a_visit_funnel_is_one_touch_with_its_strongest_event():
@@ -22,7 +27,7 @@ def test_a_visit_funnel_is_one_touch_with_its_strongest_event():
     assert touches[["event_id", "user_id", "item_id", "event_type", "weight"]].values.tolist() == [
         ["1", "a", "x", "purchase", 8.0], ["3", "a", "y", "view", 1.0], ["5", "b", "x", "view", 1.0]]
     # Histories over touches are distinct items: the click of x no longer has x's view before it.
-    assert histories_before_each_event(touches, 3).tolist() == [[], ["x"], []]
+    assert as_lists(*histories_before_each_event(touches, 3)) == [[], ["x"], []]
 
 
 def test_random_negatives_follow_the_batch_on_one_probability_scale():
@@ -45,17 +50,67 @@ def test_extra_negatives_join_every_querys_softmax():
     from tasks.models.two_tower import Tower, TwoTowerTrainer, tf
 
     users, items = [f"u{i}" for i in range(6)], [f"i{i}" for i in range(12)]
-    batch = ({"query": {"user_id": tf.constant(users)}, "candidate": {"item_id": tf.constant(items[:6])}},
-             tf.ones(6), tf.fill([6], 1 / 6))
 
     def loss(extra: int, training: bool) -> float:
         tf.keras.utils.set_random_seed(3)
-        trainer = TwoTowerTrainer(Tower(TowerSpec("user_id", users), 8), Tower(TowerSpec("item_id", items), 8), 0.1,
-                                  {"item_id": np.array(items)}, extra)
+        query, candidate = Tower(TowerSpec("user_id", users), 8), Tower(TowerSpec("item_id", items), 8)
+        batch = ({"query": query.indices({"user_id": tf.constant(users)}),
+                  "candidate": candidate.indices({"item_id": tf.constant(items[:6])})}, tf.ones(6), tf.fill([6], 1 / 6))
+        trainer = TwoTowerTrainer(query, candidate, 0.1, candidate.rows_of({"item_id": np.array(items, dtype=object)}),
+                                  extra)
         return float(trainer.compute_loss(batch, training=training))
 
     assert loss(8, training=True) > loss(0, training=True)
     assert loss(8, training=False) == loss(0, training=False)
+
+
+def test_a_training_example_reaches_the_towers_as_its_serving_inputs_would(pipeline_run):
+    """Training feeds the towers numbers gathered from tables computed once; the serving signature takes the
+    user's feature row with the item ids before the event, most recent first, and the item's row. Both must
+    give the same rows, for a user the users table lacks too."""
+    import tensorflow as tf
+
+    from tasks.models.tower_inputs import history_attributes, list_column_matrix, tower_specs
+    from tasks.models.two_tower import Tower, retrieval_examples, to_tensors
+
+    config, _ = pipeline_run
+    rules = config.train_retrieval
+    features = FeatureSet.read(AddressBook.from_config(config).features(DS))
+    query_spec, candidate_spec = tower_specs(features, config.data, rules.history_length)
+    users, items = features.train_users, features.train_items
+    query = Tower(query_spec, rules.embedding_dim, use_id=True, history_attributes=history_attributes(items, candidate_spec))
+    candidate = Tower(candidate_spec, rules.embedding_dim)
+    train = first_touches(features.train_interactions)
+    missing_user = train["user_id"].value_counts().index[0]  # the busiest user, left out of the users table
+    examples, user_rows, item_rows = retrieval_examples(train, query, candidate, users[users["user_id"] != missing_user],
+                                                        items)
+    sample = pd.concat([examples.sample(150, random_state=0),
+                        examples[train.loc[examples.index, "user_id"] == missing_user].head(5)])
+    touches = train.sort_values(["user_id", "event_ts", "event_id"])
+    serving_rows = []
+    for at in sample.index:
+        event = train.loc[at]
+        before = touches[(touches["user_id"] == event["user_id"]) &
+                         ((touches["event_ts"] < event["event_ts"]) |
+                          ((touches["event_ts"] == event["event_ts"]) & (touches["event_id"] < event["event_id"])))]
+        serving_rows.append({"user_id": event["user_id"], "item_id": event["item_id"],
+                             "history": before["item_id"].tolist()[::-1][:rules.history_length]})
+    serving = pd.DataFrame(serving_rows)
+    known_users = users[users["user_id"] != missing_user].drop(columns="history")  # the serving history, not this
+    user_features = serving[["user_id", "history"]].merge(known_users, on="user_id", how="left")
+    item_features = serving[["item_id"]].merge(items, on="item_id", how="left")
+    expected_query = query.indices(to_tensors(encode(user_features, query_spec)))
+    expected_candidate = candidate.indices(to_tensors(encode(item_features, candidate_spec)))
+    got_query = {name: values[sample["user_row"].to_numpy()] for name, values in user_rows.items()}
+    got_query["history"] = list_column_matrix(pa.array(sample["history"].array))
+    got_candidate = {name: values[sample["item_row"].to_numpy()] for name, values in item_rows.items()}
+    for expected, got in ((expected_query, got_query), (expected_candidate, got_candidate)):
+        assert expected.keys() == got.keys()
+        for name, values in expected.items():
+            np.testing.assert_array_equal(got[name], values.numpy(), err_msg=name)
+    assert (got_query["history"][:, 0] > 0).any() and (got_query["history"][:, -1] == 0).any()
+    np.testing.assert_allclose(query.embed({k: tf.constant(v) for k, v in got_query.items()}).numpy(),
+                               query(to_tensors(encode(user_features, query_spec))).numpy(), rtol=1e-6, atol=1e-6)
 
 
 def test_two_tower_beats_popularity_on_recall(pipeline_run):

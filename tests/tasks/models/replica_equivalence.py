@@ -20,7 +20,9 @@ USERS, ITEMS, BATCH = [f"u{i}" for i in range(40)], [f"i{i}" for i in range(30)]
 rng = np.random.default_rng(0)
 users, items = rng.choice(USERS, BATCH), rng.choice(ITEMS, BATCH)
 items[3] = items[9]  # an accidental hit: item 9 is a positive of query 3 too, and must not count as its negative
-retrieval_batch = ({"query": {"user_id": tf.constant(users)}, "candidate": {"item_id": tf.constant(items)}},
+# The trainer reads the towers' `indices` of the ids: a vocabulary of ids without a mask puts id j at row j+1.
+retrieval_batch = ({"query": {"user_id": tf.constant([USERS.index(u) + 1 for u in users], tf.int64)},
+                    "candidate": {"item_id": tf.constant([ITEMS.index(i) + 1 for i in items], tf.int64)}},
                    tf.constant(rng.uniform(0.5, 2.0, BATCH), tf.float32),
                    tf.constant(rng.uniform(0.01, 0.1, BATCH), tf.float32))
 lists = (tf.constant(rng.normal(size=(BATCH, 5, 3)), tf.float32), tf.ones((BATCH, 5), tf.bool),

@@ -3,8 +3,9 @@
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from tasks.models.tower_inputs import PAD, EncodedTable, TowerSpec, encode, padded_lists
+from tasks.models.tower_inputs import EncodedTable, TowerSpec, as_list_column, encode, list_column_matrix
 
 ITEMS = pd.DataFrame({"item_id": ["a", "b", "c"], "category": ["x", None, "y"], "price": [1.0, np.nan, 30.0],
                       "tags": [["t1", "t2", "t3"], None, []], "title": ["Red Mug", None, "blue  PLATE 2"]})
@@ -22,10 +23,17 @@ def test_a_batch_gathered_from_the_encoded_table_is_what_encode_gives_its_rows()
         np.testing.assert_array_equal(got[name], values, err_msg=name)
 
 
-def test_per_example_lists_are_left_out_of_the_table_and_padded_from_arrow():
+def test_per_example_lists_are_left_out_of_the_table():
     assert "tags" not in EncodedTable(ITEMS, SPEC, per_example=("tags",)).rows(np.array(["a"], dtype=object))
-    lists = pa.array([["a", "b", "c"], None, [], ["d"]], type=pa.list_(pa.string()))  # long, null, empty
-    expected = np.array([["a", "b"], [PAD, PAD], [PAD, PAD], ["d", PAD]], dtype=object)
-    np.testing.assert_array_equal(padded_lists(lists, 2), expected)
-    np.testing.assert_array_equal(padded_lists(pa.chunked_array([lists.slice(1), lists.slice(0, 1)]), 2),
-                                  expected[[1, 2, 3, 0]])  # sliced and chunked columns, as a window's are
+
+
+def test_a_matrix_column_survives_filtering_shuffling_parquet_and_sliced_chunks(tmp_path):
+    matrix = np.arange(12, dtype=np.int32).reshape(4, 3)
+    frame = pd.DataFrame({"key": [0, 1, 2, 3]}).assign(history=as_list_column(matrix, pd.RangeIndex(4)))
+    frame = frame[frame["key"] != 1].sample(frac=1.0, random_state=0)
+    frame.to_parquet(tmp_path / "examples.parquet", index=False)
+    table = pq.read_table(tmp_path / "examples.parquet")
+    keys = table.column("key").to_numpy()
+    np.testing.assert_array_equal(list_column_matrix(table.column("history")), matrix[keys])
+    column = pa.chunked_array([table.column("history").combine_chunks().slice(1), table.column("history").slice(0, 1)])
+    np.testing.assert_array_equal(list_column_matrix(column), matrix[np.r_[keys[1:], keys[:1]]])
