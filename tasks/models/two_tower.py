@@ -98,11 +98,8 @@ class Tower(tf.keras.Model):
 
     @staticmethod
     def _masked_mean(embedded, mask):
-        """The mean over axis 1 of the entries `mask` keeps (zeros where it keeps none), as one batched
-        product: at a batch of a few hundred, a step's time is its number of ops, not their arithmetic."""
-        mask = tf.cast(mask, embedded.dtype)
-        weights = mask / tf.maximum(tf.reduce_sum(mask, axis=1, keepdims=True), 1.0)
-        return tf.einsum("bl,bld->bd", weights, embedded)
+        mask = tf.cast(mask, embedded.dtype)[..., None]
+        return tf.reduce_sum(embedded * mask, axis=1) / tf.maximum(tf.reduce_sum(mask, axis=1), 1.0)
 
     def indices(self, inputs):
         """Inputs as the rows they select: each string column looked up in its vocabulary (or hashed), a
@@ -124,16 +121,17 @@ class Tower(tf.keras.Model):
             parts.append(self.embeddings[name](rows[name]))
         for name in self.spec.numeric:
             parts.append(tf.expand_dims(rows[name], -1))
-        # Lists and text are mean-pooled over their real entries (with a mask value, StringLookup and Hashing
-        # keep row 0 for padding); the history's attributes with its ids, under one mask.
+        # Lists and text are mean-pooled over their real entries: with a mask value, StringLookup and
+        # Hashing keep row 0 for padding.
         for name in (*self.spec.lists, *self.spec.text):
-            embedded = [self.embeddings[name](rows[name])]
-            if name == "history":
-                for attribute, table in self.history_tables.items():
-                    values = tf.gather(table, rows[name])
-                    embedded.append(self.history_embeddings[attribute](values) if attribute in self.history_embeddings
-                                    else tf.expand_dims(values, -1))
-            parts.append(self._masked_mean(tf.concat(embedded, axis=-1), tf.not_equal(rows[name], 0)))
+            parts.append(self._masked_mean(self.embeddings[name](rows[name]), tf.not_equal(rows[name], 0)))
+        if self.history_tables:
+            history = rows["history"]
+            for name, table in self.history_tables.items():
+                values = tf.gather(table, history)
+                embedded = self.history_embeddings[name](values) if name in self.history_embeddings \
+                    else tf.expand_dims(values, -1)
+                parts.append(self._masked_mean(embedded, tf.not_equal(history, 0)))
         output = self.output_layer(self.hidden(tf.concat(parts, axis=-1)))
         return tf.math.l2_normalize(output, axis=-1) if self.normalize else output
 
