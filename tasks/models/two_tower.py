@@ -261,10 +261,10 @@ def examples_dataset(path: Path, users: dict[str, np.ndarray], items: dict[str, 
     A batch is a gather of numbers: each example names its user's row in `users` and its item's row in
     `items` (the towers' `indices`, computed once) and carries its own history rows."""
     def to_batch(table: pa.Table):
-        query = {name: values[table.column("user_row").to_numpy()] for name, values in users.items()}
+        user, item = table.column("user_row").to_numpy(), table.column("item_row").to_numpy()
+        query = {name: values[user] for name, values in users.items()}
         query["history"] = list_column_matrix(table.column("history"))
-        return ({"query": query, "candidate": {name: values[table.column("item_row").to_numpy()]
-                                               for name, values in items.items()}},
+        return ({"query": query, "candidate": {name: values[item] for name, values in items.items()}},
                 table.column("weight").to_numpy().astype(np.float32, copy=False),
                 table.column("probability").to_numpy().astype(np.float32, copy=False))
 

@@ -96,7 +96,7 @@ def test_a_training_example_reaches_the_towers_as_its_serving_inputs_would(pipel
         serving_rows.append({"user_id": event["user_id"], "item_id": event["item_id"],
                              "history": before["item_id"].tolist()[::-1][:rules.history_length]})
     serving = pd.DataFrame(serving_rows)
-    known_users = users[users["user_id"] != missing_user].drop(columns="history")  # the serving history, not this
+    known_users = users[users["user_id"] != missing_user].drop(columns="history")  # its history as of the cutoff
     user_features = serving[["user_id", "history"]].merge(known_users, on="user_id", how="left")
     item_features = serving[["item_id"]].merge(items, on="item_id", how="left")
     expected_query = query.indices(to_tensors(encode(user_features, query_spec)))
