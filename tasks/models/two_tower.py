@@ -50,6 +50,14 @@ TEXT_BINS = 4096
 STEPS_PER_CALL = 32
 
 
+def string_lookup(vocabulary: list[str], mask_token: str | None = None) -> tf.keras.layers.StringLookup:
+    """A StringLookup over `vocabulary` (["none"] if empty), given as a numpy array: Keras wraps a list
+    attribute in a tracked structure that every walk of the model's layers visits item by item, and saving
+    walks them hundreds of times (a million user ids cost minutes per SavedModel)."""
+    return tf.keras.layers.StringLookup(vocabulary=np.asarray(vocabulary or ["none"], dtype=str),
+                                        mask_token=mask_token)
+
+
 class Tower(tf.keras.Model):
     """Embeds every input of a TowerSpec, concatenates, and projects through a small MLP.
 
@@ -63,15 +71,14 @@ class Tower(tf.keras.Model):
         self.spec, self.normalize, self.use_id = spec, normalize, use_id
         small = max(8, embedding_dim // 4)
         # Layers live in flat dicts of layers (not tuples), so Keras tracks their lookup tables for export.
-        self.id_lookup = tf.keras.layers.StringLookup(vocabulary=spec.id_vocabulary or ["none"], mask_token=None)
+        self.id_lookup = string_lookup(spec.id_vocabulary)
         self.id_embedding = tf.keras.layers.Embedding(self.id_lookup.vocabulary_size(), embedding_dim)
         self.lookups, self.embeddings = {}, {}
         for name, vocab in spec.categorical.items():
-            self.lookups[name] = tf.keras.layers.StringLookup(vocabulary=vocab or ["none"], mask_token=None)
+            self.lookups[name] = string_lookup(vocab)
             self.embeddings[name] = tf.keras.layers.Embedding(self.lookups[name].vocabulary_size(), small)
         for name, (vocab, _) in spec.lists.items():
-            self.lookups[name] = tf.keras.layers.StringLookup(
-                vocabulary=[v for v in vocab if v != PAD] or ["none"], mask_token=PAD)
+            self.lookups[name] = string_lookup([v for v in vocab if v != PAD], mask_token=PAD)
             width = embedding_dim if name == "history" else small
             self.embeddings[name] = tf.keras.layers.Embedding(self.lookups[name].vocabulary_size(), width)
         for name in spec.text:
