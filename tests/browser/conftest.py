@@ -36,8 +36,11 @@ def pytest_runtest_makereport(item, call):
 
 @pytest.fixture(scope="session")
 def browser():
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    # expect()'s own wait (5 s unless set) as long as the pages' actions': a cold server's first page can
+    # take longer than 5 s to render on a busy 2-core machine (MLflow's compare view did, in CI).
+    expect.set_options(timeout=30_000)
     executable = chromium_path()
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
