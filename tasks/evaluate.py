@@ -26,6 +26,7 @@ from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, mov
 from tasks.recommend import exclusions, recommend
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.membership import is_in
 from tasks.storage.model_registry import ModelRegistry, registry_for
 from tasks.train import candidate_kinds
 
@@ -49,7 +50,9 @@ class EvaluateResult(BaseModel):
 
 @dataclass(frozen=True)
 class HeldOutWindow:
-    """Who is evaluated and on what: held-out positives, the history before the cutoff, what is excluded."""
+    """Who is evaluated and on what: held-out positives, the history before the cutoff, what is excluded.
+    History, exclusions, user features and warm users are the held-out users' only (4% of the users at L):
+    every model's batches index them again."""
 
     relevant: pd.DataFrame
     history: pd.DataFrame
@@ -76,10 +79,13 @@ def held_out_window(features: FeatureSet, config: Config) -> HeldOutWindow:
     allowed = items.loc[items["is_available"], "item_id"].to_numpy(dtype=object) if config.publish.only_available \
         else items["item_id"].to_numpy(dtype=object)
     n_train_users = max(train["user_id"].nunique(), 1)
+    held_out = positives["user_id"].unique()
+    history = train.loc[is_in(train["user_id"], held_out), ["user_id", "item_id", "weight"]]
+    users = features.train_users
     return HeldOutWindow(
-        relevant=positives, history=train[["user_id", "item_id", "weight"]], excluded=excluded,
+        relevant=positives, history=history, excluded=excluded[is_in(excluded["user_id"], held_out)],
         allowed_items=allowed, item_popularity=items.set_index("item_id")["n_users"] / n_train_users,
-        warm_users=train["user_id"].unique(), user_features=features.train_users)
+        warm_users=history["user_id"].unique(), user_features=users[is_in(users["user_id"], held_out)])
 
 
 def evaluate_model(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], batch_size: int,
@@ -95,7 +101,7 @@ def scored_rows(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], 
     recs = recommend(model, window.users, window.history, window.excluded, window.allowed_items, max(ks),
                      batch_size, desc=f"evaluate {name}", user_features=window.user_features)
     per_user = per_user_metrics(recs, window.relevant, ks).set_index("user_id").reindex(window.users).reset_index()
-    warm = per_user["user_id"].isin(window.warm_users)
+    warm = is_in(per_user["user_id"], window.warm_users)
     rows = []
     for segment, mask in (("all", slice(None)), ("warm", warm), ("cold", ~warm)):
         row = {"model": name, "segment": segment, **summarize(per_user[mask], ks)}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from tasks.errors import MissingInput
+from tasks.storage.membership import is_in
 
 TABLES = ("interactions", "train_users", "train_items", "serving_users", "serving_items", "vocabulary",
           "serving_vocabulary")
@@ -103,7 +104,7 @@ class FeatureSet:
         def users_rows(table: str) -> pd.DataFrame:
             bounds = [("user_id", ">=", min(wanted)), ("user_id", "<=", max(wanted))] if len(wanted) else None
             frame = pd.read_parquet(directory / f"{table}.parquet", filters=bounds)
-            return frame[frame["user_id"].isin(wanted)].reset_index(drop=True)
+            return frame[is_in(frame["user_id"], wanted)].reset_index(drop=True)
 
         return ServingSlice(users_rows("interactions"), users_rows("serving_users"),
                             pd.read_parquet(directory / "serving_items.parquet"))

@@ -28,6 +28,7 @@ from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
 from tasks.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
+from tasks.storage.membership import is_in
 from tasks.storage.model_registry import registry_for
 
 log = logging.getLogger(__name__)
@@ -80,8 +81,9 @@ def check_recommendations(recs, k: int, excluded, allowed_items: np.ndarray | No
     hits = recs.merge(excluded, on=["user_id", "item_id"])
     if len(hits):
         problems.append(f"{len(hits)} excluded (user, item) pairs recommended, e.g. {hits.iloc[0].to_dict()}")
-    if allowed_items is not None and not recs["item_id"].isin(allowed_items).all():
-        problems.append(f"{int((~recs['item_id'].isin(allowed_items)).sum())} unavailable items recommended")
+    unavailable = 0 if allowed_items is None else int((~is_in(recs["item_id"], allowed_items)).sum())
+    if unavailable:
+        problems.append(f"{unavailable} unavailable items recommended")
     if not np.isfinite(recs["score"]).all():
         problems.append("non-finite scores")
     return problems

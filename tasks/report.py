@@ -27,6 +27,7 @@ from tasks.errors import MissingInput
 from tasks.evaluate import GATE_FILE, STAGES_FILE, read_decision
 from tasks.feature_set import FeatureSet
 from tasks.step_cli import step_main
+from tasks.storage.membership import is_in
 from tasks.storage.model_registry import MODEL_TRAINING_VIEW, registry_for
 from tasks.storage.raw_store import RawStore
 from tasks.storage.warehouse import Warehouse, warehouse_for
@@ -103,7 +104,7 @@ def churn(warehouse: Warehouse, ds: date, warm_users: set[str]) -> dict[str, flo
     sizes = pd.concat([tonight.groupby("user_id").size().rename("a"), before.groupby("user_id").size().rename("b")],
                       axis=1, join="inner")
     jaccard = both.reindex(sizes.index, fill_value=0) / (sizes["a"] + sizes["b"] - both.reindex(sizes.index, fill_value=0))
-    warm = jaccard.index.isin(list(warm_users))
+    warm = is_in(jaccard.index, list(warm_users))
     return {f"jaccard_{name}": float(jaccard[mask].mean()) for name, mask in (("all", slice(None)), ("warm", warm),
                                                                              ("cold", ~warm)) if len(jaccard[mask])}
 

@@ -17,6 +17,7 @@ from tasks.errors import RawDataInvalid
 from tasks.quality.data_checks import TYPE_NAMES, is_spark, run_suites
 from tasks.step_cli import dump_json, step_main
 from tasks.storage.lake import reconcile_recommendations
+from tasks.storage.membership import is_in
 from tasks.storage.raw_store import RawStore
 from tasks.storage.warehouse import warehouse_for
 
@@ -158,8 +159,8 @@ def with_unknown_ids(events, items, users):
                       .withColumn(UNKNOWN[column], F.when(F.col("declared_id").isNull(), F.col(column)))
                       .drop("declared_id"))
         else:
-            known = (events[column].isin(snapshot[column].dropna()) if column in snapshot.columns
-                     else pd.Series(False, index=events.index))
+            known = (is_in(events[column], snapshot[column].dropna()) if column in snapshot.columns
+                     else np.zeros(len(events), dtype=bool))
             events = events.assign(**{UNKNOWN[column]: events[column].where(~known)})  # a null id stays null
     return events
 
