@@ -280,7 +280,7 @@ def fallback_top_k(fallback: np.ndarray, allowed: np.ndarray, banned: sparse.csr
     banned = banned.tocsr()
     depth = min(int(allowed.sum()), k + int(np.diff(banned.indptr).max(initial=0)))
     candidates = np.flatnonzero(allowed)
-    candidates = candidates[np.argsort(-fallback[candidates], kind="stable")[:depth]]
+    candidates = candidates[best_first(fallback[candidates], depth)]
     usable = ~banned[:, candidates].toarray()
     position = np.cumsum(usable, axis=1)
     take = usable & (position <= k)
@@ -290,6 +290,21 @@ def fallback_top_k(fallback: np.ndarray, allowed: np.ndarray, banned: sparse.csr
     ids[rows, position[rows, columns] - 1] = candidates[columns]
     scores[rows, position[rows, columns] - 1] = fallback[candidates[columns]]
     return TopK(ids, scores)
+
+
+def best_first(values: np.ndarray, depth: int) -> np.ndarray:
+    """`np.argsort(-values, kind="stable")[:depth]` (the depth best, ties to the lower index) without sorting
+    every value: a partition finds the depth-th best, and only what reaches it is sorted (a top-100 of the L
+    shop's 100,000 items sorts a hundred values, not all of them)."""
+    depth = max(0, min(depth, len(values)))
+    if depth == len(values) or np.isnan(values).any():
+        return np.argsort(-values, kind="stable")[:depth]
+    if depth == 0:
+        return np.empty(0, dtype=np.int64)
+    threshold = np.partition(values, len(values) - depth)[len(values) - depth]
+    above = np.flatnonzero(values > threshold)
+    chosen = np.concatenate([above, np.flatnonzero(values == threshold)[:depth - len(above)]])
+    return chosen[np.argsort(-values[chosen], kind="stable")]
 
 
 def sparse_top_k(scores: sparse.csr_matrix, background: np.ndarray, k: int, banned: sparse.csr_matrix,

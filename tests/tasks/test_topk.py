@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from tasks.topk import dense_top_k, exact_top_k, fallback_top_k, sparse_top_k
+from tasks.topk import best_first, dense_top_k, exact_top_k, fallback_top_k, sparse_top_k
 
 
 def reference(queries, items, k, banned=None):
@@ -80,6 +80,17 @@ def test_dense_top_k_folds_float32_rows_to_numpys_selection():
     assert (ids[~finite] == -1).all() and np.isneginf(best[~finite]).all() and (ids[3] >= 0).sum() == finite[3].sum()
     ties = np.zeros((1, 10), np.float32)  # equal scores: the lower column first
     assert dense_top_k(ties, 4)[0].tolist() == [[0, 1, 2, 3]]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_best_first_is_the_head_of_a_stable_descending_sort(seed):
+    rng = np.random.default_rng(seed)
+    values = rng.integers(-3, 4, 200).astype(np.float32)  # many ties, so the tie rule is what is tested
+    values[rng.integers(0, 200, 10)] = -np.inf
+    for depth in (0, 1, 5, 37, 199, 200, 250):
+        np.testing.assert_array_equal(best_first(values, depth), np.argsort(-values, kind="stable")[:depth])
+    values[3] = np.nan
+    np.testing.assert_array_equal(best_first(values, 20), np.argsort(-values, kind="stable")[:20])
 
 
 def test_fallback_top_k_walks_the_fallback_order_past_each_users_banned_items():
