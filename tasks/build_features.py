@@ -87,8 +87,8 @@ def newest_first(events: pd.DataFrame) -> pd.DataFrame:
     order, as compute_features hands them over, are only reversed: sorting on the event id strings again took
     8 s a call at L."""
     ts = events["event_ts"].array.asi8
-    tied = np.flatnonzero(ts[1:] == ts[:-1])
     if len(ts) and (np.diff(ts) >= 0).all():
+        tied = np.flatnonzero(ts[1:] == ts[:-1])  # only there can the event ids be out of order
         ids = pa.array(events["event_id"], from_pandas=True)
         if not len(tied) or pc.all(pc.less(ids.take(tied), ids.take(tied + 1)), skip_nulls=False).as_py():
             return events.iloc[::-1]

@@ -78,3 +78,18 @@ def test_a_backfill_compares_recipes_on_its_own_window_and_leaves_the_champion_a
     tables = DuckDBWarehouse(book.warehouse).query(
         "SELECT ds, list(DISTINCT model_version) AS versions FROM recommendations GROUP BY ds ORDER BY ds")
     assert [list(v) for v in tables["versions"]] == [[served], [champion]]
+
+
+def test_the_held_out_window_keeps_only_the_held_out_users_rows_and_splits_them_warm_and_cold(first_night, shop_raw):
+    config = make_config(first_night[0], shop_raw, *BASELINES)
+    features = FeatureSet.read(AddressBook.from_config(config).features(DS))
+    window = held_out_window(features, config)
+    users = set(window.users)
+    trained = set(features.train_interactions["user_id"])
+    assert set(window.excluded["user_id"]) <= users
+    # Every held-out user's training rows and features are there, and warm means "has any training row", as
+    # over the whole training set.
+    everyone = features.train_interactions
+    assert len(window.history) == int(everyone["user_id"].isin(users).sum())
+    assert set(window.history["user_id"]) == set(window.warm_users) == users & trained
+    assert set(window.user_features["user_id"]) == users & set(features.train_users["user_id"])
