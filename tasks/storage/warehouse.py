@@ -130,8 +130,7 @@ class DuckDBWarehouse(Warehouse):
                 expected = con.execute("SELECT count(*) FROM incoming").fetchone()[0]
                 if rows != expected:
                     raise RuntimeError(f"recommendations ds={ds}: wrote {rows} rows, expected {expected}")
-                twice = con.execute("SELECT user_id, rank FROM recommendations WHERE ds = ? GROUP BY ALL "
-                                    "HAVING count(*) > 1 LIMIT 3", [ds]).fetchall()
+                twice = _ranked_twice(con, ds)
                 if twice:
                     raise RecommendationsInvalid(f"recommendations ds={ds} not written: duplicate (user_id, rank) "
                                                  f"pairs such as {twice}; the table keeps its previous rows")
@@ -174,6 +173,22 @@ class DuckDBWarehouse(Warehouse):
     def query(self, sql: str, params: list | None = None) -> pd.DataFrame:
         with self._connect(read_only=True) as con:
             return con.execute(sql, params or []).df()
+
+
+def _ranked_twice(con: duckdb.DuckDBPyConnection, ds: date) -> list[tuple[str, int]]:
+    """Up to three (user_id, rank) pairs that `ds` holds more than once.
+
+    Checked per user first: ranks 1..127 become the bits of one HUGEINT per user, and a user with as many
+    distinct bits as rows has no rank twice (1.2 s for L's 100M rows against 23 s, and 7 GB, for grouping every
+    (user, rank) pair). Only when some user falls short (a rank twice, or outside 1..127) are the pairs grouped,
+    to find them."""
+    short, = con.execute("SELECT count(*) FROM (SELECT count(*) AS n, bit_count(bit_or(CASE WHEN rank BETWEEN 1 "
+                         "AND 127 THEN 1::HUGEINT << (rank - 1) ELSE 0::HUGEINT END)) AS bits FROM recommendations "
+                         "WHERE ds = ? GROUP BY user_id) WHERE n <> bits", [ds]).fetchone()
+    if not short:
+        return []
+    return con.execute("SELECT user_id, rank FROM recommendations WHERE ds = ? GROUP BY ALL HAVING count(*) > 1 "
+                       "LIMIT 3", [ds]).fetchall()
 
 
 def _create_or_migrate(con: duckdb.DuckDBPyConnection) -> None:

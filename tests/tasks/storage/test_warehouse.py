@@ -53,6 +53,24 @@ def test_a_user_ranked_twice_is_rejected_and_the_previous_night_stays(warehouse)
     assert warehouse.publication(DAY)["model_version"] == "1"
 
 
+@pytest.mark.parametrize("ranks, duplicated", [
+    ([*range(1, 201), 64], True),     # a rank twice among 200: the per-user bits fall short, the pairs name it
+    ([*range(1, 201), 150], True),    # twice beyond 127, where no bit stands for it
+    ([*range(1, 202)], False),        # a long list, every rank once: accepted
+    ([127, 1, 128, 2, 129], False),   # ranks on both sides of 127, out of order
+])
+def test_a_rank_twice_is_found_for_lists_of_any_length(tmp_path, ranks, duplicated):
+    frame = pd.DataFrame({"user_id": "u", "rank": ranks, "item_id": [f"i{n}" for n in range(len(ranks))],
+                          "score": 1.0}).pipe(lambda f: pd.concat([GOOD.iloc[2:], f]))
+    warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
+    if not duplicated:
+        assert warehouse.replace_partition(DAY, frame, "m", "1", datetime(2026, 11, 23)) == (len(frame), 2)
+        return
+    with pytest.raises(RecommendationsInvalid, match=rf"\('u', {ranks[-1]}\)"):
+        warehouse.replace_partition(DAY, frame, "m", "1", datetime(2026, 11, 23))
+    assert warehouse.publication(DAY) is None
+
+
 def test_a_night_loads_from_parquet_files_and_exports_back(warehouse, tmp_path):
     shards = [tmp_path / "a.parquet", tmp_path / "b.parquet"]
     GOOD.iloc[:2].to_parquet(shards[0]), GOOD.iloc[2:].to_parquet(shards[1])
