@@ -20,7 +20,7 @@ from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
 from tasks.feature_set import FeatureSet
 from tasks.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
-from tasks.models.base import MANIFEST, Recommender, load_recommender
+from tasks.models.base import MANIFEST, Recommender, UserBatch, load_recommender
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
 from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
 from tasks.recommend import exclusions, recommend
@@ -111,40 +111,43 @@ def scored_rows(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], 
     return rows, per_user
 
 
-def stage_metrics(model: Recommender, window: HeldOutWindow, batch_size: int) -> dict[str, float]:
-    """A two-stage model's stages on the held-out users: the share of their held-out positives in each
-    source's candidates and in the pooled ones (candidate recall), and NDCG@10 on the pooled candidate lists
-    of the ranker's order and of each source's own (over the users with a positive among them)."""
-    from tasks.models.candidates import values_at
-    from tasks.models.cooccurrence import user_item_matrix
-    from tasks.models.ranker import score_lists
-    from tasks.recommend import user_batches
+class StageTally:
+    """A two-stage model's stages on the held-out users, tallied from the batches its scoring ranks (hooked on
+    as `on_ranked`): the share of their held-out positives in each source's candidates and in the pooled ones
+    (candidate recall), and NDCG@10 on the pooled candidate lists of the ranker's order and of each source's
+    own (over the users with a positive among them)."""
 
-    candidates, item_ids = model.candidates, model.item_ids
-    relevant = window.relevant.assign(weight=1.0)
-    total = int((pd.Index(item_ids).get_indexer(relevant["item_id"]) >= 0).sum())
-    hits = dict.fromkeys((*candidates.sources, "union"), 0)
-    ndcg = dict.fromkeys(("ranker", *candidates.sources), 0.0)
-    users = 0
-    for batch, banned, allowed in user_batches(item_ids, window.users, window.history, window.excluded,
-                                               window.allowed_items, batch_size, window.user_features):
-        wanted = user_item_matrix(relevant, batch.user_ids, item_ids)
-        proposals = candidates.proposals(batch, banned, allowed)
-        frame = candidates.frame_from(batch, proposals)
+    def __init__(self, model: Recommender, window: HeldOutWindow):
+        self.candidates, self.item_ids = model.candidates, model.item_ids
+        self.relevant = window.relevant.assign(weight=1.0)
+        self.total = int((pd.Index(self.item_ids).get_indexer(self.relevant["item_id"]) >= 0).sum())
+        self.hits = dict.fromkeys((*self.candidates.sources, "union"), 0)
+        self.ndcg = dict.fromkeys(("ranker", *self.candidates.sources), 0.0)
+        self.users = 0
+
+    def __call__(self, batch: UserBatch, proposals: dict[str, tuple], frame, logits: np.ndarray) -> None:
+        from tasks.models.candidates import values_at
+        from tasks.models.cooccurrence import user_item_matrix
+
+        wanted = user_item_matrix(self.relevant, batch.user_ids, self.item_ids)
         for name, (ids, _) in proposals.items():
-            hits[name] += int((values_at(wanted, ids) > 0).sum())
+            self.hits[name] += int((values_at(wanted, ids) > 0).sum())
         positive = values_at(wanted, frame.ids) > 0
-        hits["union"] += int(positive.sum())
+        self.hits["union"] += int(positive.sum())
         has = positive.any(axis=1)
-        users += int(has.sum())
-        orders = {"ranker": score_lists(model.ranker, frame.features, frame.mask)} | {
-            name: np.where(frame.mask, frame.features[..., candidates.names.index(f"{name}_score")], -np.inf)
-            for name in candidates.sources}
+        if not has.any():
+            return
+        self.users += int(has.sum())
+        names = self.candidates.names
+        orders = {"ranker": logits} | {name: np.where(frame.mask, frame.features[..., names.index(f"{name}_score")],
+                                                      -np.inf) for name in self.candidates.sources}
         for name, scores in orders.items():
-            ndcg[name] += list_ndcg(scores[has], positive[has], 10) * has.sum() if has.any() else 0.0
-    return {"users_with_a_positive_candidate": float(users),
-            **{f"candidate_recall.{name}": count / max(total, 1) for name, count in hits.items()},
-            **{f"candidate_ndcg_at_10.{name}": value / max(users, 1) for name, value in ndcg.items()}}
+            self.ndcg[name] += list_ndcg(scores[has], positive[has], 10) * has.sum()
+
+    def figures(self) -> dict[str, float]:
+        return {"users_with_a_positive_candidate": float(self.users),
+                **{f"candidate_recall.{name}": count / max(self.total, 1) for name, count in self.hits.items()},
+                **{f"candidate_ndcg_at_10.{name}": value / max(self.users, 1) for name, value in self.ndcg.items()}}
 
 
 def plot_curves(table: pd.DataFrame, ks: tuple[int, ...], path: Path) -> None:
@@ -258,6 +261,9 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
     champion = champion_recipe(registry, config)
     twin = champion_twin(champion, config, features, candidates, book, ds) if champion else None
     models = {name: load_recommender(path) for name, path in trained.items()}
+    tallies = {name: StageTally(model, window) for name, model in models.items() if hasattr(model, "candidates")}
+    for name, tally in tallies.items():
+        models[name].on_ranked = tally
     rows, per_user = [], {}
     for name, model in models.items():
         found, per_user[name] = scored_rows(model, window, ks, config.evaluate.batch_size, name)
@@ -270,8 +276,7 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
         found, per_user[CHAMPION_ROW] = scored_rows(load_recommender(twin), window, ks, config.evaluate.batch_size,
                                                     CHAMPION_ROW)
         rows += found
-    stages = {name: stage_metrics(model, window, config.evaluate.batch_size)
-              for name, model in models.items() if hasattr(model, "candidates")}
+    stages = {name: tally.figures() for name, tally in tallies.items()}
     table = pd.DataFrame(rows)
     decision = gate_decision(table, per_user, config, ds, champion, candidates, twin_of)
     target = book.evaluation(ds)

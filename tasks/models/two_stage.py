@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -40,11 +41,18 @@ class TwoStageModel(Recommender):
     def __init__(self, item_ids, fallback_scores, params, candidates: CandidateSources | None = None, ranker=None):
         super().__init__(item_ids, fallback_scores, params)
         self.candidates, self.ranker = candidates, ranker
+        # Called with (batch, proposals, frame, logits) of every batch ranked: evaluate tallies the stages from
+        # the pass that scores the model, instead of proposing and ranking every held-out user twice.
+        self.on_ranked: Callable[[UserBatch, dict[str, tuple], CandidateFrame, np.ndarray], None] | None = None
 
     def rank(self, batch: UserBatch, banned: sp.csr_matrix, allowed: np.ndarray) -> tuple[CandidateFrame, np.ndarray]:
         """The batch's candidate frame and the ranker's logits for it (-inf where there is no candidate)."""
-        frame = self.candidates.frame(batch, banned, allowed)
-        return frame, score_lists(self.ranker, frame.features, frame.mask)
+        proposals = self.candidates.proposals(batch, banned, allowed)
+        frame = self.candidates.frame_from(batch, proposals)
+        logits = score_lists(self.ranker, frame.features, frame.mask)
+        if self.on_ranked is not None:
+            self.on_ranked(batch, proposals, frame, logits)
+        return frame, logits
 
     def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
         frame, logits = self.rank(batch, banned, allowed)
