@@ -120,7 +120,7 @@ class StageTally:
     def __init__(self, model: Recommender, window: HeldOutWindow):
         self.candidates, self.item_ids = model.candidates, model.item_ids
         self.relevant = window.relevant.assign(weight=1.0)
-        self.total = int((pd.Index(self.item_ids).get_indexer(self.relevant["item_id"]) >= 0).sum())
+        self.total = int(is_in(self.relevant["item_id"], self.item_ids).sum())
         self.hits = dict.fromkeys((*self.candidates.sources, "union"), 0)
         self.ndcg = dict.fromkeys(("ranker", *self.candidates.sources), 0.0)
         self.users = 0

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from tasks.storage.membership import positions
+
 PER_USER = ("recall", "ndcg", "hit_rate", "map")
 
 
@@ -46,11 +48,17 @@ def catalog_metrics(recommendations: pd.DataFrame, catalog_size: int, item_popul
 
     item_popularity: share of training users who interacted with each item, indexed by item_id.
     """
-    out = {}
+    # Each row's item as its position in `item_popularity`, found once by Arrow: hashing the millions of id
+    # strings again for every k was 2.7 s of each model's evaluation at L. Items it lacks count as unpopular.
+    known = positions(recommendations["item_id"], item_popularity.index)
+    popularity = np.nan_to_num(item_popularity.to_numpy(np.float64))
+    ranks, out = recommendations["rank"].to_numpy(), {}
     for k in ks:
-        top = recommendations.loc[recommendations["rank"] <= k, "item_id"]
-        out[metric_name("coverage", k)] = top.nunique() / catalog_size if catalog_size else 0.0
-        out[metric_name("mean_popularity", k)] = float(item_popularity.reindex(top).fillna(0.0).mean()) if len(top) else 0.0
+        at_k = ranks <= k
+        counts = np.bincount(known[at_k & (known >= 0)], minlength=len(popularity))
+        unknown = recommendations.loc[at_k & (known < 0), "item_id"].nunique()
+        out[metric_name("coverage", k)] = (np.count_nonzero(counts) + unknown) / catalog_size if catalog_size else 0.0
+        out[metric_name("mean_popularity", k)] = float(counts @ popularity / at_k.sum()) if at_k.any() else 0.0
     return out
 
 

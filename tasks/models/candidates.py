@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from tasks.models.base import Recommender, UserBatch
+from tasks.storage.membership import positions
 from tasks.topk import in_row_blocks
 
 MISSING_SCORE = -10.0  # a source's normalised score where it did not propose the item (its own top scores 0)
@@ -228,7 +229,6 @@ class CandidateSources:
         self.sources, self.signals = sources, signals
         self.depth, self.size, self.history_length = depth, size, history_length
         self.item_ids = item_ids
-        self.item_index = pd.Index(item_ids)
 
     @property
     def names(self) -> list[str]:
@@ -294,7 +294,7 @@ class CandidateSources:
         if lengths.sum():
             rows = np.repeat(np.arange(len(lists)), lengths)
             history[rows, np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = \
-                self.item_index.get_indexer([item for items in lists for item in items])
+                positions([item for items in lists for item in items], self.item_ids)
         return history
 
     def _item_and_user_features(self, batch: UserBatch, ids: np.ndarray, history: np.ndarray, features: np.ndarray,

@@ -11,6 +11,7 @@ from numba import njit
 
 from configs.schema import CooccurrenceConfig
 from tasks.models.base import Recommender, UserBatch
+from tasks.storage.membership import positions
 from tasks.topk import TopK, sparse_top_k
 
 # Popularity breaks ties (and ranks items with no co-occurrence) without outweighing any real similarity.
@@ -21,8 +22,7 @@ def user_item_matrix(interactions: pd.DataFrame, user_ids: np.ndarray, item_ids:
                      damp: bool = True) -> sp.csr_matrix:
     """Summed event weights per (user, item), log-damped unless `damp` is False; rows and columns in the
     given orders."""
-    rows = pd.Index(user_ids).get_indexer(interactions["user_id"])
-    cols = pd.Index(item_ids).get_indexer(interactions["item_id"])
+    rows, cols = positions(interactions["user_id"], user_ids), positions(interactions["item_id"], item_ids)
     keep = (rows >= 0) & (cols >= 0)
     matrix = sp.csr_matrix((interactions["weight"].to_numpy(dtype=np.float32)[keep], (rows[keep], cols[keep])),
                            shape=(len(user_ids), len(item_ids)), dtype=np.float32)

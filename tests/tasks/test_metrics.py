@@ -47,6 +47,18 @@ def test_coverage_and_mean_popularity(example):
     assert out["mean_popularity_at_3"] == pytest.approx((0.5 + 0.2 + 0.1) / 3)
 
 
+def test_catalog_metrics_count_items_the_popularity_lacks_as_covered_and_unpopular():
+    rng = np.random.default_rng(0)
+    recs = pd.DataFrame({"user_id": np.repeat([f"u{n}" for n in range(50)], 10), "rank": np.tile(np.arange(1, 11), 50),
+                         "item_id": pd.array([f"i{n}" for n in rng.integers(0, 40, 500)], dtype="str")})
+    popularity = pd.Series(rng.random(30), index=[f"i{n}" for n in range(30)])  # i30..i39: never in training
+    out = catalog_metrics(recs, catalog_size=45, item_popularity=popularity, ks=(1, 5, 10))
+    for k in (1, 5, 10):
+        top = recs.loc[recs["rank"] <= k, "item_id"]
+        assert out[f"coverage_at_{k}"] == pytest.approx(top.nunique() / 45)
+        assert out[f"mean_popularity_at_{k}"] == pytest.approx(popularity.reindex(top).fillna(0.0).mean())
+
+
 def test_list_ndcg_by_hand():
     from tasks.metrics import list_ndcg
 

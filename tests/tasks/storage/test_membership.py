@@ -2,7 +2,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.storage.membership import is_in
+from tasks.storage.membership import is_in, positions
 
 COLUMN = pd.Series(["u1", "u2", None, "u3", "u1"], dtype="str")
 
@@ -35,3 +35,22 @@ def test_is_in_returns_a_numpy_mask_usable_on_the_frame():
     frame = pd.DataFrame({"user_id": COLUMN, "n": range(5)})
     kept = frame[is_in(frame["user_id"], ["u1"])]
     assert kept["n"].tolist() == [0, 4]
+
+
+@pytest.mark.parametrize("ids", [
+    ["u3", "u1"],
+    np.array(["u2", None], dtype=object),
+    pd.Index(["u3", "u9", "u2"]),
+    pd.Series(["u1"], dtype="str"),
+    [],
+    [1, "u1"],
+])
+def test_positions_answer_as_pandas_get_indexer_does(ids):
+    expected = pd.Index(np.asarray(list(ids), dtype=object)).get_indexer(COLUMN.astype(object))
+    found = positions(COLUMN, ids)
+    assert found.dtype == np.int64 and found.tolist() == expected.tolist()
+
+
+def test_positions_of_numbers_and_of_nothing():
+    assert positions(pd.Series([3, 1, 7]), [1, 3]).tolist() == [1, 0, -1]
+    assert positions(np.array([], dtype=object), ["a"]).tolist() == []
