@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -29,6 +30,9 @@ from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.membership import is_in
 from tasks.storage.model_registry import ModelRegistry, registry_for
 from tasks.train import candidate_kinds
+
+if TYPE_CHECKING:
+    from tasks.models.candidates import CandidateFrame
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +129,8 @@ class StageTally:
         self.ndcg = dict.fromkeys(("ranker", *self.candidates.sources), 0.0)
         self.users = 0
 
-    def __call__(self, batch: UserBatch, proposals: dict[str, tuple], frame, logits: np.ndarray) -> None:
+    def __call__(self, batch: UserBatch, proposals: dict[str, tuple], frame: CandidateFrame,
+                 logits: np.ndarray) -> None:
         from tasks.models.candidates import values_at
         from tasks.models.cooccurrence import user_item_matrix
 

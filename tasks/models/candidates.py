@@ -242,9 +242,6 @@ class CandidateSources:
         return {name: (found.ids, found.scores) for name, model in self.sources.items()
                 for found in (model_top_k(model, batch, self.depth, banned, allowed),)}
 
-    def frame(self, batch: UserBatch, banned: sp.csr_matrix, allowed: np.ndarray) -> CandidateFrame:
-        return self.frame_from(batch, self.proposals(batch, banned, allowed))
-
     def frame_from(self, batch: UserBatch, proposals: dict[str, tuple]) -> CandidateFrame:
         users, names = len(batch), list(self.sources)
         width = max((proposals[name][0].shape[1] for name in names), default=0)

@@ -25,10 +25,14 @@ def _sources() -> CandidateSources:
     return CandidateSources({"up": up, "down": down}, signals, depth=2, size=3, history_length=4)
 
 
+def _frame(sources: CandidateSources, batch: UserBatch, banned, allowed):
+    return sources.frame_from(batch, sources.proposals(batch, banned, allowed))
+
+
 def test_candidate_union_keeps_each_items_best_rank_and_every_sources_features():
     batch = UserBatch(np.array(["u"], dtype=object), sp.csr_matrix(np.ones((1, 5), np.float32)),
                       pd.DataFrame({"user_id": ["u"], "history": [["c"]], "n_events": [1]}))
-    frame = _sources().frame(batch, sp.csr_matrix((1, 5), dtype=bool), np.ones(5, bool))
+    frame = _frame(_sources(), batch, sp.csr_matrix((1, 5), dtype=bool), np.ones(5, bool))
     # up proposes a (rank 1), b (2); down proposes e (1), d (2). Cut to 3 by best rank, ties by column: a, e, b.
     assert ITEMS[frame.ids[0]].tolist() == ["a", "e", "b"]
     names = _sources().names
@@ -45,7 +49,7 @@ def test_banned_and_unavailable_items_never_become_candidates():
                       pd.DataFrame({"user_id": ["u"], "history": [[]], "n_events": [1]}))
     banned = sp.csr_matrix(np.array([[True, False, False, False, False]]))  # a: already bought
     allowed = np.array([True, True, True, True, False])                     # e: unavailable
-    frame = _sources().frame(batch, banned, allowed)
+    frame = _frame(_sources(), batch, banned, allowed)
     assert ITEMS[frame.ids[0][frame.mask[0]]].tolist() == ["b", "d", "c"]
 
 
