@@ -116,15 +116,16 @@ def scored_rows(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], 
 
 
 class StageTally:
-    """A two-stage model's stages on the held-out users, tallied from the batches its scoring ranks (hooked on
-    as `on_ranked`): the share of their held-out positives in each source's candidates and in the pooled ones
-    (candidate recall), and NDCG@10 on the pooled candidate lists of the ranker's order and of each source's
-    own (over the users with a positive among them)."""
+    """A two-stage model's stages on the held-out users it ranks, tallied from the batches its scoring ranks
+    (hooked on as `on_ranked`): the share of their held-out positives in each source's candidates and in the
+    pooled ones (candidate recall), and NDCG@10 on the pooled candidate lists of the ranker's order and of each
+    source's own (over the users with a positive among them). Cold users are served the fallback list and never
+    ranked (`model_top_k`), so the stages are those of the warm users."""
 
     def __init__(self, model: Recommender, window: HeldOutWindow):
         self.candidates, self.item_ids = model.candidates, model.item_ids
         self.relevant = window.relevant.assign(weight=1.0)
-        self.total = int(is_in(self.relevant["item_id"], self.item_ids).sum())
+        self.total = 0
         self.hits = dict.fromkeys((*self.candidates.sources, "union"), 0)
         self.ndcg = dict.fromkeys(("ranker", *self.candidates.sources), 0.0)
         self.users = 0
@@ -135,6 +136,7 @@ class StageTally:
         from tasks.models.cooccurrence import user_item_matrix
 
         wanted = user_item_matrix(self.relevant, batch.user_ids, self.item_ids)
+        self.total += wanted.nnz
         for name, (ids, _) in proposals.items():
             self.hits[name] += int((values_at(wanted, ids) > 0).sum())
         positive = values_at(wanted, frame.ids) > 0

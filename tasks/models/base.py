@@ -41,6 +41,11 @@ class UserBatch:
     def __len__(self) -> int:
         return len(self.user_ids)
 
+    def take(self, rows: np.ndarray) -> UserBatch:
+        """The batch of the given rows' users, in that order."""
+        features = None if self.features is None else self.features.iloc[rows].reset_index(drop=True)
+        return UserBatch(self.user_ids[rows], self.history[rows], features)
+
 
 @dataclass(frozen=True)
 class WarmStart:

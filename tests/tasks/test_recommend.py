@@ -2,8 +2,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from configs.schema import CooccurrenceConfig, PopularityConfig
+from configs.schema import CooccurrenceConfig, EaseConfig, PopularityConfig
 from tasks.models.cooccurrence import fit_cooccurrence
+from tasks.models.ease import fit_ease
 from tasks.models.popularity import fit_popularity
 from tasks.models.recent import RecentModel
 from tasks.recommend import exclusions, recommend
@@ -53,10 +54,11 @@ def test_exclusions_take_only_the_configured_event_types():
     assert exclusions(interactions, ("purchase",)).to_dict("records") == [{"user_id": "u", "item_id": "a"}]
 
 
-@pytest.mark.parametrize("kind", ["popularity", "cooccurrence", "recent"])
+@pytest.mark.parametrize("kind", ["popularity", "cooccurrence", "recent", "ease"])
 def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
     """Popularity, co-occurrence and recent find their top k without a users x items matrix; the lists must be those
-    of the dense scores, ties, bans, unavailable items and cold users included."""
+    of the dense scores, ties, bans, unavailable items and cold users included. EASE only scores densely: its
+    warm users are scored apart from the cold ones, which get the fallback list; the lists must still agree."""
     from tasks.recommend import _dense_top_k, model_top_k, user_batches
 
     rng = np.random.default_rng(5)
@@ -67,8 +69,9 @@ def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
     popularity = fit_popularity(events, items, AS_OF, PopularityConfig())
     model = {"popularity": popularity, "recent": RecentModel(items, popularity.fallback_scores, {}),
              "cooccurrence": fit_cooccurrence(events, items, popularity.fallback_scores,
-                                              CooccurrenceConfig(neighbours=5))}[kind]
-    users = np.array([f"u{n}" for n in range(160)], dtype=object)  # u150 and on are cold
+                                              CooccurrenceConfig(neighbours=5)),
+             "ease": fit_ease(events, items, popularity.fallback_scores, EaseConfig(l2=10.0))}[kind]
+    users = np.array([f"u{n}" for n in range(200)], dtype=object)  # u150 and on are cold: the last batch all
     excluded = events[events["weight"] > 1][["user_id", "item_id"]]
     for k in (3, 20, 100):
         for batch, banned, allowed in user_batches(items, users, events, excluded, items[5:], 64):
