@@ -99,9 +99,24 @@ def _coded(events: pd.DataFrame) -> tuple[pd.DataFrame, pd.Index, pd.Index]:
     """`events`' users and items as integer codes, with their weights, in the same row order, and the ids the codes
     stand for. Hashing the id strings once spares every later group-by doing it again. A missing id is -1: the
     callers leave such rows out, as a group-by on the ids would."""
-    user, user_ids = pd.factorize(events["user_id"])
-    item, item_ids = pd.factorize(events["item_id"])
+    user, user_ids = _codes(events["user_id"])
+    item, item_ids = _codes(events["item_id"])
     return pd.DataFrame({"user": user, "item": item, "weight": events["weight"].to_numpy()}), user_ids, item_ids
+
+
+def _codes(ids: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    """`pd.factorize`, or the codes a categorical column already carries (`shared_codes`)."""
+    if isinstance(ids.dtype, pd.CategoricalDtype):
+        return ids.cat.codes.to_numpy(), ids.cat.categories
+    return pd.factorize(ids)
+
+
+def shared_codes(events: pd.DataFrame) -> pd.DataFrame:
+    """`events` with user and item ids as categoricals of their factorized codes, which every subset and
+    reordering of the rows keeps: the features of the training days and of the whole window hash the ids once
+    between them, not once per table (2.6 s per factorize of L's 8.8M ids, eight of them 21 s)."""
+    return events.assign(**{column: pd.Categorical.from_codes(*pd.factorize(events[column]))
+                            for column in ("user_id", "item_id")})
 
 
 def item_features(events: pd.DataFrame, snapshot: pd.DataFrame, declared: tuple[str, ...]) -> pd.DataFrame:
@@ -150,11 +165,13 @@ def compute_features(events: pd.DataFrame, users_at_cutoff: pd.DataFrame, items_
     )[["event_id", "user_id", "item_id", "event_type", "event_ts", "weight", "split"]]
     del events  # where the caller handed over its only reference, the raw window is freed before the sort's copy
     interactions = interactions.sort_values(["event_ts", "event_id"], ignore_index=True)
-    train = interactions[interactions["split"] == "train"]
+    coded = shared_codes(interactions)
+    train = coded[coded["split"] == "train"]
     train_users = user_features(train, users_at_cutoff, data.users.all, rules.history_length, cutoff_ts)
     train_items = item_features(train, items_at_cutoff, data.items.all)
-    serving_users = user_features(interactions, users_at_ds, data.users.all, rules.history_length, end_ts)
-    serving_items = item_features(interactions, items_at_ds, data.items.all)
+    serving_users = user_features(coded, users_at_ds, data.users.all, rules.history_length, end_ts)
+    serving_items = item_features(coded, items_at_ds, data.items.all)
+    del coded, train
     return FeatureSet(
         window=window, interactions=interactions,
         train_users=train_users, train_items=train_items, serving_users=serving_users, serving_items=serving_items,
