@@ -26,6 +26,7 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
+from tasks.models.pyfunc import RECOMMENDER_ONLY
 from tasks.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
 from tasks.storage.membership import is_in
@@ -106,13 +107,13 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
     if config.engine == "spark":  # the Spark workers load the model; this driver only names it
         from tasks.spark.scoring import stage_shards_on_spark
 
-        model_name = f"{config.register.model_name}/{kind or registry.load_version(version).recommender.kind}"
+        model_name = f"{config.register.model_name}/{kind or registry.load_version(version, RECOMMENDER_ONLY).recommender.kind}"
         users, rows = stage_shards_on_spark(config, ds, directory, staging, version, model_name)
         log.info("publish_shard ds=%s on Spark: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s", ds,
                  rows, users, shards, model_name, version, time.perf_counter() - started, staging)
         return ShardResult(ds=ds, shard=None, shards=shards, users=users, rows=rows, model_name=model_name,
                            model_version=version, path=str(staging))
-    champion = registry.load_version(version)
+    champion = registry.load_version(version, RECOMMENDER_ONLY)
     model_name = f"{config.register.model_name}/{kind or champion.recommender.kind}"
     users = shard_users(FeatureSet.read_user_ids(directory), shard, shards)
     # Only this shard's rows are read: at scale, the whole feature set per shard is what memory cannot hold.

@@ -20,6 +20,9 @@ from mlflow.types.schema import Array, ColSpec, Schema
 from tasks.models.base import load_recommender
 
 ARTIFACT_KEY, INPUTS_KEY = "recommender", "serving_inputs"
+# `model_config` of a load that wants the recommender alone: publish_shard reads its own shard's inputs, and
+# the night's, read whole, took 3.4 s a shard at L. Versions logged before the key existed load whole.
+RECOMMENDER_ONLY = {INPUTS_KEY: False}
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string, "user_id"), ColSpec(Array(DataType.string), "history", required=False),
                    ColSpec(Array(DataType.string), "exclude", required=False)]),
@@ -33,8 +36,11 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         from tasks.recommend import ServingInputs
 
-        self.use(load_recommender(Path(context.artifacts[ARTIFACT_KEY])),
-                 ServingInputs.load(Path(context.artifacts[INPUTS_KEY])))
+        recommender = load_recommender(Path(context.artifacts[ARTIFACT_KEY]))
+        if (context.model_config or {}).get(INPUTS_KEY, True):
+            self.use(recommender, ServingInputs.load(Path(context.artifacts[INPUTS_KEY])))
+        else:  # loaded for its recommender alone: `predict` cannot answer
+            self.recommender = recommender
 
     def use(self, recommender, inputs) -> None:
         self.recommender, self.inputs = recommender, inputs
@@ -53,4 +59,4 @@ def logged_pyfunc(model_dir: Path, inputs, inputs_dir: Path, example: pd.DataFra
     """The `log_and_register` arguments of a saved recommender and its night's inputs (saved to `inputs_dir`)."""
     inputs.save(inputs_dir)
     return {"python_model": RecommenderPyfunc(), "artifacts": {ARTIFACT_KEY: str(model_dir), INPUTS_KEY: str(inputs_dir)},
-            "example": example, "signature": SIGNATURE}
+            "example": example, "signature": SIGNATURE, "model_config": {INPUTS_KEY: True}}

@@ -130,11 +130,13 @@ def serving_model(job: ScoringJob) -> tuple:
     key = (job.version, str(job.features))
     if key not in _CATALOGUES:
         from tasks.address_book import AddressBook
+        from tasks.models.pyfunc import RECOMMENDER_ONLY
         from tasks.storage.model_registry import registry_for
 
         items = pd.read_parquet(job.features / "serving_items.parquet")
         rules = job.config.publish
         allowed = items.loc[items["is_available"], "item_id"].to_numpy(dtype=object) if rules.only_available else None
-        champion = registry_for(job.config, AddressBook.from_config(job.config)).load_version(job.version)
+        registry = registry_for(job.config, AddressBook.from_config(job.config))
+        champion = registry.load_version(job.version, RECOMMENDER_ONLY)
         _CATALOGUES[key] = champion.recommender.for_catalog(items), NightCatalogue(items, allowed, rules.k)
     return _CATALOGUES[key]

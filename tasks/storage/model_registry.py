@@ -89,10 +89,12 @@ class ModelRegistry:
         return None if newest is None else str(newest)
 
     def log_and_register(self, python_model: mlflow.pyfunc.PythonModel, artifacts: dict[str, str],
-                         example: pd.DataFrame, signature: ModelSignature, tags: dict[str, str]) -> str:
-        """Log a pyfunc model (its files as `artifacts`) in the active run and register it; returns the version."""
+                         example: pd.DataFrame, signature: ModelSignature, tags: dict[str, str],
+                         model_config: dict | None = None) -> str:
+        """Log a pyfunc model (its files as `artifacts`) in the active run and register it; returns the version.
+        `model_config` holds the keys a load may override (`load_version`)."""
         info = mlflow.pyfunc.log_model(  # the model travels as artifacts, not in the pickle
-            name="recommender", python_model=python_model, artifacts=artifacts,
+            name="recommender", python_model=python_model, artifacts=artifacts, model_config=model_config,
             signature=signature, input_example=example,
             pip_requirements=[f"numpy=={np.__version__}", f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"],
         )
@@ -142,9 +144,11 @@ class ModelRegistry:
     def version_tags(self, version: str) -> dict[str, str]:
         return dict(self.client.get_model_version(self.model_name, version).tags)
 
-    def load_version(self, version: str) -> RegisteredModel:
-        """One version, loaded through MLflow (`models:/<name>/<version>`): the python model it was logged with."""
-        pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}")
+    def load_version(self, version: str, model_config: dict | None = None) -> RegisteredModel:
+        """One version, loaded through MLflow (`models:/<name>/<version>`): the python model it was logged with,
+        given `model_config` (what its `load_context` reads as `context.model_config`; MLflow takes only the keys
+        the version was logged with, and warns of the others)."""
+        pyfunc = mlflow.pyfunc.load_model(f"models:/{self.model_name}/{version}", model_config=model_config)
         return RegisteredModel(version, pyfunc.unwrap_python_model(), self.version_tags(version))
 
     def promote(self, version: str) -> None:

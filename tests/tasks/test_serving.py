@@ -56,6 +56,19 @@ def test_a_given_history_and_exclusions_are_honoured_and_the_rule_still_holds(pi
     assert second["item_id"].isin(items.loc[items["is_available"], "item_id"]).all()
 
 
+def test_publish_shard_loads_the_champions_recommender_without_the_nights_inputs(pipeline_run):
+    from tasks.models.pyfunc import RECOMMENDER_ONLY
+    from tasks.storage.model_registry import registry_for
+
+    config, _ = pipeline_run
+    registry = registry_for(config, AddressBook.from_config(config))
+    version = registry.serving_version(str(DS))
+    whole, alone = registry.load_version(version), registry.load_version(version, RECOMMENDER_ONLY)
+    assert hasattr(whole.python_model, "inputs") and not hasattr(alone.python_model, "inputs")
+    assert alone.recommender.kind == whole.recommender.kind
+    np.testing.assert_array_equal(alone.recommender.item_ids, whole.recommender.item_ids)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
