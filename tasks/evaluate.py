@@ -23,8 +23,8 @@ from tasks.feature_set import FeatureSet
 from tasks.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
 from tasks.models.base import MANIFEST, Recommender, UserBatch, load_recommender
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
+from tasks.models.recommend import exclusions, recommend
 from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
-from tasks.recommend import exclusions, recommend
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.membership import is_in

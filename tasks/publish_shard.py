@@ -27,7 +27,7 @@ from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.feature_set import FeatureSet
 from tasks.models.pyfunc import RECOMMENDER_ONLY
-from tasks.recommend import ServingInputs, recommendation_frame
+from tasks.models.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
 from tasks.storage.membership import is_in
 from tasks.storage.model_registry import registry_for

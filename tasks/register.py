@@ -21,7 +21,7 @@ from tasks.fault_points import fault_point
 from tasks.feature_set import FeatureSet
 from tasks.models.base import saved_format
 from tasks.models.pyfunc import logged_pyfunc
-from tasks.recommend import ServingInputs
+from tasks.models.recommend import ServingInputs
 from tasks.step_cli import step_main
 from tasks.storage.model_registry import registry_for
 from tasks.train_ranking import KIND as RANKING_KIND

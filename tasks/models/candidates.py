@@ -1,7 +1,7 @@
 """Candidate generation: several retrievers propose items, and their union becomes one candidate frame.
 
 Each source is any fitted recommender over the same item columns. For every user it proposes its exact top
-`depth` among the allowed, unbanned items (`tasks.recommend.model_top_k`, the one rule for what may be
+`depth` among the allowed, unbanned items (`tasks.models.recommend.model_top_k`, the one rule for what may be
 recommended), and the union, cut to `size` by each item's best rank across sources, is what the ranker
 orders. Each candidate carries dense features only, the kind that travels across a refit (QUALITY.md): per
 source its presence, rank and per-user normalised score; how many sources proposed it; the item's
@@ -237,7 +237,7 @@ class CandidateSources:
 
     def proposals(self, batch: UserBatch, banned: sp.csr_matrix, allowed: np.ndarray) -> dict[str, tuple]:
         """Each source's top `depth` (item columns, scores) for the batch."""
-        from tasks.recommend import model_top_k  # recommend imports the models package
+        from tasks.models.recommend import model_top_k  # recommend imports the models package
 
         return {name: (found.ids, found.scores) for name, model in self.sources.items()
                 for found in (model_top_k(model, batch, self.depth, banned, allowed),)}

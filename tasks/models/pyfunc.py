@@ -1,7 +1,7 @@
 """The MLflow pyfunc face of any project recommender: the night's lists, online.
 
 A registered version carries, beside the model, the inputs its night was published with
-(`tasks.recommend.ServingInputs`: each user's past, the exclusion rule's pairs, the allowed items, the
+(`tasks.models.recommend.ServingInputs`: each user's past, the exclusion rule's pairs, the allowed items, the
 catalogue, K), so `predict` answers a known user with the rows the nightly table holds for that night. A
 request may pass a `history` (item ids, most recent first) to score a visitor or a fresher session, and an
 `exclude` list (the basket, say) to ban on top of the rule.
@@ -34,7 +34,7 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
     """user_id (and optionally history, exclude) in; (user_id, rank, item_id, score) out, K rows a user."""
 
     def load_context(self, context) -> None:
-        from tasks.recommend import ServingInputs
+        from tasks.models.recommend import ServingInputs
 
         recommender = load_recommender(Path(context.artifacts[ARTIFACT_KEY]))
         if (context.model_config or {}).get(INPUTS_KEY, True):
@@ -47,7 +47,7 @@ class RecommenderPyfunc(mlflow.pyfunc.PythonModel):
         self.model = recommender.for_catalog(inputs.items)  # as publish_shard scores
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
-        from tasks.recommend import recommendation_frame
+        from tasks.models.recommend import recommendation_frame
 
         request = model_input.assign(user_id=model_input["user_id"].astype(str))
         inputs = self.inputs.with_request(request)

@@ -142,7 +142,7 @@ def labelled_lists(candidates: CandidateSources, earlier: FeatureSet, labels: pd
     with an engaged candidate are kept, until `limit` are found: a uniform sample of them, and at L most
     users' frames are never built nor held.
     """
-    from tasks.recommend import user_batches  # recommend imports the models package
+    from tasks.models.recommend import user_batches  # recommend imports the models package
 
     labels = labels[pd.Index(candidates.item_ids).get_indexer(labels["item_id"]) >= 0]
     labels = labels.groupby(["user_id", "item_id"], as_index=False)["weight"].max()
@@ -186,7 +186,7 @@ def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path
     """One label window [start, end): sources fit on the days before `start`, and the labelled candidate
     lists of the users who engaged in the window (see `labelled_lists`); with the sources' CandidateSources."""
     from tasks.build_features import features_as_of
-    from tasks.recommend import exclusions
+    from tasks.models.recommend import exclusions
 
     rules = config.train_ranking
     earlier = features_as_of(features, start, config)

@@ -112,7 +112,7 @@ class NightCatalogue:
     def for_batch(self, frame: pd.DataFrame):
         """ServingInputs for one Arrow batch of users: their history and exclusions unpacked into the
         (user_id, item_id[, weight]) frames that the pandas engine builds from the interactions."""
-        from tasks.recommend import ServingInputs
+        from tasks.models.recommend import ServingInputs
 
         history = frame[["user_id", _ITEMS, _WEIGHTS]].explode([_ITEMS, _WEIGHTS]).dropna()
         history = pd.DataFrame({"user_id": history["user_id"].to_numpy(dtype=object),

@@ -9,8 +9,8 @@ from tasks.models import UserBatch, load_recommender
 from tasks.models.candidates import MISSING_SCORE, CandidateSources, ItemSignals
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.popularity import PopularityModel
+from tasks.models.recommend import exclusions, model_top_k
 from tasks.models.two_stage import fit_two_stage
-from tasks.recommend import exclusions, model_top_k
 from tasks.train import fit_model
 from tests.conftest import DS, make_config
 
@@ -118,7 +118,7 @@ def test_evaluation_reports_each_stage_on_the_held_out_users(pipeline_run):
     # The figures are tallied from the batches evaluate scores: a pass of their own over every warm held-out
     # user, each ranked once, gives the same ones (cold users get the fallback list, never ranked).
     from tasks.evaluate import StageTally, held_out_window
-    from tasks.recommend import user_batches
+    from tasks.models.recommend import user_batches
 
     book = AddressBook.from_config(config)
     model, window = load_recommender(book.model(DS, "two_stage")), held_out_window(FeatureSet.read(book.features(DS)),

@@ -7,7 +7,7 @@ from tasks.models.cooccurrence import fit_cooccurrence
 from tasks.models.ease import fit_ease
 from tasks.models.popularity import fit_popularity
 from tasks.models.recent import RecentModel
-from tasks.recommend import exclusions, recommend
+from tasks.models.recommend import exclusions, recommend
 from tasks.topk import dense_top_k
 
 AS_OF = pd.Timestamp("2026-11-20", tz="UTC")
@@ -59,7 +59,7 @@ def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
     """Popularity, co-occurrence and recent find their top k without a users x items matrix; the lists must be those
     of the dense scores, ties, bans, unavailable items and cold users included. EASE only scores densely: its
     warm users are scored apart from the cold ones, which get the fallback list; the lists must still agree."""
-    from tasks.recommend import _dense_top_k, model_top_k, user_batches
+    from tasks.models.recommend import _dense_top_k, model_top_k, user_batches
 
     rng = np.random.default_rng(5)
     items = np.array([f"i{n}" for n in range(80)], dtype=object)
