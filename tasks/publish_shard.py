@@ -107,7 +107,8 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
     if config.engine == "spark":  # the Spark workers load the model; this driver only names it
         from tasks.spark.scoring import stage_shards_on_spark
 
-        model_name = f"{config.register.model_name}/{kind or registry.load_version(version, RECOMMENDER_ONLY).recommender.kind}"
+        kind = kind or registry.load_version(version, RECOMMENDER_ONLY).recommender.kind
+        model_name = f"{config.register.model_name}/{kind}"
         users, rows = stage_shards_on_spark(config, ds, directory, staging, version, model_name)
         log.info("publish_shard ds=%s on Spark: %d rows for %d users in %d shards from %s v%s in %.1fs -> %s", ds,
                  rows, users, shards, model_name, version, time.perf_counter() - started, staging)

@@ -21,7 +21,7 @@ from tasks.models.base import load_recommender
 
 ARTIFACT_KEY, INPUTS_KEY = "recommender", "serving_inputs"
 # `model_config` of a load that wants the recommender alone: publish_shard reads its own shard's inputs, and
-# the night's, read whole, took 3.4 s a shard at L. Versions logged before the key existed load whole.
+# the night's, read whole, took 2.3-3.9 s a shard at L. Versions logged before the key existed load whole.
 RECOMMENDER_ONLY = {INPUTS_KEY: False}
 SIGNATURE = ModelSignature(
     inputs=Schema([ColSpec(DataType.string, "user_id"), ColSpec(Array(DataType.string), "history", required=False),
