@@ -189,7 +189,7 @@ def features_as_of(features: FeatureSet, day: date, config: Config) -> FeatureSe
     day_ts = pd.Timestamp(day.isoformat(), tz="UTC")
     data, rules = config.data, config.build_features
     train = features.train_interactions
-    earlier = train[train["event_ts"] < day_ts]
+    earlier = shared_codes(train[train["event_ts"] < day_ts])  # its users' and items' features hash the ids once
     users = user_features(earlier, features.train_users, data.users.all, rules.history_length, day_ts)
     items = item_features(earlier, features.train_items, data.items.all)
     return FeatureSet(

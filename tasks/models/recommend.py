@@ -191,8 +191,7 @@ def model_top_k(model: Recommender, batch: UserBatch, k: int, banned: sp.csr_mat
 def _warm_top_k(model: Recommender, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
     found = model.top_k(batch, k, banned, allowed)
     if found is None:  # the model only scores densely
-        return _dense_top_k(model.score(batch), np.zeros(len(batch), bool), model.fallback_scores, banned,
-                            allowed, k)
+        return _dense_top_k(model.score(batch), banned, allowed, k)
     return found
 
 
@@ -202,10 +201,8 @@ def recommendation_frame(users, ranks, items, scores) -> pd.DataFrame:
                          "item_id": pd.array(items, dtype="str"), "score": np.asarray(scores, dtype="float64")})
 
 
-def _dense_top_k(scores: np.ndarray, cold: np.ndarray, fallback: np.ndarray, banned, allowed: np.ndarray,
-                 k: int) -> TopK:
-    """Top-k of a dense score matrix, cold rows scored by `fallback`, banned and disallowed items removed."""
-    scores[cold] = fallback
+def _dense_top_k(scores: np.ndarray, banned, allowed: np.ndarray, k: int) -> TopK:
+    """Top-k of a dense score matrix (changed in place), banned and disallowed items removed."""
     scores[:, ~allowed] = -np.inf
     ban = banned.tocoo()
     scores[ban.row, ban.col] = -np.inf
