@@ -67,7 +67,7 @@ airflow: setup  ## Airflow UI on http://127.0.0.1:8080 (this host only); the adm
 mlflow: setup  ## MLflow UI on :5000 over the pipeline's tracking store, opened in its model-training view
 	@echo "MLflow UI: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(VAR)/mlflow/mlflow.db \
-		--default-artifact-root $(VAR)/mlflow/artifacts --host 127.0.0.1 --port 5000
+		--default-artifact-root $(VAR)/mlflow/artifacts --host 127.0.0.1 --port 5000 --app-name recsys
 
 app: setup  ## read-only user lookup page on http://127.0.0.1:8501: a user's list, history and model
 	$(BIN)/recsys app --port 8501

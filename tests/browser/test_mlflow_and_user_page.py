@@ -30,7 +30,7 @@ def two_nights(tmp_path_factory, shop_raw):
     bin_dir = Path(sys.executable).parent
     mlflow_command = [str(bin_dir / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{var}/mlflow/mlflow.db",
                       "--default-artifact-root", str(var / "mlflow" / "artifacts"), "--host", "127.0.0.1",
-                      "--port", mlflow_url.rsplit(":", 1)[1]]
+                      "--port", mlflow_url.rsplit(":", 1)[1], "--app-name", "recsys"]
     app_command = [sys.executable, "-m", "pipelines.cli", "app", "--port", app_url.rsplit(":", 1)[1],
                    "--set", f"paths.var={var}", "--set", f"paths.raw={shop_raw}"]
     env = {**os.environ, "TF_USE_LEGACY_KERAS": "1"}
