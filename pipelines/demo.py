@@ -74,7 +74,7 @@ def main() -> None:
     print(f"  {'total':<20} {'':<8} {sum(t for *_, t in timings):6.1f}s")
     print(f"\n== Offline evaluation on the held-out window ({book.evaluation(ds)})")
     print((book.evaluation(ds) / "evaluation.md").read_text())
-    from tasks.feature_set import FeatureSet
+    from tasks.storage.feature_set import FeatureSet
 
     users = FeatureSet.read(book.features(ds)).serving_users
     user = str(users.sort_values(["n_events", "user_id"], ascending=[False, True])["user_id"].iloc[len(users) // 10])

@@ -19,7 +19,6 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
-from tasks.feature_set import FeatureSet
 from tasks.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
 from tasks.models.base import MANIFEST, Recommender, UserBatch, load_recommender
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
@@ -27,6 +26,7 @@ from tasks.models.recommend import exclusions, recommend
 from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.feature_set import FeatureSet
 from tasks.storage.membership import is_in
 from tasks.storage.model_registry import ModelRegistry, registry_for
 from tasks.train import candidate_kinds

@@ -20,11 +20,11 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.evaluate import read_decision
-from tasks.feature_set import FeatureSet
 from tasks.models.base import WarmStart
 from tasks.models.recipes import BASELINES, fit_recipe, recipe_config, twin_epochs
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.feature_set import FeatureSet
 
 log = logging.getLogger(__name__)
 

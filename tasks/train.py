@@ -13,7 +13,6 @@ from pydantic import BaseModel
 
 from configs.schema import Config, TrainConfig
 from tasks.address_book import AddressBook
-from tasks.feature_set import FeatureSet
 from tasks.models.base import Recommender
 from tasks.models.cooccurrence import fit_cooccurrence
 from tasks.models.ease import EaseTooLarge, fit_ease
@@ -21,6 +20,7 @@ from tasks.models.popularity import fit_popularity
 from tasks.models.recent import RecentModel
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.feature_set import FeatureSet
 
 log = logging.getLogger(__name__)
 

@@ -14,10 +14,10 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
-from tasks.feature_set import FeatureSet
 from tasks.models.base import MANIFEST
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.feature_set import FeatureSet
 from tasks.train import baseline_kinds
 
 log = logging.getLogger(__name__)

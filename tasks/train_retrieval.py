@@ -13,9 +13,9 @@ from pydantic import BaseModel
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
-from tasks.feature_set import FeatureSet
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
+from tasks.storage.feature_set import FeatureSet
 from tasks.train import fit_model
 
 log = logging.getLogger(__name__)

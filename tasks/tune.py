@@ -26,9 +26,9 @@ from configs import DEFAULT_CONFIG
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.evaluate import evaluate_model, held_out_window
-from tasks.feature_set import FeatureSet
 from tasks.register import flatten
 from tasks.step_cli import step_main
+from tasks.storage.feature_set import FeatureSet
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from configs.schema import Config
-from tasks.feature_set import FeatureSet
 from tasks.models.base import MANIFEST, Recommender, WarmStart
+from tasks.storage.feature_set import FeatureSet
 
 BASELINES = ("popularity", "cooccurrence", "ease", "recent")
 # The config sections each kind is shaped by; every kind falls back to the popularity list.

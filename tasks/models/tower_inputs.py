@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from configs.schema import DataConfig
-from tasks.feature_set import FeatureSet
+from tasks.storage.feature_set import FeatureSet
 
 PAD = ""  # the mask token of every string list
 

@@ -10,8 +10,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from configs.schema import Config, DataConfig
-from tasks.feature_set import Window
 from tasks.spark.raw import read_parquet_partitions
+from tasks.storage.feature_set import Window
 from tasks.storage.raw_store import RawStore
 
 

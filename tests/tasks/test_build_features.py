@@ -79,7 +79,7 @@ def test_the_spark_engine_writes_every_feature_file_as_the_pandas_engine_does(ra
     ds: a rating (its value scales its weight), an item missing from the catalogue (unavailable) and a user
     missing from the user snapshot. Every table: the same columns, types and rows in the same order."""
     from tasks.build_features import build_features
-    from tasks.feature_set import TABLES, FeatureSet
+    from tasks.storage.feature_set import TABLES, FeatureSet
     from tasks.storage.raw_store import write_partition
 
     events = RawStore(raw_copy).read("events", DS).drop(columns="ds", errors="ignore")  # ds: from the path
@@ -121,7 +121,7 @@ def test_a_spark_connect_server_builds_the_features_the_pandas_engine_builds(pip
 
     import pyspark
 
-    from tasks.feature_set import TABLES, FeatureSet
+    from tasks.storage.feature_set import TABLES, FeatureSet
     from tests.conftest import REPO, step_command
     from tests.servers import free_port, listens, server
 

@@ -10,7 +10,7 @@ import pytest
 from pipelines.runner import run_pipeline
 from tasks.address_book import AddressBook
 from tasks.evaluate import evaluate_model, held_out_window
-from tasks.feature_set import FeatureSet
+from tasks.storage.feature_set import FeatureSet
 from tasks.storage.model_registry import ModelRegistry
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS, make_config

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from tasks.address_book import AddressBook
-from tasks.feature_set import FeatureSet
 from tasks.publish_shard import check_recommendations
+from tasks.storage.feature_set import FeatureSet
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS
 

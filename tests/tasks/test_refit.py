@@ -41,9 +41,9 @@ def test_an_item_first_bought_on_ds_is_recommended_the_next_morning(raw_copy, tm
 def test_a_warm_start_trains_the_twin_on_over_the_held_out_days_only(pipeline_run, tmp_path):
     import shutil
 
-    from tasks.feature_set import FeatureSet
     from tasks.models import load_recommender
     from tasks.refit import refit
+    from tasks.storage.feature_set import FeatureSet
 
     config, results = pipeline_run
     var = tmp_path / "var"

@@ -54,8 +54,8 @@ def test_two_workers_on_loopback_train_a_two_tower_as_good_as_one_process(pipeli
     in shuffling and float order, so not bit for bit) and beats popularity."""
     from tasks.address_book import AddressBook
     from tasks.evaluate import evaluate_model, held_out_window
-    from tasks.feature_set import FeatureSet
     from tasks.models import load_recommender
+    from tasks.storage.feature_set import FeatureSet
     from tasks.train import fit_model
 
     config, _ = pipeline_run
