@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 
 from configs.schema import DataConfig
-from tasks.storage.feature_set import FeatureSet
+from tasks.storage.feature_set import FeatureSet, in_time_order
 
 PAD = ""  # the mask token of every string list
 
@@ -151,11 +151,17 @@ def first_touches(interactions: pd.DataFrame) -> pd.DataFrame:
     A visit's funnel (view, click, add_to_cart, purchase) is one choice, not four: as separate examples, the
     view would sit in the click's history and teach the towers to recommend what the user just saw.
     """
-    ordered = interactions.sort_values(["event_ts", "event_id"], kind="stable").reset_index(drop=True)
-    keys = ["user_id", "item_id"]
-    strongest = ordered.loc[ordered.groupby(keys, sort=False)["weight"].idxmax(), [*keys, "event_type", "weight"]]
-    first = ordered.drop(columns=["event_type", "weight"]).drop_duplicates(keys, keep="first")
-    return first.merge(strongest, on=keys, how="left")
+    ordered = in_time_order(interactions).reset_index(drop=True)
+    # One integer per (user, item), numbered in order of its first touch: the id strings are hashed once each,
+    # where a group-by, a drop_duplicates and a merge on the two string columns hashed them six times (at
+    # 4M events 25-30 s against 6.5-7 s, the same frame).
+    user, _ = pd.factorize(ordered["user_id"], use_na_sentinel=False)
+    item, items = pd.factorize(ordered["item_id"], use_na_sentinel=False)
+    touch, _ = pd.factorize(user.astype(np.int64) * len(items) + item)
+    strongest = pd.Series(ordered["weight"].to_numpy()).groupby(touch, sort=True).idxmax().to_numpy()  # by touch
+    first = ordered.drop(columns=["event_type", "weight"])[~pd.Series(touch).duplicated().to_numpy()]  # by touch
+    return first.assign(event_type=ordered["event_type"].array.take(strongest),
+                        weight=ordered["weight"].to_numpy()[strongest]).reset_index(drop=True)
 
 
 def histories_before_each_event(interactions: pd.DataFrame, length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,11 +1,10 @@
 from datetime import timedelta
 
-import numpy as np
 import pandas as pd
 import pytest
 
 from tasks.address_book import AddressBook
-from tasks.build_features import compute_features, feature_window, newest_first
+from tasks.build_features import compute_features, feature_window
 from tasks.storage.raw_store import RawStore
 from tests.conftest import DS, make_config
 
@@ -144,18 +143,3 @@ def test_a_spark_connect_server_builds_the_features_the_pandas_engine_builds(pip
     for table in TABLES:
         pd.testing.assert_frame_equal(_comparable(getattr(through_server, table)), _comparable(getattr(by_pandas, table)),
                                       check_exact=False, rtol=1e-9, obj=table)
-
-
-@pytest.mark.parametrize("presorted", [True, False])
-def test_newest_first_is_a_stable_descending_sort_whether_or_not_the_rows_come_sorted(presorted):
-    rng = np.random.default_rng(5)
-    events = pd.DataFrame({"event_ts": pd.to_datetime(rng.integers(0, 4, 60), unit="s", utc=True),
-                           "event_id": pd.array([f"e{i}" for i in rng.integers(0, 50, 60)], dtype="str"),
-                           "row": range(60)})
-    if presorted:  # ascending, as compute_features hands them over; repeated (ts, id) pairs stay in
-        events = events.sort_values(["event_ts", "event_id"], kind="stable", ignore_index=True)
-    expected = events.sort_values(["event_ts", "event_id"], ascending=False, kind="stable")["row"].tolist()
-    assert newest_first(events)["row"].tolist() == expected
-    unique = events.drop_duplicates(["event_ts", "event_id"])  # strictly ascending when presorted: reversed
-    assert newest_first(unique)["row"].tolist() == unique.sort_values(
-        ["event_ts", "event_id"], ascending=False, kind="stable")["row"].tolist()

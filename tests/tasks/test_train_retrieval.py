@@ -30,6 +30,22 @@ def test_a_visit_funnel_is_one_touch_with_its_strongest_event():
     assert as_lists(*histories_before_each_event(touches, 3)) == [[], ["x"], []]
 
 
+def test_first_touches_equal_a_group_by_on_the_id_strings_with_ties_and_repeats():
+    rng = np.random.default_rng(3)
+    kinds = np.array(["view", "click", "purchase"])
+    kind = rng.integers(0, 3, 400)
+    events = pd.DataFrame({"event_id": pd.array([f"e{i:03d}" for i in rng.permutation(400)], dtype="str"),
+                           "user_id": pd.array([f"u{i}" for i in rng.integers(0, 12, 400)], dtype="str"),
+                           "item_id": pd.array([f"i{i}" for i in rng.integers(0, 9, 400)], dtype="str"),
+                           "event_type": pd.array(kinds[kind], dtype="str"), "weight": np.array([1.0, 2.0, 8.0])[kind],
+                           "event_ts": pd.to_datetime(rng.integers(0, 50, 400), unit="s", utc=True)})
+    ordered = events.sort_values(["event_ts", "event_id"], kind="stable").reset_index(drop=True)
+    keys = ["user_id", "item_id"]  # the definition: the first touch, with the first of its strongest events
+    strongest = ordered.loc[ordered.groupby(keys, sort=False)["weight"].idxmax(), [*keys, "event_type", "weight"]]
+    expected = ordered.drop(columns=["event_type", "weight"]).drop_duplicates(keys).merge(strongest, on=keys)
+    pd.testing.assert_frame_equal(first_touches(events), expected)
+
+
 def test_random_negatives_follow_the_batch_on_one_probability_scale():
     from tasks.models.two_tower import random_negatives, tf
 
