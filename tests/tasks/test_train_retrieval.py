@@ -46,6 +46,19 @@ def test_first_touches_equal_a_group_by_on_the_id_strings_with_ties_and_repeats(
     pd.testing.assert_frame_equal(first_touches(events), expected)
 
 
+def test_each_events_history_is_its_users_previous_items_newest_first_whatever_the_row_order():
+    rng = np.random.default_rng(4)
+    events = pd.DataFrame({"event_id": pd.array([f"e{i:03d}" for i in rng.permutation(300)], dtype="str"),
+                           "user_id": pd.array([f"u{i}" for i in rng.integers(0, 8, 300)], dtype="str"),
+                           "item_id": pd.array([f"i{i}" for i in rng.integers(0, 20, 300)], dtype="str"),
+                           "event_ts": pd.to_datetime(rng.integers(0, 30, 300), unit="s", utc=True)})
+    moment = list(zip(events["event_ts"], events["event_id"], strict=True))
+    expected = [[events["item_id"][j] for j in sorted(
+        (j for j in range(300) if events["user_id"][j] == events["user_id"][i] and moment[j] < moment[i]),
+        key=lambda j: moment[j], reverse=True)][:4] for i in range(300)]
+    assert as_lists(*histories_before_each_event(events, 4)) == expected
+
+
 def test_random_negatives_follow_the_batch_on_one_probability_scale():
     from tasks.models.two_tower import random_negatives, tf
 
