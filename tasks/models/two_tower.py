@@ -434,12 +434,12 @@ def retrieval_examples(train: pd.DataFrame, query: Tower, candidate: Tower, user
             raise ValueError(f"two_tower warm start: no training event on or after {since}")
     user_row, user_rows = example_rows(examples["user_id"], users, query, per_example=("history",))
     item_row, item_rows = example_rows(examples["item_id"], items, candidate)
-    counts = examples["item_id"].value_counts()
     examples = examples.assign(
         user_row=user_row, item_row=item_row,
         weight=(examples["weight"] / examples["weight"].mean()).astype(np.float32),
-        # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples.
-        probability=examples["item_id"].map(counts / len(examples)).astype(np.float32),
+        # logQ correction: the chance an item shows up as an in-batch candidate is its share of examples
+        # (counted on the item rows: one per distinct id, no second hash of the id strings).
+        probability=(np.bincount(item_row) / len(examples))[item_row].astype(np.float32),
     )[["user_row", "item_row", "history", "weight", "probability", "event_ts"]]
     return examples, user_rows, item_rows
 
