@@ -42,7 +42,9 @@ def feature_window(ds: date, rules: BuildFeaturesConfig) -> Window:
 
 def weigh_events(events: pd.DataFrame, data: DataConfig) -> pd.Series:
     """Each event's weight: its type's weight, times its value for ratings when so configured."""
-    weight = events["event_type"].map(data.event_weights).astype(float)
+    kind, kinds = pd.factorize(events["event_type"])  # a handful of types: weighed once each, not once per event
+    per_kind = np.array([data.event_weights.get(name, np.nan) for name in kinds] + [np.nan])  # -1 (missing): NaN
+    weight = pd.Series(per_kind[kind], index=events.index, name="event_type")
     if data.rating_scales_weight and "value" in events.columns:
         is_rating = (events["event_type"] == "rating") & events["value"].notna()
         weight = weight.where(~is_rating, weight * events["value"])

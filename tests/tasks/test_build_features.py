@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.address_book import AddressBook
-from tasks.build_features import compute_features, feature_window
+from tasks.build_features import compute_features, feature_window, weigh_events
 from tasks.storage.raw_store import RawStore
 from tests.conftest import DS, make_config
 
@@ -143,3 +143,15 @@ def test_a_spark_connect_server_builds_the_features_the_pandas_engine_builds(pip
     for table in TABLES:
         pd.testing.assert_frame_equal(_comparable(getattr(through_server, table)), _comparable(getattr(by_pandas, table)),
                                       check_exact=False, rtol=1e-9, obj=table)
+
+
+def test_each_events_weight_is_its_types_a_rating_scaled_by_its_value_and_an_unknown_type_none():
+    from configs import load_config
+
+    data = load_config().data.model_copy(update={"rating_scales_weight": True})
+    events = pd.DataFrame({"event_type": pd.array(["purchase", "rating", "view", "rating", "unknown", None],
+                                                  dtype="str"),
+                           "value": [None, 4.0, None, None, None, None]})
+    weight = weigh_events(events, data)
+    assert weight.tolist()[:4] == [8.0, 4.0, 1.0, 1.0]  # a rating without a value keeps its type's weight
+    assert weight.iloc[4:].isna().all() and weight.index.equals(events.index)
