@@ -24,15 +24,13 @@ def in_time_order(events: pd.DataFrame, descending: bool = False) -> pd.DataFram
     its interactions in, or its reverse. Rows already strictly ascending, as build_features writes them, are
     handed back or reversed without a sort. Otherwise Arrow sorts, comparing the id strings only where
     timestamps tie: pandas factorized and ordered every id first (about 3.5x slower on 9M events)."""
-    ts = events["event_ts"].array.asi8
+    ts, ids = events["event_ts"].array.asi8, pa.array(events["event_id"], from_pandas=True)
     if len(ts) and (np.diff(ts) >= 0).all():
         tied = np.flatnonzero(ts[1:] == ts[:-1])  # only there can the event ids be out of order
-        ids = pa.array(events["event_id"], from_pandas=True)
         if not len(tied) or pc.all(pc.less(ids.take(tied), ids.take(tied + 1)), skip_nulls=False).as_py():
             return events.iloc[::-1] if descending else events
     direction = "descending" if descending else "ascending"
-    keys = pa.table({"event_ts": pa.array(events["event_ts"], from_pandas=True),
-                     "event_id": pa.array(events["event_id"], from_pandas=True)})
+    keys = pa.table({"event_ts": pa.array(events["event_ts"], from_pandas=True), "event_id": ids})
     return events.take(pc.sort_indices(keys, sort_keys=[("event_ts", direction), ("event_id", direction)]).to_numpy())
 
 

@@ -17,7 +17,9 @@ def create_app():
     """MLflow's FastAPI app, its mappers configured (uvicorn calls this in each worker: `--factory`)."""
     from sqlalchemy.orm import configure_mappers
 
-    with contextlib.suppress(ImportError):  # without the `auth` extra it stops short, its tables defined, as there
+    # The GraphQL handler's own import. Without the `auth` extra (Flask-WTF) it raises ImportError after its
+    # table models are loaded, which is all that matters here, and the handler swallows that error too.
+    with contextlib.suppress(ImportError):
         import mlflow.server.auth  # noqa: F401
     from mlflow.server.fastapi_app import app
 
