@@ -25,6 +25,7 @@ import tensorflow_recommenders as tfrs  # noqa: E402
 
 log = logging.getLogger(__name__)
 PADDING_LOGIT = -1e9
+ROWS_PER_CALL = 32_768  # candidates scored per call (`lists_per_call`)
 
 
 class ListRanker(tf.keras.Model):
@@ -123,12 +124,26 @@ def feature_moments(features: np.ndarray, mask: np.ndarray, chunk: int = 4096) -
     return mean.astype(np.float32), np.sqrt(squares / max(count, 1)).astype(np.float32)
 
 
-def list_logits(ranker, features: np.ndarray, mask: np.ndarray, chunk: int = 1024) -> np.ndarray:
-    """The ranker's logits for many lists, a chunk at a time (its activations are lists x candidates x width)."""
+def list_logits(ranker, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The Keras ranker's logits for many lists, `lists_per_call` at a time."""
+    return _in_calls(lambda f, m: ranker((f, m)), features, mask)
+
+
+def lists_per_call(width: int) -> int:
+    """Lists scored per call into TensorFlow: about ROWS_PER_CALL candidates, so that each layer's activations
+    (candidates x 64 floats, about 8 MiB) stay in this machine's 32 MiB L3 cache between layers. 2,048 lists
+    of 300 per call, as a publish batch came, took twice as long: each layer's output went out to memory and
+    came back (0.48-0.58 s against 0.24-0.29 s per 2,048 lists, `ROWS_PER_CALL` from 19K to 77K rows alike)."""
+    return max(1, ROWS_PER_CALL // max(width, 1))
+
+
+def _in_calls(score, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if len(features) == 0:
         return np.zeros(mask.shape, np.float32)
-    return np.concatenate([ranker((features[start:start + chunk], mask[start:start + chunk])).numpy()
-                           for start in range(0, len(features), chunk)])
+    step = lists_per_call(mask.shape[1])
+    return np.concatenate([np.asarray(score(tf.constant(features[start:start + step], tf.float32),
+                                            tf.constant(mask[start:start + step], tf.bool)))
+                           for start in range(0, len(features), step)])
 
 
 def patience_spent(scores: list[float], patience: int) -> bool:
@@ -248,6 +263,5 @@ def load_ranker(directory: Path):
 
 
 def score_lists(ranker, features: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Logits (users, list), -inf where there is no candidate."""
-    logits = ranker.score(tf.constant(features, tf.float32), tf.constant(mask)).numpy()
-    return np.where(mask, logits, -np.inf).astype(np.float32)
+    """Logits (users, list) of a saved ranker, -inf where there is no candidate."""
+    return np.where(mask, _in_calls(ranker.score, features, mask), -np.inf).astype(np.float32)

@@ -247,3 +247,19 @@ def test_a_warm_started_ranker_starts_from_the_saved_rankers_weights_and_moments
                            patience=3, validation_share=0.25, seed=3, fixed_epochs=0)
     assert not np.allclose(list_logits(cold.ranker, shifted[:50], mask[:50]),
                            list_logits(trained.ranker, shifted[:50], mask[:50]))
+
+
+def test_lists_scored_in_several_calls_get_the_logits_of_one_call(monkeypatch):
+    import tasks.models.ranker as ranker_module
+
+    features, mask, labels = _lists(np.random.default_rng(8), signal=True)
+    mask[::3, 15:] = False  # padded lists among them
+    trained, _ = ranker_module.train_ranker(features, mask, labels, (8,), anchor=0, learning_rate=0.01, batch_size=32,
+                                            epochs=1, patience=3, validation_share=0.25, seed=1, fixed_epochs=1)
+    whole = trained.score(features, mask).numpy()
+    monkeypatch.setattr(ranker_module, "ROWS_PER_CALL", 7 * 20)  # 7 lists per call: 58 calls, the last one short
+    assert ranker_module.lists_per_call(mask.shape[1]) == 7
+    np.testing.assert_allclose(ranker_module.list_logits(trained.ranker, features, mask), whole, rtol=1e-6, atol=1e-6)
+    scored = ranker_module.score_lists(trained, features, mask)
+    np.testing.assert_allclose(scored[mask], whole[mask], rtol=1e-6, atol=1e-6)
+    assert np.isneginf(scored[~mask]).all()
