@@ -29,7 +29,7 @@ from tasks.models.pyfunc import RECOMMENDER_ONLY
 from tasks.models.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
 from tasks.storage.feature_set import FeatureSet
-from tasks.storage.membership import is_in
+from tasks.storage.membership import is_in, positions
 from tasks.storage.model_registry import registry_for
 
 log = logging.getLogger(__name__)
@@ -65,24 +65,35 @@ def shard_users(user_ids: np.ndarray, shard: int, shards: int) -> np.ndarray:
 
 
 def check_recommendations(recs, k: int, excluded, allowed_items: np.ndarray | None) -> list[str]:
-    """Every rule the table promises its readers; an empty list means the rows may be committed."""
+    """Every rule the table promises its readers; an empty list means the rows may be committed.
+
+    Ids are hashed once: users are grouped by their codes and pairs compared as one int64 per (user, item),
+    the excluded ones narrowed to the batch's users first. Group-bys, `duplicated` and a merge with the
+    shard's whole exclusion list on the id strings took 0.15 s per 2,048 users at M, growing with the shard."""
     problems = []
-    groups = recs.groupby("user_id")
+    users, user_ids = pd.factorize(recs["user_id"], use_na_sentinel=False)
+    items, item_ids = pd.factorize(recs["item_id"], use_na_sentinel=False)
+    groups = recs.groupby(users, sort=False)
     sizes = groups.size()
     if (sizes > k).any():
         problems.append(f"{int((sizes > k).sum())} users have more than k={k} rows")
     misplaced = recs.loc[groups.cumcount().to_numpy() + 1 != recs["rank"].to_numpy(), "user_id"]
     if len(misplaced):
         problems.append(f"{misplaced.nunique()} users have ranks that are not 1..n in order")
-    if recs.duplicated(["user_id", "item_id"]).any():
-        problems.append(f"{int(recs.duplicated(['user_id', 'item_id']).sum())} repeated (user, item) pairs")
+    pairs = users.astype(np.int64) * len(item_ids) + items
+    repeated = int(pd.Series(pairs).duplicated().sum())
+    if repeated:
+        problems.append(f"{repeated} repeated (user, item) pairs")
     increasing = (groups["score"].diff() > 0).sum()
     if increasing:
         problems.append(f"{int(increasing)} scores increase with rank")
-    hits = recs.merge(excluded, on=["user_id", "item_id"])
-    if len(hits):
-        problems.append(f"{len(hits)} excluded (user, item) pairs recommended, e.g. {hits.iloc[0].to_dict()}")
-    unavailable = 0 if allowed_items is None else int((~is_in(recs["item_id"], allowed_items)).sum())
+    banned = excluded[is_in(excluded["user_id"], user_ids)]
+    banned_items = positions(banned["item_id"], item_ids)
+    banned_pairs = positions(banned["user_id"], user_ids) * len(item_ids) + banned_items
+    hits = np.isin(pairs, banned_pairs[banned_items >= 0])
+    if hits.any():
+        problems.append(f"{int(hits.sum())} excluded (user, item) pairs recommended, e.g. {recs[hits].iloc[0].to_dict()}")
+    unavailable = 0 if allowed_items is None else int((~is_in(item_ids, allowed_items))[items].sum())
     if unavailable:
         problems.append(f"{unavailable} unavailable items recommended")
     if not np.isfinite(recs["score"]).all():

@@ -70,6 +70,16 @@ def test_check_catches_excluded_unavailable_and_too_many():
     assert any("more than k=1" in p for p in problems)
 
 
+def test_check_flags_only_the_excluded_pairs_themselves():
+    # Each id of these pairs is in the batch, but never as one of its (user, item) pairs.
+    others = pd.DataFrame({"user_id": ["v", "w", "u", "u"], "item_id": ["b", "a", "z", "c"]})
+    assert check_recommendations(GOOD, 2, others, np.array(["a", "b"], dtype=object)) == []
+    both = pd.concat([others, pd.DataFrame({"user_id": ["v", "u"], "item_id": ["a", "a"]})])
+    problems = check_recommendations(GOOD, 2, both, np.array(["b"], dtype=object))
+    assert any(p.startswith("2 excluded (user, item) pairs") for p in problems)
+    assert "2 unavailable items recommended" in problems
+
+
 def test_failed_write_leaves_the_previous_rows(tmp_path):
     warehouse = DuckDBWarehouse(tmp_path / "w.duckdb")
     day = date(2026, 11, 22)
