@@ -7,6 +7,9 @@ Three rates are measured at the start of a benchmark run, on this machine, with 
 - TF step: examples/s of a feature-less two-tower (an id embedding per side, in-batch softmax, Adagrad) at the
   configured batch and embedding sizes, the floor of a step that trains TFRS on those examples.
 `step_floor` divides each step's unskippable work by one of them; the formula is returned beside the seconds.
+The steps report that work themselves: train_ranking and refit every model they fit (`FitWork`: a two-stage
+fit's label-window sources, its ranker, its serving sources), evaluate and publish_shard the candidates their
+rankers scored and the FLOPs that took, beside the users they scored against every item.
 A floor is a lower bound to compare with, not a target: the issue's goal is each step within 5x of it.
 """
 
@@ -100,6 +103,39 @@ def read_and_invert(interactions: int, ease_items: int | None, scan: float, gemm
     return seconds, formula
 
 
+def fits_floor(fits: list[dict], scan: float, gemm: float, tf_rate: float) -> tuple[float, str]:
+    """The floor of the model fits a step reports (`tasks.models.base.FitWork`): a two-tower's examples x epochs
+    over the TF step rate; a ranker's candidates x epochs x its FLOPs per candidate x 3 (the forward pass and
+    the backward pass's two products) over the GEMM peak; EASE's items^3 over the GEMM peak; and the
+    interactions every other fit reads over the scan rate."""
+    seconds, parts, read = 0.0, [], 0
+    for fit in fits:
+        if fit["kind"] == "two_tower":
+            seconds += fit["examples"] * fit["epochs"] / tf_rate
+            parts.append(f"two_tower {fit['examples']:,} examples x {fit['epochs']} epochs / TF step rate")
+        elif fit["kind"] == "ranker":
+            seconds += 3 * fit["flops_per_example"] * fit["examples"] * fit["epochs"] / gemm
+            parts.append(f"ranker {fit['examples']:,} candidates x {fit['epochs']} epochs x "
+                         f"{fit['flops_per_example']:,} x 3 / GEMM")
+        else:
+            read += fit["examples"]
+            if fit["items"]:
+                seconds += fit["items"] ** 3 / gemm
+                parts.append(f"{fit['kind']} {fit['items']:,}^3 / GEMM")
+    if read:
+        seconds += read / scan
+        parts.append(f"{read:,} interactions read / scan rate")
+    return seconds, " + ".join(parts)
+
+
+def ranking(result: dict, gemm: float) -> tuple[float, str]:
+    """The floor of the candidates a step's two-stage rankers scored: their FLOPs over the GEMM peak."""
+    if not result.get("candidates_ranked"):
+        return 0.0, ""
+    per = result["ranker_flops"] / result["candidates_ranked"]
+    return result["ranker_flops"] / gemm, f" + {result['candidates_ranked']:,} candidates x {per:,.0f} (ranker) / GEMM"
+
+
 def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates: Rates,
                training_examples: int) -> tuple[float | None, str]:
     """(floor seconds, its formula) of `step` from the results of the run so far; None where the step does no
@@ -117,28 +153,27 @@ def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates:
     if step == "train":
         return read_and_invert(built["interactions"], built["train_items"] if "ease" in results[step][0]["models"]
                                else None, scan, gemm)
-    if step in ("train_retrieval", "train_ranking"):  # train_ranking refits its two-tower source once, as train
-        if not results[step][0].get("path"):          # _retrieval fits it, before the ranker's label window
-            return None, "disabled"
+    if step in ("train_retrieval", "train_ranking") and not results[step][0].get("path"):
+        return None, "disabled"
+    if step == "train_retrieval":
         examples = training_examples * epochs
         return examples / tf_rate, f"{training_examples:,} examples x {epochs} epochs / TF step rate"
-    if step == "refit":  # the chosen recipe, fitted again on every interaction up to ds
-        fitted = results[step][0]
-        if fitted["epochs"]:
-            tower = fitted["epochs"].get("two_tower", max(fitted["epochs"].values()))
-            return (fitted["interactions"] * tower / tf_rate,
-                    f"{fitted['interactions']:,} examples x {tower} epochs / TF step rate")
-        return read_and_invert(fitted["interactions"], built["train_items"] if fitted["kind"] == "ease" else None,
-                               scan, gemm)
+    if step in ("train_ranking", "refit"):  # the label windows' sources, the ranker, (refit) the serving sources
+        return fits_floor(results[step][0]["fits"], scan, gemm, tf_rate)
     if step == "evaluate":
         evaluated = results[step][0]
         users, models = max(evaluated["users"].values(), default=0), len(evaluated["metrics"])
+        ranked, ranked_formula = ranking(evaluated, gemm)
         flops = models * score_flops(users, built["serving_items"], dim)
-        return flops / gemm, f"{models} models x {users:,} users x {built['serving_items']:,} items x {dim} x 2 / GEMM"
+        return (flops / gemm + ranked, f"{models} models x {users:,} users x {built['serving_items']:,} items x {dim}"
+                                       f" x 2 / GEMM{ranked_formula}")
     if step == "publish_shard":
         users = sum(r["users"] for r in results[step])
+        shards = {key: sum(r.get(key, 0) for r in results[step]) for key in ("candidates_ranked", "ranker_flops")}
+        ranked, ranked_formula = ranking(shards, gemm)
         flops = score_flops(users, built["serving_items"], dim)
-        return flops / gemm, f"{users:,} users x {built['serving_items']:,} items x {dim} x 2 / GEMM"
+        return (flops / gemm + ranked,
+                f"{users:,} users x {built['serving_items']:,} items x {dim} x 2 / GEMM{ranked_formula}")
     if step == "publish":
         rows = results[step][0]["rows"]
         return rows / scan, f"{rows:,} rows / scan rate"

@@ -50,6 +50,8 @@ class EvaluateResult(BaseModel):
     decision: GateDecision
     stages: dict[str, dict[str, float]] = {}
     metrics: dict[str, dict[str, float]]
+    candidates_ranked: int = 0  # by the two-stage models' rankers, which spent `ranker_flops` on them
+    ranker_flops: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,7 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
                                                     CHAMPION_ROW)
         rows += found
     stages = {name: tally.figures() for name, tally in tallies.items()}
+    ranked = [models[name].ranked() for name in tallies]
     table = pd.DataFrame(rows)
     decision = gate_decision(table, per_user, config, ds, champion, candidates, twin_of)
     target = book.evaluation(ds)
@@ -303,7 +306,8 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
              decision.best_candidate, decision.serving_kind)
     overall = table[table["segment"] == "all"].set_index("model").drop(columns="segment")
     return EvaluateResult(ds=ds, path=str(target), users=users, champion_version=decision.champion_version,
-                          decision=decision, stages=stages,
+                          decision=decision, stages=stages, candidates_ranked=sum(c for c, _ in ranked),
+                          ranker_flops=float(sum(c * f for c, f in ranked)),
                           metrics={m: {c: float(v) for c, v in r.items()} for m, r in overall.iterrows()})
 
 

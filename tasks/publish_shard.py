@@ -45,6 +45,8 @@ class ShardResult(BaseModel):
     model_name: str
     model_version: str
     path: str
+    candidates_ranked: int = 0  # by a two-stage model's ranker, which spent `ranker_flops` on them
+    ranker_flops: float = 0.0
 
 
 def shard_count(config: Config) -> int:
@@ -136,10 +138,12 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
     rows = stage_shard(path, checked(inputs, inputs.recommend(model, users, config.publish.batch_size, label),
                                      f"recommendations ds={ds} shard {shard}/{shards}"),
                        {"ds": ds, "model_name": model_name, "model_version": champion.version})
+    ranked, flops = model.ranked()
     log.info("publish_shard ds=%s %d/%d: %d rows for %d users from %s v%s in %.1fs -> %s", ds, shard, shards,
              rows, len(users), model_name, champion.version, time.perf_counter() - started, path)
     return ShardResult(ds=ds, shard=shard, shards=shards, users=len(users), rows=rows, model_name=model_name,
-                       model_version=champion.version, path=str(path))
+                       model_version=champion.version, path=str(path), candidates_ranked=ranked,
+                       ranker_flops=float(ranked * flops))
 
 
 def checked(inputs: ServingInputs, batches: Iterable[pd.DataFrame], what: str) -> Iterator[pd.DataFrame]:

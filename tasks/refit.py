@@ -20,8 +20,8 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.evaluate import read_decision
-from tasks.models.base import WarmStart
-from tasks.models.recipes import BASELINES, fit_recipe, recipe_config, twin_epochs
+from tasks.models.base import FitWork, WarmStart
+from tasks.models.recipes import BASELINES, fit_recipe, fits_made, recipe_config, twin_epochs
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
@@ -36,6 +36,7 @@ class RefitResult(BaseModel):
     twin: str                    # the evaluation row (and model folder) whose recipe and metrics this model carries
     epochs: dict[str, int] | None
     interactions: int
+    fits: list[FitWork] = []     # the models fit: the recipe's own, or a two-stage one's sources and ranker
     warm_start: bool = False     # the twin trained on over the held-out days, not a fit from scratch
     seconds: float
 
@@ -60,13 +61,14 @@ def refit(config: Config, ds: date, run_id: str) -> RefitResult:
         model = fit_recipe(decision.serving_kind, recipe_config(config, decision.serving_recipe), features,
                            Path(scratch), epochs, fitted, warm)
         model.save(staging)
+    fits = fits_made(decision.serving_kind, model, features)
     seconds = time.perf_counter() - started
     log.info("refit ds=%s: %s recipe (twin: %s, epochs %s, %s) on %d interactions through %s, %d items in %.1fs -> %s",
              ds, decision.serving_kind, decision.serving_row, epochs,
              f"trained on from the twin since {warm.since}" if warm else "from scratch", len(features.interactions), ds,
              len(model.item_ids), seconds, target)
     return RefitResult(ds=ds, kind=decision.serving_kind, path=str(target), twin=decision.serving_row, epochs=epochs,
-                       interactions=len(features.interactions), warm_start=warm is not None, seconds=round(seconds, 2))
+                       interactions=len(features.interactions), fits=fits, warm_start=warm is not None, seconds=round(seconds, 2))
 
 
 run = refit

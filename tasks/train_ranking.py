@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
-from tasks.models.base import MANIFEST
+from tasks.models.base import MANIFEST, FitWork
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
@@ -29,6 +29,7 @@ class TrainRankingResult(BaseModel):
     ds: date
     path: str | None
     validation: dict[str, float | int]
+    fits: list[FitWork] = []  # the models fit on the way: each label window's sources and the ranker
     seconds: float
 
 
@@ -38,6 +39,7 @@ def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
     if not config.train_ranking.enabled:
         log.info("train_ranking ds=%s: disabled in config, nothing trained", ds)
         return TrainRankingResult(ds=ds, path=None, validation={}, seconds=0.0)
+    from tasks.models.recipes import fits_made
     from tasks.models.two_stage import fit_two_stage  # TensorFlow loads only when this step runs
 
     started = time.perf_counter()
@@ -57,7 +59,8 @@ def train_ranking(config: Config, ds: date, run_id: str) -> TrainRankingResult:
         (staging / REPORT).write_text(json.dumps(model.params["validation"], indent=2))
     seconds = time.perf_counter() - started
     log.info("train_ranking ds=%s: validation %s in %.1fs -> %s", ds, model.params["validation"], seconds, target)
-    return TrainRankingResult(ds=ds, path=str(target), validation=model.params["validation"], seconds=round(seconds, 2))
+    return TrainRankingResult(ds=ds, path=str(target), validation=model.params["validation"],
+                              fits=fits_made(KIND, model, features), seconds=round(seconds, 2))
 
 
 run = train_ranking

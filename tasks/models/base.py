@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+from pydantic import BaseModel
 
 from tasks.errors import IncompatibleModel, MissingInput
 from tasks.topk import TopK
@@ -56,6 +57,19 @@ class WarmStart:
     since: date
 
 
+class FitWork(BaseModel):
+    """What one model fit took, as a step reports it (the benchmark's floors divide it by this machine's rates):
+    a two-tower's training pairs and epochs, EASE's items (the Gram matrix it inverts) besides the interactions
+    it reads, a ranker's candidates, epochs and FLOPs per candidate's forward pass, a count model's interactions."""
+
+    kind: str                   # the fitted model's kind, or "ranker"
+    window: str                 # the days it was fit on, first..last
+    examples: int               # two-tower: training pairs; ranker: candidates trained on; else interactions read
+    epochs: int = 1
+    items: int = 0              # EASE only
+    flops_per_example: int = 0  # ranker only
+
+
 class Recommender(ABC):
     """A trained model. `fallback_scores` (popularity) serves users without usable history."""
 
@@ -76,6 +90,11 @@ class Recommender(ABC):
         """Each user's k best item columns among the `allowed` ones, none `banned` for that user, best first,
         found without a dense score matrix; None where the model has no faster way than `score`."""
         return None
+
+    def ranked(self) -> tuple[int, int]:
+        """(candidates a second stage has ranked since the model was loaded, FLOPs of one candidate's pass);
+        (0, 0) for a model without one."""
+        return 0, 0
 
     def for_catalog(self, items: pd.DataFrame) -> Recommender:
         """This model over another catalogue; models that can embed unseen items from features override it."""

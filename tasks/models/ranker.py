@@ -229,16 +229,17 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
     trainer = ListRankingTrainer(ranker)
     trainer.compile(optimizer=tf.keras.optimizers.Adam(learning_rate))
     train = _shuffled_batches(features, mask, labels, np.flatnonzero(~is_validation), batch_size, seed)
-    report = {"lists": int(len(features)), "validation_lists": int(is_validation.sum())}
+    report = {"lists": int(len(features)), "validation_lists": int(is_validation.sum()),
+              "candidates_trained": int(mask[~is_validation].sum())}
     if fixed_epochs is not None:
         if fixed_epochs > 0:
             trainer.fit(train, epochs=fixed_epochs, verbose=0)
-        report["epochs_run"] = fixed_epochs
+        report |= {"epochs_run": fixed_epochs, "epochs_trained": fixed_epochs}
         return ExportedRanker(ranker, features.shape[2]), report
     held = features[is_validation], mask[is_validation], labels[is_validation] > 0
     keep_best = KeepBestListNdcg(ranker, *held, patience)
     trainer.fit(train, epochs=epochs, callbacks=[keep_best], verbose=0)
-    report |= {"epochs_run": keep_best.best_epoch,
+    report |= {"epochs_run": keep_best.best_epoch, "epochs_trained": len(keep_best.scores) - 1,
                "validation_ndcg_at_10": keep_best.scores[keep_best.best_epoch],
                "validation_anchor_ndcg_at_10": keep_best.scores[0],
                **({} if keep_best.evidence is None else {"validation_gain_low": keep_best.evidence.low,
@@ -260,6 +261,12 @@ def save_ranker(ranker: ExportedRanker, directory: Path) -> None:
 
 def load_ranker(directory: Path):
     return tf.saved_model.load(str(directory))
+
+
+def flops_per_candidate(ranker) -> int:
+    """FLOPs of one candidate's pass through a ranker (an ExportedRanker, saved or not): a multiply and an add
+    per weight of its matrices (the cross layer's and the deep part's); the element-wise work is left out."""
+    return 2 * sum(v.shape.num_elements() for v in ranker.ranker.variables if v.shape.rank == 2)
 
 
 def score_lists(ranker, features: np.ndarray, mask: np.ndarray) -> np.ndarray:

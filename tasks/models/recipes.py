@@ -8,7 +8,7 @@ ds for serving. A recipe is what the registry keeps of a version to train it aga
 from __future__ import annotations
 
 import json
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from configs.schema import Config
-from tasks.models.base import MANIFEST, Recommender, WarmStart
+from tasks.models.base import MANIFEST, FitWork, Recommender, WarmStart
 from tasks.storage.feature_set import FeatureSet
 
 BASELINES = ("popularity", "cooccurrence", "ease", "recent")
@@ -102,6 +102,19 @@ def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
     from tasks.models.two_stage import fit_two_stage
 
     return fit_two_stage(features, config, workdir, epochs, fitted, warm)
+
+
+def fits_made(kind: str, model: Recommender, features: FeatureSet) -> list[FitWork]:
+    """What fitting `model`, a `kind` that `fit_recipe` fit on `features`, took: one record per model it fit
+    (a two-stage one lists its sources' fits on each window and its ranker's)."""
+    if kind == "two_stage":
+        return [FitWork.model_validate(fit) for fit in model.params["fits"]]
+    window = f"{features.window.first}..{features.window.cutoff - timedelta(days=1)}"
+    if kind == "two_tower":
+        return [FitWork(kind=kind, window=window, examples=model.params["training_examples"],
+                        epochs=model.params["epochs_run"])]
+    return [FitWork(kind=kind, window=window, examples=len(features.train_interactions),
+                    items=len(model.item_ids) if kind == "ease" else 0)]
 
 
 def twin_epochs(kind: str, model_dir: Path) -> dict[str, int] | None:

@@ -22,11 +22,11 @@ import scipy.sparse as sp
 from configs.schema import Config
 from tasks.errors import IncompatibleModel
 from tasks.metrics import list_ndcg
-from tasks.models.base import MANIFEST, Recommender, UserBatch, WarmStart, load_recommender
+from tasks.models.base import MANIFEST, FitWork, Recommender, UserBatch, WarmStart, load_recommender
 from tasks.models.candidates import CandidateFrame, CandidateSources, ItemSignals, values_at
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.ease import EaseTooLarge
-from tasks.models.ranker import load_ranker, save_ranker, score_lists, train_ranker
+from tasks.models.ranker import flops_per_candidate, load_ranker, save_ranker, score_lists, train_ranker
 from tasks.storage.feature_set import FeatureSet
 from tasks.topk import TopK, dense_top_k
 
@@ -44,15 +44,20 @@ class TwoStageModel(Recommender):
         # Called with (batch, proposals, frame, logits) of every batch ranked: evaluate tallies the stages from
         # the pass that scores the model, instead of proposing and ranking every held-out user twice.
         self.on_ranked: Callable[[UserBatch, dict[str, tuple], CandidateFrame, np.ndarray], None] | None = None
+        self.candidates_ranked = 0
 
     def rank(self, batch: UserBatch, banned: sp.csr_matrix, allowed: np.ndarray) -> tuple[CandidateFrame, np.ndarray]:
         """The batch's candidate frame and the ranker's logits for it (-inf where there is no candidate)."""
         proposals = self.candidates.proposals(batch, banned, allowed)
         frame = self.candidates.frame_from(batch, proposals)
         logits = score_lists(self.ranker, frame.features, frame.mask)
+        self.candidates_ranked += int(frame.mask.sum())
         if self.on_ranked is not None:
             self.on_ranked(batch, proposals, frame, logits)
         return frame, logits
+
+    def ranked(self) -> tuple[int, int]:
+        return self.candidates_ranked, flops_per_candidate(self.ranker)
 
     def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
         frame, logits = self.rank(batch, banned, allowed)
@@ -97,14 +102,15 @@ class TwoStageModel(Recommender):
 
 def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], workdir: Path,
                 epochs: dict[str, int] | None, fitted: dict[str, Path] | None = None,
-                required: bool = False, warm: WarmStart | None = None) -> dict[str, Recommender]:
+                required: bool = False, warm: WarmStart | None = None) -> tuple[dict[str, Recommender], list[FitWork]]:
     """Each named source fit on the feature set's training days, or loaded from `fitted` where the night
     already fit that kind on these days with this config; EASE over its item cap is left out (an error where
     `required`: the ranker was trained with it). With `warm` (a saved two-stage twin), the TFRS sources train
-    on from the twin's; the others are counts and closed forms, refit whole in seconds."""
-    from tasks.models.recipes import fit_recipe
+    on from the twin's; the others are counts and closed forms, refit whole in seconds. Returns the sources
+    and what the ones fit here took."""
+    from tasks.models.recipes import fit_recipe, fits_made
 
-    sources = {}
+    sources, fits = {}, []
     for name in names:
         if name in (fitted or {}):
             sources[name] = load_recommender(fitted[name])
@@ -114,11 +120,12 @@ def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], wo
             twin = None if warm is None else warm.model / "sources" / name
             sources[name] = fit_recipe(name, config, features, workdir / name, epochs,
                                        warm=WarmStart(twin, warm.since) if twin is not None and twin.is_dir() else None)
+            fits += fits_made(name, sources[name], features)
         except EaseTooLarge as reason:
             if required:
                 raise
             log.warning("two_stage: source %s left out: %s", name, reason)
-    return sources
+    return sources, fits
 
 
 def candidate_signals(sources: dict[str, Recommender], features: FeatureSet, config: Config) -> ItemSignals:
@@ -184,13 +191,14 @@ def anchor_source(candidates: CandidateSources, lists: np.ndarray, mask: np.ndar
 def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path, epochs: dict[str, int] | None,
                  names: tuple[str, ...], required: bool, fitted: dict[str, Path] | None = None):
     """One label window [start, end): sources fit on the days before `start`, and the labelled candidate
-    lists of the users who engaged in the window (see `labelled_lists`); with the sources' CandidateSources."""
+    lists of the users who engaged in the window (see `labelled_lists`); with the sources' CandidateSources and
+    what fitting them took."""
     from tasks.build_features import features_as_of
     from tasks.models.recommend import exclusions
 
     rules = config.train_ranking
     earlier = features_as_of(features, start, config)
-    sources = fit_sources(earlier, config, names, workdir, epochs, fitted, required=required)
+    sources, fits = fit_sources(earlier, config, names, workdir, epochs, fitted, required=required)
     if not sources:
         raise ValueError("train_ranking.sources: no candidate source could be fit")
     items = earlier.train_items.set_index("item_id").reindex(next(iter(sources.values())).item_ids)
@@ -203,9 +211,9 @@ def window_lists(features: FeatureSet, config: Config, start, end, workdir: Path
     candidates = CandidateSources(sources, candidate_signals(sources, earlier, config), rules.per_source,
                                   rules.candidates, config.build_features.history_length)
     if engaged.empty:
-        return candidates, None
+        return candidates, None, fits
     return candidates, labelled_lists(candidates, earlier, engaged[["user_id", "item_id", "weight"]], allowed,
-                                      excluded, rules.max_lists, config.seed)
+                                      excluded, rules.max_lists, config.seed), fits
 
 
 def _stack(arrays: list[np.ndarray]) -> np.ndarray:
@@ -227,7 +235,7 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     twin's own sources; the serving sources are refit, the TFRS ones trained on from the twin's."""
     fitted = fitted or {}
     rules = config.train_ranking
-    names, parts, recall, windows, newest = tuple(rules.sources), [], {}, [], []
+    names, parts, recall, windows, newest, fits = tuple(rules.sources), [], {}, [], [], []
     if warm is not None:
         twin = json.loads((warm.model / MANIFEST).read_text())["params"]  # its parameters, not its TF models
         if "anchor" not in twin:
@@ -240,8 +248,9 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
         start = warm.since if warm is not None else end - timedelta(days=rules.label_days)
         if start <= features.window.first:
             break
-        candidates, found = window_lists(features, config, start, end, workdir / f"label_sources_{back}", epochs,
-                                         names, required=back > 0, fitted=fitted.get(start))
+        candidates, found, window_fits = window_lists(features, config, start, end, workdir / f"label_sources_{back}",
+                                                      epochs, names, required=back > 0, fitted=fitted.get(start))
+        fits += window_fits
         names = tuple(candidates.sources)
         if found is not None:
             parts.append(found[:3])
@@ -268,6 +277,8 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
                                   (epochs or {}).get("two_stage"), validation,
                                   None if warm is None else warm.model / "ranker")
     report |= recall | source_ndcg
+    fits.append(FitWork(kind="ranker", window=", ".join(windows), examples=report["candidates_trained"],
+                        epochs=report["epochs_trained"], flops_per_example=flops_per_candidate(ranker)))
     log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
              "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
              report["epochs_run"], candidates.names[anchor], {k.split(".")[1]: round(v, 3) for k, v in recall.items()})
@@ -275,8 +286,8 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     # the lists alone are about 0.5 GB, and a refit fits a two-tower next).
     anchor_name = candidates.names[anchor]
     del lists, mask, labels, parts, found, candidates
-    sources = fit_sources(features, config, names, workdir / "sources", epochs, fitted.get(features.window.cutoff),
-                          required=True, warm=warm)
+    sources, serving_fits = fit_sources(features, config, names, workdir / "sources", epochs,
+                                        fitted.get(features.window.cutoff), required=True, warm=warm)
     serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
                                rules.candidates, config.build_features.history_length)
     first = next(iter(sources.values()))
@@ -289,5 +300,6 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
               "features": serving.names, "label_windows_used": windows, "anchor": anchor_name,
               "early_stopping_on": stopping, "epochs_run": report["epochs_run"],
               "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
-              "validation": {k: v for k, v in report.items() if not isinstance(v, list)}}
+              "validation": {k: v for k, v in report.items() if not isinstance(v, list)},
+              "fits": [fit.model_dump() for fit in fits + serving_fits]}
     return TwoStageModel(first.item_ids, first.fallback_scores, params, serving, ranker)

@@ -493,6 +493,7 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     model = TwoTowerModel(items["item_id"].to_numpy(dtype=object),
                           fallback.reindex(items["item_id"]).fillna(0.0).to_numpy(np.float32),
                           {**config.model_dump(), "epochs_run": len(losses["loss"]),
+                           "training_examples": int((~is_validation).sum()),
                            "val_loss": [float(v) for v in losses.get("val_loss", [])]},
                           ExportedTower(query), ExportedTower(candidate), None, (query_spec, candidate_spec))
     model.item_embeddings = model.embed_items(items)

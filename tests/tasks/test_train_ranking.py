@@ -129,6 +129,44 @@ def test_evaluation_reports_each_stage_on_the_held_out_users(pipeline_run):
         warm = np.flatnonzero(np.diff(batch.history.indptr) > 0)
         model.rank(batch.take(warm), banned[warm], allowed)
     assert tally.figures() == pytest.approx(stages, rel=1e-5)
+    # So are the candidates the ranker scored, and the FLOPs it spent on them (the benchmark's floor).
+    ranked, flops = model.ranked()
+    assert ranked == results["evaluate"]["candidates_ranked"] > 0
+    assert results["evaluate"]["ranker_flops"] == ranked * flops
+
+
+def test_the_steps_report_the_fits_and_the_ranking_they_did(pipeline_run):
+    """train_ranking and refit list every model they fit, with its days and its work; publish_shard counts the
+    candidates its ranker scored. The benchmark's floors divide these by the machine's rates."""
+    from datetime import date, timedelta
+
+    config, results = pipeline_run
+    rules = config.train_ranking
+    trained = results["train_ranking"]
+    ranker = trained["fits"][-1]
+    days = FeatureSet.read_manifest(AddressBook.from_config(config).features(DS))["window"]
+    label_start = date.fromisoformat(days["cutoff"]) - timedelta(days=rules.label_days)
+    window = f"{days['first']}..{label_start - timedelta(days=1)}"
+    # The label window's sources are fit on the days before it; the serving ones are train's and train_retrieval's.
+    assert {fit["kind"]: fit["window"] for fit in trained["fits"][:-1]} == dict.fromkeys(rules.sources, window)
+    tower = next(fit for fit in trained["fits"] if fit["kind"] == "two_tower")
+    assert tower["examples"] > 0 and 1 <= tower["epochs"] <= config.train_retrieval.epochs
+    # The ranker: its training lists' real candidates, the epochs it trained, a multiply-add per weight of the
+    # cross layer's (features x features) and the deep part's matrices per candidate.
+    assert ranker["kind"] == "ranker" and ranker["epochs"] == trained["validation"]["epochs_trained"]
+    assert 0 < ranker["examples"] <= trained["validation"]["lists"] * rules.candidates
+    widths = [len(load_recommender(AddressBook.from_config(config).model(DS, "two_stage")).params["features"]),
+              *rules.deep_layers, 1]
+    assert ranker["flops_per_example"] == 2 * (widths[0] ** 2 + sum(a * b for a, b in zip(widths, widths[1:], strict=False)))
+    # The refit (its label window starts where the twin's sources were fit: they serve it as they are) fits the
+    # ranker and the serving sources on every day up to ds.
+    refit = results["refit"]
+    assert [fit["kind"] for fit in refit["fits"]] == ["ranker", *rules.sources]
+    assert all(fit["window"].endswith(f"..{DS}") for fit in refit["fits"][1:])
+    shards = results["publish_shard"]
+    assert all(0 < shard["candidates_ranked"] <= shard["users"] * rules.candidates for shard in shards)
+    assert all(shard["ranker_flops"] == shard["candidates_ranked"] * ranker["flops_per_example"] for shard in shards)
+
 
 
 def test_item_trend_counts_each_items_own_events_and_nothing_else():
@@ -164,7 +202,7 @@ def test_a_label_window_builds_lists_until_it_has_max_lists_users_with_an_engage
                          "train_ranking.sources=[cooccurrence, popularity]")
     features = FeatureSet.read(AddressBook.from_config(capped).features(DS))
     start = features.window.cutoff - pd.Timedelta(days=capped.train_ranking.label_days)
-    _, (lists, mask, labels, recall) = window_lists(features, capped, start, features.window.cutoff, tmp_path, None,
+    _, (lists, mask, labels, recall), _ = window_lists(features, capped, start, features.window.cutoff, tmp_path, None,
                                                     tuple(capped.train_ranking.sources), required=False)
     assert lists.shape[0] == mask.shape[0] == labels.shape[0] == 7
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)  # each kept list has an engaged candidate
