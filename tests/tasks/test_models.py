@@ -67,6 +67,9 @@ def test_saved_models_reload_with_identical_scores(tmp_path):
         assert type(loaded) is type(original)
         np.testing.assert_array_equal(loaded.score(batch), original.score(batch))
         assert loaded.item_ids.tolist() == ITEMS.tolist()
+    # EASE's weights are mapped from the file, read-only, not read into this process's own memory.
+    mapped = load_recommender(tmp_path / "ease").weights
+    assert isinstance(mapped.base, np.memmap) and not mapped.flags.writeable
 
 
 def test_ease_weights_match_the_closed_form_worked_by_hand():
