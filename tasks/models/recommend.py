@@ -17,6 +17,7 @@ from tqdm import tqdm
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.storage.membership import is_in
+from tasks.storage.parquet_frames import write_frame
 from tasks.topk import TopK, dense_top_k, fallback_top_k
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,7 @@ class ServingInputs:
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         for name in ("history", "excluded", "items", "users"):
-            getattr(self, name).to_parquet(directory / f"{name}.parquet", index=False)
+            write_frame(getattr(self, name), directory / f"{name}.parquet")
         rules = {"k": self.k, "allowed": None if self.allowed is None else [str(i) for i in self.allowed]}
         (directory / "rules.json").write_text(json.dumps(rules))
 

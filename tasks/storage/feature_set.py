@@ -14,6 +14,7 @@ import pyarrow.compute as pc
 
 from tasks.errors import MissingInput
 from tasks.storage.membership import is_in
+from tasks.storage.parquet_frames import write_frame
 
 TABLES = ("interactions", "train_users", "train_items", "serving_users", "serving_items", "vocabulary",
           "serving_vocabulary")
@@ -99,7 +100,7 @@ class FeatureSet:
 
     def write(self, directory: Path) -> None:
         for table in TABLES:
-            getattr(self, table).to_parquet(directory / f"{table}.parquet", index=False)
+            write_frame(getattr(self, table), directory / f"{table}.parquet")
         (directory / "manifest.json").write_text(json.dumps(self.manifest, indent=2, default=str))
 
     @staticmethod
