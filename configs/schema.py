@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Literal
@@ -247,6 +248,10 @@ class PublishConfig(Section):
     batch_size: int = Field(2048, ge=1)
     shards: int = Field(2, ge=1, description="User shards scored in parallel (Airflow maps one task per shard); "
                                              "the table changes only when all have succeeded.")
+    shard_threads: int | None = Field(None, ge=1, description="Threads each publish_shard process computes on. "
+                                      "None: in a pod (execution.mode kubernetes_pod), the CPUs its pod asks for; "
+                                      "else its share of the host's cores, cores // shards (at least 1), as Airflow "
+                                      "runs the shards side by side.")
     warehouse: Path | None = Field(None, description="DuckDB file; defaults to <var>/warehouse.duckdb.")
 
 
@@ -256,6 +261,12 @@ class PodResources(Section):
     cpu: str = Field("1", description="CPU request (Kubernetes quantity: 1, 500m).")
     memory: str = Field("2Gi", description="Memory request and limit (Kubernetes quantity: 2Gi).")
     gpu: int = Field(0, ge=0, description="GPUs (nvidia.com/gpu) requested and limited; 0: none.")
+
+    @property
+    def whole_cpus(self) -> int:
+        """The CPU request in whole CPUs, at least one: 500m is 1, 2500m is 3."""
+        amount = float(self.cpu[:-1]) / 1000 if self.cpu.endswith("m") else float(self.cpu)
+        return max(1, math.ceil(amount))
 
 
 class ExecutionConfig(Section):

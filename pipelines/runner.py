@@ -25,6 +25,11 @@ def shards(step: Step | str, config: Config) -> list[int]:
     return list(range(importlib.import_module(find_step(step).module).shard_count(config)))
 
 
+def shard_threads(step: Step | str, config: Config) -> int:
+    """The threads each shard's own process computes on (`use_threads`), where the shards run side by side."""
+    return importlib.import_module(find_step(step).module).shard_threads(config)
+
+
 def run_step(step: Step | str, config: Config, ds: date, run_id: str, shard: int | None = None) -> dict:
     """Run one step's entry point (for one shard, if it is sharded); its typed result comes back as JSON-ready
     data (what XCom carries)."""

@@ -25,6 +25,7 @@ from pydantic import BaseModel
 from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
+from tasks.models.compute_threads import shared_cores
 from tasks.models.pyfunc import RECOMMENDER_ONLY
 from tasks.models.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
@@ -52,6 +53,17 @@ class ShardResult(BaseModel):
 def shard_count(config: Config) -> int:
     """How many publish_shard tasks run: one per shard; on `engine: spark` one, whose Spark job stages them all."""
     return 1 if config.engine == "spark" else config.publish.shards
+
+
+def shard_threads(config: Config) -> int:
+    """The threads one shard's process computes on: `publish.shard_threads`; else, in a pod of its own, the CPUs
+    the pod asks for; else its share of the host's cores among the shards, which run side by side."""
+    execution = config.execution
+    if config.publish.shard_threads:
+        return config.publish.shard_threads
+    if execution.mode == "kubernetes_pod":
+        return execution.resources.get("publish_shard", execution.default_resources).whole_cpus
+    return shared_cores(shard_count(config))
 
 
 def shard_file(shard: int, shards: int) -> str:
@@ -180,4 +192,4 @@ def stage_shard(path: Path, batches: Iterable[pd.DataFrame], columns: dict) -> i
 run = publish_shard
 
 if __name__ == "__main__":
-    step_main(publish_shard)
+    step_main(publish_shard, threads=shard_threads)

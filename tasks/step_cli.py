@@ -14,6 +14,7 @@ import typer
 from pydantic import BaseModel
 
 from configs import load_config
+from configs.schema import Config
 from tasks.errors import DataContractError, InvalidParameter, describe
 
 ConfigOption = Annotated[Path | None, typer.Option("--config", help="YAML config; default: the embedded one.")]
@@ -54,9 +55,10 @@ def configure_logging() -> None:
     quiet_libraries()
 
 
-def step_main(run: Callable[..., BaseModel]) -> None:
+def step_main(run: Callable[..., BaseModel], threads: Callable[[Config], int] | None = None) -> None:
     """`python -m tasks.<step> --ds D [--config F] [--set k=v] [--run-id R] [--shard N]`: runs the step, prints
-    its result. `--shard` is for sharded steps (publish_shard) only."""
+    its result. `--shard` is for sharded steps (publish_shard) only; `threads`, how many threads a shard's
+    process computes on (the step's own process: nothing else here shares them)."""
 
     def command(ds: Annotated[str, typer.Option(help="Logical date YYYY-MM-DD.", callback=day_option)],
                 config: ConfigOption = None, set_: SetOption = None,
@@ -66,7 +68,12 @@ def step_main(run: Callable[..., BaseModel]) -> None:
         configure_logging()
         extra = {} if shard is None else {"shard": shard}
         try:
-            result = run(load_config(config, tuple(set_ or ())), ds, run_id, **extra)
+            loaded = load_config(config, tuple(set_ or ()))
+            if shard is not None and threads is not None:
+                from tasks.models.compute_threads import use_threads
+
+                use_threads(threads(loaded))
+            result = run(loaded, ds, run_id, **extra)
         except DataContractError as error:  # bad input: say what and what to do, without a traceback
             typer.echo(describe(error), err=True)
             raise typer.Exit(1) from None

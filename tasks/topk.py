@@ -11,11 +11,11 @@ are checked against the user's excluded items and appended. Each core works on i
 
 from __future__ import annotations
 
-import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numba import njit
 from scipy import sparse
@@ -27,9 +27,9 @@ BUFFER = 4          # candidates kept per user between cuts, as a multiple of k
 
 
 def in_row_blocks(work, rows: int, block: int, threads: int | None = None) -> None:
-    """Call `work(first)` for every block of `block` rows from `first`, on one thread per core: the compiled
-    kernels it runs release the GIL, so the blocks share the cores."""
-    with ThreadPoolExecutor(threads or os.cpu_count() or 1) as pool:
+    """Call `work(first)` for every block of `block` rows from `first`, on numba's threads (one per core, unless
+    `use_threads` set fewer): the compiled kernels it runs release the GIL, so the blocks share the cores."""
+    with ThreadPoolExecutor(threads or numba.get_num_threads()) as pool:
         list(pool.map(work, range(0, rows, block)))
 
 
