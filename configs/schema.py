@@ -258,7 +258,8 @@ class PublishConfig(Section):
 class PodResources(Section):
     """What one step's pod asks of Kubernetes."""
 
-    cpu: str = Field("1", description="CPU request (Kubernetes quantity: 1, 500m).")
+    cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU request (Kubernetes quantity: 1, 2.5, "
+                                                                          "500m).")
     memory: str = Field("2Gi", description="Memory request and limit (Kubernetes quantity: 2Gi).")
     gpu: int = Field(0, ge=0, description="GPUs (nvidia.com/gpu) requested and limited; 0: none.")
 

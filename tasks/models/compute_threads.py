@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def use_threads(threads: int) -> None:
     """Compute on `threads` threads from now on in this process. Processes that share a host's cores each take
-    their share: two publish shards of two threads each on 2 cores were switched out 3-5x as often and took
+    their share: two publish shards of two threads each on 2 cores were switched out 2.6-5x as often and took
     1.06x as long as two of one thread (medians of five pairs side by side at M). TensorFlow reads its counts
     when its runtime starts; one already running keeps its own."""
     os.environ["TF_NUM_INTRAOP_THREADS"] = os.environ["TF_NUM_INTEROP_THREADS"] = str(threads)

@@ -29,6 +29,12 @@ def test_holdout_longer_than_lookback_is_rejected():
         load_config(None, ["build_features.holdout_days=30", "build_features.lookback_days=10"])
 
 
+def test_a_pod_cpu_that_is_no_kubernetes_quantity_is_an_error_naming_it():
+    with pytest.raises(ConfigError, match="cpu"):
+        load_config(None, ["execution.default_resources.cpu=two"])
+    assert load_config(None, ["execution.default_resources.cpu='2.5'"]).execution.default_resources.whole_cpus == 3
+
+
 def test_unknown_event_type_in_positive_types_is_rejected():
     with pytest.raises(ConfigError, match="wishlist"):
         load_config(None, ["evaluate.positive_event_types=[wishlist]"])
