@@ -183,20 +183,36 @@ def dense_top_k(scores: np.ndarray, k: int, threads: int | None = None) -> tuple
     if scores.dtype != np.float32 or k == 0:
         return _partitioned_top_k(scores, k)
     scores = np.ascontiguousarray(scores)
-    users = len(scores)
+    found = top_k_of_row_blocks(lambda rows: scores[rows], len(scores), scores.shape[1], k, threads=threads)
+    return found.ids, found.scores
+
+
+def top_k_of_row_blocks(score_rows, users: int, columns: int, k: int, banned: sparse.csr_matrix | None = None,
+                        block: int = USER_BLOCK, threads: int | None = None) -> TopK:
+    """Each row's k best columns, best first, of the float32 scores that `score_rows(rows)` gives for a slice
+    of rows (a block of `block` at a time, on every core, so a model can compute a block's scores into a tile
+    that stays in cache and no users x columns matrix exists). `banned` pairs, -inf and NaN are never chosen;
+    ties go to the lower column; rows with fewer than k others end in index -1, score -inf."""
+    k = min(k, columns)
     ids, best = np.full((users, k), -1, dtype=np.int64), np.full((users, k), -np.inf, dtype=np.float32)
-    no_bans = np.zeros(USER_BLOCK + 1, dtype=np.int64), np.empty(0, dtype=np.int64)
+    if k == 0:
+        return TopK(ids, best)
+    banned = sparse.csr_matrix((users, columns), dtype=np.int8) if banned is None else banned.tocsr()
+    banned.sort_indices()
+    banned_ptr, banned_ids = banned.indptr.astype(np.int64), banned.indices.astype(np.int64)
 
     def fold(first: int) -> None:
-        rows = slice(first, min(first + USER_BLOCK, users))
+        rows = slice(first, min(first + block, users))
         count = rows.stop - rows.start
         buffers = np.empty((count, BUFFER * k + 1), dtype=np.uint64)
         sizes, thresholds = np.zeros(count, dtype=np.int64), np.full(count, -np.inf, dtype=np.float32)
-        _fold_tile(scores[rows], 0, buffers, sizes, thresholds, k, no_bans[0][:count + 1], no_bans[1])
+        ptr = banned_ptr[rows.start:rows.stop + 1] - banned_ptr[rows.start]
+        _fold_tile(score_rows(rows), 0, buffers, sizes, thresholds, k, ptr,
+                   banned_ids[banned_ptr[rows.start]:banned_ptr[rows.stop]])
         _finish(buffers, sizes, k, best[rows], ids[rows])
 
-    in_row_blocks(fold, users, USER_BLOCK, threads)
-    return ids, best
+    in_row_blocks(fold, users, block, threads)
+    return TopK(ids, best)
 
 
 def _partitioned_top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,6 +7,7 @@ the dense n x n Gram matrix, so it runs only up to `max_items` items that were i
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from numba import njit
 from configs.schema import EaseConfig
 from tasks.models.base import Recommender, UserBatch
 from tasks.models.cooccurrence import TIE_BREAK, user_item_matrix
-from tasks.topk import in_row_blocks
+from tasks.topk import TopK, in_row_blocks, top_k_of_row_blocks
 
 
 class EaseTooLarge(RuntimeError):
@@ -89,18 +90,46 @@ class EaseModel(Recommender):
         self.rows[self.columns] = np.arange(len(self.columns))
 
     def score(self, batch: UserBatch) -> np.ndarray:
-        # x_u B over the items EASE was fit on; the others get popularity's tie-break alone.
-        history = batch.history.tocsr()
         scores = np.empty((len(batch), len(self.item_ids)), np.float32)
-        tie_break = (TIE_BREAK * self.fallback_scores).astype(np.float32)
+        score_rows = self._scorer(batch)
 
         def block(first: int) -> None:  # compiled, without the GIL: one block of users per core at a time
             rows = slice(first, min(first + SCORE_BLOCK, len(batch)))
-            _score_rows(history.indptr[rows.start:rows.stop + 1], history.indices, history.data, self.rows,
-                        self.columns, self.weights, tie_break, scores[rows])
+            score_rows(rows, scores[rows])
 
         in_row_blocks(block, len(batch), SCORE_BLOCK)
         return scores
+
+    def top_k(self, batch: UserBatch, k: int, banned: sp.csr_matrix, allowed: np.ndarray) -> TopK:
+        """The top k of `score`, block by block: each block of users is scored into a tile of its own thread
+        (SCORE_BLOCK x items, a few MiB, in cache) and folded into the users' top k at once, instead of the
+        whole batch's scores going out to memory and back."""
+        score_rows, local = self._scorer(batch), threading.local()
+        disallowed = None if allowed.all() else ~allowed
+
+        def tile(rows: slice) -> np.ndarray:
+            if not hasattr(local, "tile"):
+                local.tile = np.empty((SCORE_BLOCK, len(self.item_ids)), np.float32)
+            scores = local.tile[:rows.stop - rows.start]
+            score_rows(rows, scores)
+            if disallowed is not None:
+                scores[:, disallowed] = -np.inf
+            return scores
+
+        found = top_k_of_row_blocks(tile, len(batch), len(self.item_ids), k, banned, SCORE_BLOCK)
+        return TopK(np.where(np.isfinite(found.scores), found.ids, -1), found.scores)
+
+    def _scorer(self, batch: UserBatch):
+        """score_rows(rows, out): x_u B of the batch's `rows` into `out`, over the items EASE was fit on; the
+        others get popularity's tie-break alone."""
+        history = batch.history.tocsr()
+        tie_break = (TIE_BREAK * self.fallback_scores).astype(np.float32)
+
+        def score_rows(rows: slice, out: np.ndarray) -> None:
+            _score_rows(history.indptr[rows.start:rows.stop + 1], history.indices, history.data, self.rows,
+                        self.columns, self.weights, tie_break, out)
+
+        return score_rows
 
     def _save_state(self, directory: Path) -> None:
         np.save(directory / "columns.npy", self.columns)

@@ -82,6 +82,29 @@ def test_dense_top_k_folds_float32_rows_to_numpys_selection():
     assert dense_top_k(ties, 4)[0].tolist() == [[0, 1, 2, 3]]
 
 
+def test_top_k_of_row_blocks_skips_each_rows_banned_columns_as_the_dense_fold_does():
+    """Scores handed over a block of rows at a time, with bans per row, give the lists of the whole matrix with
+    the banned pairs at -inf; every block is asked for once, with the rows it covers."""
+    from tasks.topk import top_k_of_row_blocks
+
+    rng = np.random.default_rng(9)
+    scores = rng.integers(-20, 20, (300, 500)).astype(np.float32)  # many ties: the lower column first
+    banned = sparse.random(300, 500, density=0.05, random_state=3, format="csr").astype(bool)
+    asked = []
+
+    def score_rows(rows):
+        asked.append((rows.start, rows.stop))
+        return scores[rows].copy()
+
+    found = top_k_of_row_blocks(score_rows, 300, 500, 30, banned, block=64, threads=2)
+    masked = scores.copy()
+    masked[banned.toarray()] = -np.inf
+    ids, best = dense_top_k(masked, 30)
+    assert np.array_equal(found.ids, ids) and np.array_equal(found.scores, best)
+    assert sorted(asked) == [(start, min(start + 64, 300)) for start in range(0, 300, 64)]
+    assert not banned[np.arange(300)[:, None], found.ids].toarray().any()
+
+
 @pytest.mark.parametrize("seed", range(5))
 def test_best_first_is_the_head_of_a_stable_descending_sort(seed):
     rng = np.random.default_rng(seed)

@@ -56,9 +56,9 @@ def test_exclusions_take_only_the_configured_event_types():
 
 @pytest.mark.parametrize("kind", ["popularity", "cooccurrence", "recent", "ease"])
 def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
-    """Popularity, co-occurrence and recent find their top k without a users x items matrix; the lists must be those
-    of the dense scores, ties, bans, unavailable items and cold users included. EASE only scores densely: its
-    warm users are scored apart from the cold ones, which get the fallback list; the lists must still agree."""
+    """Popularity, co-occurrence, recent and EASE find their top k without a users x items matrix (EASE folds a
+    block of users' scores at a time); the lists must be those of the dense scores, ties, bans, unavailable items
+    and cold users (scored apart, with the fallback list) included."""
     from tasks.models.recommend import _dense_top_k, model_top_k, user_batches
 
     rng = np.random.default_rng(5)
