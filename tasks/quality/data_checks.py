@@ -13,10 +13,12 @@ import pandas as pd
 from great_expectations.data_context.types.base import ProgressBarsConfig
 from great_expectations.execution_engine import pandas_execution_engine
 
-# GX 1.24 does not recognise pandas 3's `str` dtype in type expectations, but checks object columns value by
-# value; `as_checked_frame` hands it object columns, so these are Python type names. On Spark GX compares the
-# column's Spark type instead.
-STRING_TYPES = ["str"]
+# GX 1.24 compares a typed column's dtype with the named ones, and checks an object column value by value.
+# It knows no name for pandas 3's `str` dtype (nor for a timezone-aware one), but "StringDtype" names pandas'
+# `string` dtype, which `as_checked_frame` turns a `str` column into (the same Arrow array); "str" and
+# "Timestamp" are the Python types of the values it checks one by one, in an object column (a timestamp column
+# is handed over as one). On Spark GX compares the column's Spark type instead.
+STRING_TYPES = ["str", "StringDtype"]
 TIMESTAMP_TYPES = ["Timestamp"]
 TYPE_NAMES = {
     "pandas": {"string": STRING_TYPES, "timestamp": TIMESTAMP_TYPES, "bool": ["bool", "bool_"],
@@ -48,10 +50,12 @@ TYPE_RULES = ("expect_column_values_to_be_in_type_list", "expect_column_values_t
 
 def as_checked_frame(frame: pd.DataFrame, expectations: list[gxe.Expectation]) -> pd.DataFrame:
     """What GX is handed for a suite: only the columns its expectations name (all of them, if one of them
-    looks at the whole table beyond its row count), and, where a type rule checks a string or timestamp
-    column, that column object-typed so GX checks each value's type. GX fingerprints every frame it is given
-    (a hash of all its values), and object columns hold a Python object per value: handing it the whole
-    10M-row interactions table object-typed took gigabytes."""
+    looks at the whole table beyond its row count), and, where a type rule checks a column GX has no dtype
+    name for, that column in one it has: a `str` column as `string` (checked by its dtype, no copy), a
+    timestamp column object-typed (each value's type checked). GX fingerprints every frame it is given (a hash
+    of all its values), and object columns hold a Python object per value: handing it the whole 10M-row
+    interactions table object-typed took gigabytes; the string columns of a raw day, value by value, took
+    seconds at L."""
     named, whole_table = set(), False
     for expectation in expectations:
         arguments = expectation.configuration.kwargs
@@ -61,8 +65,9 @@ def as_checked_frame(frame: pd.DataFrame, expectations: list[gxe.Expectation]) -
         whole_table |= not columns and expectation.expectation_type != "expect_table_row_count_to_be_between"
     kept = frame if whole_table else frame[[c for c in frame.columns if c in named]]
     typed = {e.configuration.kwargs["column"] for e in expectations if e.expectation_type in TYPE_RULES}
-    textual = kept.select_dtypes(include=["string", "str", "datetime", "datetimetz"]).columns
-    return kept.astype({c: object for c in textual if c in typed})
+    strings = [c for c in kept.select_dtypes(include=["str"]).columns if c in typed]
+    timestamps = [c for c in kept.select_dtypes(include=["datetime", "datetimetz"]).columns if c in typed]
+    return kept.astype({**{c: pd.StringDtype() for c in strings}, **{c: object for c in timestamps}})
 
 
 def is_spark(frame) -> bool:

@@ -21,3 +21,27 @@ def test_suites_name_the_failed_rule_and_column_and_no_batch_is_hashed(tmp_path)
     markers = results["items"]["meta"]["batch_markers"]
     assert "ge_load_time" in markers and "pandas_data_fingerprint" not in markers
     assert pandas_execution_engine.HASH_THRESHOLD == threshold > 0
+
+
+def test_type_rules_pass_string_and_timestamp_columns_and_fail_other_types(tmp_path):
+    """A `str` column is checked by its dtype (handed to GX as `string`, which it has a name for), an object
+    column value by value, a timestamp column by each value's type; an id column of integers fails by dtype,
+    one odd value in an object column fails by value."""
+    from tasks.quality.data_checks import TYPE_NAMES, as_checked_frame
+
+    types = TYPE_NAMES["pandas"]
+    frame = pd.DataFrame({"event_id": ["e1", "e2", None], "number_id": [1, 2, 3],
+                          "mixed_id": pd.Series(["a", 7, "c"], dtype=object),
+                          "event_ts": pd.to_datetime(["2026-11-22 01:00", "2026-11-22 02:00", None], utc=True)})
+    suite = [gxe.ExpectColumnValuesToBeInTypeList(column=c, type_list=types["string"])
+             for c in ("event_id", "number_id", "mixed_id")]
+    suite.append(gxe.ExpectColumnValuesToBeInTypeList(column="event_ts", type_list=types["timestamp"]))
+    checked = as_checked_frame(frame, suite)
+    assert checked["event_id"].dtype == pd.StringDtype() and checked["event_ts"].dtype == object
+    assert checked["event_id"].array._pa_array.to_pylist() == ["e1", "e2", None]  # the values as they were
+    failures, _, results = run_suites({"events": frame}, {"events": suite}, tmp_path)
+    assert sorted(f.column for f in failures) == ["mixed_id", "number_id"]
+    by_column = {r["expectation_config"]["kwargs"]["column"]: r["result"] for r in results["events"]["results"]}
+    assert "observed_value" in by_column["event_id"] and "element_count" not in by_column["event_id"]  # the dtype
+    assert by_column["event_ts"]["element_count"] == 3  # value by value
+    assert "1 of 3 rows unexpected, e.g. [7]" in str(next(f for f in failures if f.column == "mixed_id"))
