@@ -116,8 +116,7 @@ class EaseModel(Recommender):
                 scores[:, disallowed] = -np.inf
             return scores
 
-        found = top_k_of_row_blocks(tile, len(batch), len(self.item_ids), k, banned, SCORE_BLOCK)
-        return TopK(np.where(np.isfinite(found.scores), found.ids, -1), found.scores)
+        return top_k_of_row_blocks(tile, len(batch), len(self.item_ids), k, banned, SCORE_BLOCK)
 
     def _scorer(self, batch: UserBatch):
         """score_rows(rows, out): x_u B of the batch's `rows` into `out`, over the items EASE was fit on; the
