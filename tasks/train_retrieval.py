@@ -13,10 +13,10 @@ from pydantic import BaseModel
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
+from tasks.models.baselines import fit_model
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
-from tasks.train import fit_model
 
 log = logging.getLogger(__name__)
 KIND = "two_tower"

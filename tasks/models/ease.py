@@ -11,14 +11,13 @@ import threading
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import scipy.linalg
 import scipy.sparse as sp
 from numba import njit
 
 from configs.schema import EaseConfig
 from tasks.models.base import Recommender, UserBatch
-from tasks.models.cooccurrence import TIE_BREAK, user_item_matrix
+from tasks.models.cooccurrence import TIE_BREAK
 from tasks.topk import TopK, in_row_blocks, top_k_of_row_blocks
 
 
@@ -143,15 +142,14 @@ class EaseModel(Recommender):
                    np.asarray(weights) if weights.flags.c_contiguous else np.ascontiguousarray(weights))
 
 
-def fit_ease(interactions: pd.DataFrame, item_ids: np.ndarray, fallback_scores: np.ndarray,
+def fit_ease(touched: sp.csr_matrix, item_ids: np.ndarray, fallback_scores: np.ndarray,
              config: EaseConfig) -> EaseModel:
-    """Fit on the items that have interactions; raises EaseTooLarge above `config.max_items` of them."""
-    users = np.sort(interactions["user_id"].unique())
-    matrix = user_item_matrix(interactions, users, item_ids)
-    columns = np.flatnonzero(np.diff(matrix.tocsc().indptr) > 0)
+    """Fit on `touched` (`touched_matrix` of the training interactions over `item_ids`), over the items that
+    have interactions; raises EaseTooLarge above `config.max_items` of them."""
+    columns = np.flatnonzero(np.bincount(touched.indices, minlength=touched.shape[1]) > 0)
     if len(columns) > config.max_items:
         raise EaseTooLarge(f"EASE skipped: {len(columns):,} interacted items exceed ease.max_items="
                            f"{config.max_items:,}; its fit would need about {gram_bytes(len(columns)) / 2**30:.1f} GiB "
                            "(a dense item x item float32 matrix)")
-    weights = ease_weights(matrix[:, columns], config.l2)
+    weights = ease_weights(touched[:, columns], config.l2)
     return EaseModel(item_ids, fallback_scores, config.model_dump(), columns, weights)

@@ -8,6 +8,7 @@ import scipy.sparse as sp
 
 from configs.schema import PopularityConfig
 from tasks.models.base import Recommender, UserBatch
+from tasks.storage.membership import positions
 from tasks.topk import TopK, fallback_top_k
 
 
@@ -16,8 +17,9 @@ def decayed_popularity(interactions: pd.DataFrame, item_ids: np.ndarray, as_of: 
     """Sum of event weights per item, each halved every `half_life_days` before `as_of`; max scaled to 1."""
     age_days = (as_of - interactions["event_ts"]).dt.total_seconds().to_numpy() / 86_400
     decayed = interactions["weight"].to_numpy() * np.power(0.5, age_days / half_life_days)
-    totals = pd.Series(decayed).groupby(interactions["item_id"].to_numpy()).sum()
-    scores = totals.reindex(item_ids, fill_value=0.0).to_numpy(dtype=np.float32)
+    columns = positions(interactions["item_id"], item_ids)  # -1: not one of item_ids, left out
+    known = columns >= 0
+    scores = np.bincount(columns[known], weights=decayed[known], minlength=len(item_ids)).astype(np.float32)
     return scores / scores.max() if scores.max() > 0 else scores
 
 

@@ -17,6 +17,7 @@ import pandas as pd
 
 from configs.schema import Config
 from tasks.models.base import MANIFEST, FitWork, Recommender, WarmStart
+from tasks.models.baselines import BaselineFits
 from tasks.storage.feature_set import FeatureSet
 
 BASELINES = ("popularity", "cooccurrence", "ease", "recent")
@@ -78,7 +79,7 @@ def best_epochs(model_dir: Path) -> int | None:
 
 def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
                epochs: dict[str, int] | None = None, fitted: dict[date, dict[str, Path]] | None = None,
-               warm: WarmStart | None = None) -> Recommender:
+               warm: WarmStart | None = None, baselines: BaselineFits | None = None) -> Recommender:
     """Fit one recipe on the feature set's training interactions; nothing on or after its cutoff is read.
 
     `epochs` ({"two_tower": n, "two_stage": m}) trains the TFRS parts for those epochs on every training day,
@@ -86,16 +87,16 @@ def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
     models already fit with this config on the days before it, which the two-stage kind uses as the sources
     of the window ending there (see `fit_two_stage`). `warm` (with `epochs`) trains the TFRS kinds on from a
     saved twin of this recipe over the days it never saw; the baselines, counts and closed forms, ignore it.
-    Save the result before `workdir` goes away.
+    `baselines` (fits of `features` with `config.train`) lends the recipes of one feature set its popularity
+    and matrix of touches, computed once. Save the result before `workdir` goes away.
     """
-    from tasks.train import fit_model
-
+    baselines = baselines or BaselineFits(features, config.train)
     if kind in BASELINES:
-        return fit_model(kind, features, config.train)
+        return baselines.fit(kind)
     if kind == "two_tower":
         from tasks.models.two_tower import fit_two_tower  # TensorFlow loads only for the TFRS kinds
 
-        popularity = fit_model("popularity", features, config.train)
+        popularity = baselines.popularity
         return fit_two_tower(features, config.data, config.train_retrieval, config.seed, workdir,
                              pd.Series(popularity.fallback_scores, index=popularity.item_ids),
                              epochs=(epochs or {}).get("two_tower"), warm=warm)

@@ -23,6 +23,7 @@ from configs.schema import Config
 from tasks.errors import IncompatibleModel
 from tasks.metrics import list_ndcg
 from tasks.models.base import MANIFEST, FitWork, Recommender, UserBatch, WarmStart, load_recommender
+from tasks.models.baselines import BaselineFits
 from tasks.models.candidates import CandidateFrame, CandidateSources, ItemSignals, values_at
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.ease import EaseTooLarge
@@ -110,7 +111,7 @@ def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], wo
     and what the ones fit here took."""
     from tasks.models.recipes import fit_recipe, fits_made
 
-    sources, fits = {}, []
+    sources, fits, baselines = {}, [], BaselineFits(features, config.train)  # shared by the sources
     for name in names:
         if name in (fitted or {}):
             sources[name] = load_recommender(fitted[name])
@@ -118,7 +119,7 @@ def fit_sources(features: FeatureSet, config: Config, names: tuple[str, ...], wo
         (workdir / name).mkdir(parents=True, exist_ok=True)
         try:
             twin = None if warm is None else warm.model / "sources" / name
-            sources[name] = fit_recipe(name, config, features, workdir / name, epochs,
+            sources[name] = fit_recipe(name, config, features, workdir / name, epochs, baselines=baselines,
                                        warm=WarmStart(twin, warm.since) if twin is not None and twin.is_dir() else None)
             fits += fits_made(name, sources[name], features)
         except EaseTooLarge as reason:

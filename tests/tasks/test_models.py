@@ -5,7 +5,7 @@ import scipy.sparse as sp
 
 from configs.schema import CooccurrenceConfig, EaseConfig, PopularityConfig
 from tasks.models import UserBatch, load_recommender
-from tasks.models.cooccurrence import fit_cooccurrence
+from tasks.models.cooccurrence import fit_cooccurrence, touched_matrix
 from tasks.models.ease import EaseTooLarge, fit_ease
 from tasks.models.popularity import fit_popularity
 
@@ -29,7 +29,7 @@ def test_cooccurrence_scores_match_shrunk_cosine_by_hand():
     # With shrinkage 0: sim(a, b) = 2 / sqrt(3 * 2), sim(a, c) = 1 / sqrt(3 * 1).
     events = _events([(u, i, 1.0, AS_OF) for u, i in
                       [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b"), ("u3", "a"), ("u3", "c")]])
-    model = fit_cooccurrence(events, ITEMS, np.zeros(3, np.float32), CooccurrenceConfig(shrinkage=0))
+    model = fit_cooccurrence(touched_matrix(events, ITEMS), ITEMS, np.zeros(3, np.float32), CooccurrenceConfig(shrinkage=0))
     history = sp.csr_matrix(np.array([[1.0, 0, 0]], dtype=np.float32))  # a user who touched only a
     scores = model.score(UserBatch(np.array(["x"], dtype=object), history))[0]
     assert scores[1] == pytest.approx(2 / np.sqrt(6), rel=1e-5)
@@ -58,8 +58,8 @@ def test_cooccurrence_keeps_each_items_top_neighbours_by_shrunk_cosine_ties_to_t
 def test_saved_models_reload_with_identical_scores(tmp_path):
     events = _events([(u, i, 2.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c")]])
     popularity = fit_popularity(events, ITEMS, AS_OF, PopularityConfig())
-    model = fit_cooccurrence(events, ITEMS, popularity.fallback_scores, CooccurrenceConfig())
-    ease = fit_ease(events, ITEMS, popularity.fallback_scores, EaseConfig())
+    model = fit_cooccurrence(touched_matrix(events, ITEMS), ITEMS, popularity.fallback_scores, CooccurrenceConfig())
+    ease = fit_ease(touched_matrix(events, ITEMS), ITEMS, popularity.fallback_scores, EaseConfig())
     batch = UserBatch(np.array(["u1", "u2"], dtype=object), sp.csr_matrix(np.eye(2, 3, dtype=np.float32)))
     for original in (popularity, model, ease):
         original.save(tmp_path / original.kind)
@@ -79,7 +79,7 @@ def test_ease_weights_match_the_closed_form_worked_by_hand():
     # B[b, a] = B[b, c] = (2/8) / (5/8) = 0.4, B[c, b] = 0.5, B[c, a] = -0.2; d stands alone (zero weights).
     items = np.array(["a", "b", "c", "d"], dtype=object)
     events = _events([(u, i, 1.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "b"), ("u2", "c"), ("u3", "d")]])
-    model = fit_ease(events, items, np.zeros(4, np.float32), EaseConfig(l2=1.0))
+    model = fit_ease(touched_matrix(events, items), items, np.zeros(4, np.float32), EaseConfig(l2=1.0))
     expected = np.array([[0, 0.5, -0.2, 0], [0.4, 0, 0.4, 0], [-0.2, 0.5, 0, 0], [0, 0, 0, 0]])
     np.testing.assert_allclose(model.weights, expected, atol=1e-6)
     # A user who touched a and c scores the sum of rows a and c: b gets 1.0, a and c -0.2 each.
@@ -114,4 +114,4 @@ def test_ease_scores_are_the_binarised_history_times_its_weights_plus_the_tie_br
 def test_ease_above_its_item_cap_is_skipped_with_the_memory_it_would_need():
     events = _events([(u, i, 1.0, AS_OF) for u, i in [("u1", "a"), ("u1", "b"), ("u2", "c")]])
     with pytest.raises(EaseTooLarge, match=r"3 interacted items exceed ease.max_items=2; .* GiB"):
-        fit_ease(events, ITEMS, np.zeros(3, np.float32), EaseConfig(max_items=2))
+        fit_ease(touched_matrix(events, ITEMS), ITEMS, np.zeros(3, np.float32), EaseConfig(max_items=2))

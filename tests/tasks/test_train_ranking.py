@@ -5,13 +5,13 @@ import scipy.sparse as sp
 
 from tasks.address_book import AddressBook
 from tasks.models import UserBatch, load_recommender
+from tasks.models.baselines import fit_model
 from tasks.models.candidates import MISSING_SCORE, CandidateSources, ItemSignals
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.popularity import PopularityModel
 from tasks.models.recommend import exclusions, model_top_k
 from tasks.models.two_stage import fit_two_stage
 from tasks.storage.feature_set import FeatureSet
-from tasks.train import fit_model
 from tests.conftest import DS, make_config
 
 ITEMS = np.array(list("abcde"), dtype=object)

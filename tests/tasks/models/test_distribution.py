@@ -55,8 +55,8 @@ def test_two_workers_on_loopback_train_a_two_tower_as_good_as_one_process(pipeli
     from tasks.address_book import AddressBook
     from tasks.evaluate import evaluate_model, held_out_window
     from tasks.models import load_recommender
+    from tasks.models.baselines import fit_model
     from tasks.storage.feature_set import FeatureSet
-    from tasks.train import fit_model
 
     config, _ = pipeline_run
     book = AddressBook.from_config(config)

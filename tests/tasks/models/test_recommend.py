@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from configs.schema import CooccurrenceConfig, EaseConfig, PopularityConfig
-from tasks.models.cooccurrence import fit_cooccurrence
+from tasks.models.cooccurrence import fit_cooccurrence, touched_matrix
 from tasks.models.ease import fit_ease
 from tasks.models.popularity import fit_popularity
 from tasks.models.recent import RecentModel
@@ -20,7 +20,7 @@ def model():
     events = pd.DataFrame({"user_id": [u for u, _ in pairs], "item_id": [i for _, i in pairs], "weight": 1.0,
                            "event_ts": AS_OF})
     popularity = fit_popularity(events, ITEMS, AS_OF, PopularityConfig())
-    return fit_cooccurrence(events, ITEMS, popularity.fallback_scores, CooccurrenceConfig(shrinkage=0))
+    return fit_cooccurrence(touched_matrix(events, ITEMS), ITEMS, popularity.fallback_scores, CooccurrenceConfig(shrinkage=0))
 
 
 def test_dense_top_k_orders_best_first_and_skips_banned():
@@ -68,9 +68,9 @@ def test_a_models_own_top_k_equals_the_dense_top_k_of_its_scores(kind):
                            "event_ts": AS_OF - pd.to_timedelta(rng.integers(0, 30, 1500), unit="D")})
     popularity = fit_popularity(events, items, AS_OF, PopularityConfig())
     model = {"popularity": popularity, "recent": RecentModel(items, popularity.fallback_scores, {}),
-             "cooccurrence": fit_cooccurrence(events, items, popularity.fallback_scores,
+             "cooccurrence": fit_cooccurrence(touched_matrix(events, items), items, popularity.fallback_scores,
                                               CooccurrenceConfig(neighbours=5)),
-             "ease": fit_ease(events, items, popularity.fallback_scores, EaseConfig(l2=10.0))}[kind]
+             "ease": fit_ease(touched_matrix(events, items), items, popularity.fallback_scores, EaseConfig(l2=10.0))}[kind]
     users = np.array([f"u{n}" for n in range(200)], dtype=object)  # u150 and on are cold: the last batch all
     excluded = events[events["weight"] > 1][["user_id", "item_id"]]
     for k in (3, 20, 100):
