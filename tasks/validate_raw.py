@@ -78,7 +78,8 @@ def events_suite(columns: list[str], ds: date, data: DataConfig, rules: Validate
     if "event_type" in present:
         suite.append(gxe.ExpectColumnValuesToBeInSet(column="event_type", value_set=list(data.event_types)))
     if "event_ts" in present:
-        suite += [gxe.ExpectColumnValuesToBeInTypeList(column="event_ts", type_list=types["timestamp"]),
+        suite += [gxe.ExpectColumnValuesToBeInTypeList(column="event_ts", type_list=types["timestamp"],
+                                                       meta={"rule": "a timestamp with its time zone"}),
                   gxe.ExpectColumnValuesToBeBetween(column="event_ts", min_value=day_start,
                                                     max_value=day_start + pd.Timedelta(days=1), strict_max=True)]
     for column, snapshot, tolerance in (("item_id", "items", rules.unknown_item_tolerance),

@@ -16,8 +16,9 @@ from great_expectations.execution_engine import pandas_execution_engine
 # GX 1.24 compares a typed column's dtype with the named ones, and checks an object column value by value.
 # It knows no name for pandas 3's `str` dtype (nor for a timezone-aware one), but "StringDtype" names pandas'
 # `string` dtype, which `as_checked_frame` turns a `str` column into (the same Arrow array); "str" and
-# "Timestamp" are the Python types of the values it checks one by one, in an object column (a timestamp column
-# is handed over as one). On Spark GX compares the column's Spark type instead.
+# "Timestamp" are the Python types of the values it checks one by one, in an object column (a timezone-aware
+# timestamp column is handed over as one). A timestamp column without a time zone keeps its dtype, which no
+# name here matches: its type rule fails, naming the dtype. On Spark GX compares the column's Spark type.
 STRING_TYPES = ["str", "StringDtype"]
 TIMESTAMP_TYPES = ["Timestamp"]
 TYPE_NAMES = {
@@ -52,7 +53,8 @@ def as_checked_frame(frame: pd.DataFrame, expectations: list[gxe.Expectation]) -
     """What GX is handed for a suite: only the columns its expectations name (all of them, if one of them
     looks at the whole table beyond its row count), and, where a type rule checks a column GX has no dtype
     name for, that column in one it has: a `str` column as `string` (checked by its dtype, no copy), a
-    timestamp column object-typed (each value's type checked). GX fingerprints every frame it is given (a hash
+    timezone-aware timestamp column object-typed (each value's type checked; a naive one keeps its dtype and
+    fails). GX fingerprints every frame it is given (a hash
     of all its values), and object columns hold a Python object per value: handing it the whole 10M-row
     interactions table object-typed took gigabytes; the string columns of a raw day, value by value, took
     seconds at L."""
@@ -66,7 +68,7 @@ def as_checked_frame(frame: pd.DataFrame, expectations: list[gxe.Expectation]) -
     kept = frame if whole_table else frame[[c for c in frame.columns if c in named]]
     typed = {e.configuration.kwargs["column"] for e in expectations if e.expectation_type in TYPE_RULES}
     strings = [c for c in kept.select_dtypes(include=["str"]).columns if c in typed]
-    timestamps = [c for c in kept.select_dtypes(include=["datetime", "datetimetz"]).columns if c in typed]
+    timestamps = [c for c in kept.select_dtypes(include=["datetimetz"]).columns if c in typed]
     return kept.astype({**{c: pd.StringDtype() for c in strings}, **{c: object for c in timestamps}})
 
 
@@ -128,11 +130,21 @@ def _describe(table: str, result) -> Failure:
         detail = f"observed {summary['observed_value']}"
         if "min_value" in config.kwargs:
             detail += f", expected {config.kwargs.get('min_value')}..{config.kwargs.get('max_value')}"
-    elif result.exception_info and result.exception_info.get("raised_exception"):
-        detail = f"could not be evaluated: {result.exception_info.get('exception_message')}"
+    elif raised := _raised(result.exception_info or {}):
+        detail = f"could not be evaluated: {raised}"
     else:
         detail = "missing" if config.type == "expect_column_to_exist" else "failed"
     meta = config.meta or {}  # a rule checked on a derived column names the column it is about
     rule = meta.get("rule")
     return Failure(table, config.type + (f" [rule: {rule}]" if rule else ""), meta.get("column", config.kwargs.get("column")),
                    detail)
+
+
+def _raised(exception_info: dict) -> str | None:
+    """The message of the exception a rule's check raised, if one did: GX puts it in the result's
+    `exception_info`, or, where a metric of the rule raised, in that dict under the metric's id (comparing a
+    timestamp without a time zone with the day's bounds in UTC, say)."""
+    if exception_info.get("raised_exception"):
+        return exception_info.get("exception_message")
+    return next((info.get("exception_message") for info in exception_info.values()
+                 if isinstance(info, dict) and info.get("raised_exception")), None)

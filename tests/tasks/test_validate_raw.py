@@ -89,6 +89,23 @@ def test_row_count_far_below_trailing_mean_fails(raw_copy, tmp_path):
         validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
 
 
+def test_event_times_need_their_time_zone_and_any_zone_passes(raw_copy, tmp_path):
+    """Raw event_ts without a time zone cannot be placed on the day in UTC: the type rule fails naming the dtype,
+    and the day's range names why it could not be checked. The same instants in another zone pass."""
+    partition = raw_copy / "events" / f"ds={DS}" / "part-0.parquet"
+    events = pd.read_parquet(partition)
+    events.assign(event_ts=events["event_ts"].dt.tz_convert("Europe/Berlin")).to_parquet(partition, index=False)
+    validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r1")
+    events.assign(event_ts=events["event_ts"].dt.tz_localize(None)).to_parquet(partition, index=False)
+    with pytest.raises(RawDataInvalid) as failure:
+        validate_raw(make_config(tmp_path / "var", raw_copy), DS, "r2")
+    message = str(failure.value)
+    assert ("events: column event_ts failed expect_column_values_to_be_in_type_list [rule: a timestamp with its "
+            "time zone] (observed datetime64") in message
+    assert ("events: column event_ts failed expect_column_values_to_be_between (could not be evaluated: can't "
+            "compare offset-naive and offset-aware datetimes)") in message
+
+
 def test_unknown_items_within_tolerance_pass(raw_copy, tmp_path):
     partition = raw_copy / "events" / f"ds={DS}" / "part-0.parquet"
     events = pd.read_parquet(partition)
