@@ -57,7 +57,7 @@ def train(config: Config, ds: date, run_id: str) -> TrainResult:
             model.save(staging)
         paths[kind], seconds[kind] = str(book.model(ds, kind)), round(time.perf_counter() - started, 3)
         log.info("train %s ds=%s: %d items, %d training interactions in %.1fs -> %s", kind, ds,
-                 len(model.item_ids), len(features.train_interactions), seconds[kind], paths[kind])
+                 len(model.item_ids), len(fits.interactions), seconds[kind], paths[kind])
     return TrainResult(ds=ds, models=paths, seconds=seconds, skipped=skipped)
 
 
