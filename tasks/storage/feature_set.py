@@ -80,11 +80,22 @@ class FeatureSet:
 
     @property
     def train_interactions(self) -> pd.DataFrame:
-        return self.interactions[self.interactions["split"] == "train"]
+        return self._split("train")
 
     @property
     def holdout_interactions(self) -> pd.DataFrame:
-        return self.interactions[self.interactions["split"] == "holdout"]
+        return self._split("holdout")
+
+    def _split(self, split: str) -> pd.DataFrame:
+        """The interactions of one split. In time order, as build_features writes them, a split is one run of
+        rows, handed back as a slice of the table (no copy: 0.09 s against 2.05 s for a copy of the 7.8M
+        training rows at L); any other order, by a filter."""
+        chosen = (self.interactions["split"] == split).to_numpy()
+        rows = int(chosen.sum())
+        first = int(chosen.argmax()) if rows else 0
+        if chosen[first:first + rows].all():
+            return self.interactions.iloc[first:first + rows]
+        return self.interactions[chosen]
 
     def through_ds(self) -> FeatureSet:
         """The same data seen as if every day up to ds were training days: what a model served the morning

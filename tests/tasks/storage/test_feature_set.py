@@ -1,4 +1,4 @@
-"""The feature set's order of events: by event_ts, then event_id, whichever way the rows arrive."""
+"""The feature set's order of events: by event_ts, then event_id, whichever way the rows arrive; its splits."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.storage.feature_set import in_time_order
+from tasks.storage.feature_set import FeatureSet, Window, in_time_order
 
 
 @pytest.mark.parametrize("descending", [False, True])
@@ -27,3 +27,19 @@ def test_in_time_order_is_pandas_stable_sort_whether_or_not_the_rows_come_sorted
     assert in_time_order(unique, descending)["row"].tolist() == expected(unique)
     with_gaps = events.assign(event_id=events["event_id"].where(events["row"] % 7 != 0))  # missing ids go last
     assert in_time_order(with_gaps, descending)["row"].tolist() == expected(with_gaps)
+
+
+@pytest.mark.parametrize("in_order", [True, False])
+def test_a_split_is_the_rows_of_that_split_in_their_order_a_slice_when_they_run_together(in_order):
+    split = np.array(["train"] * 7 + ["holdout"] * 3)
+    rows = np.arange(10) if in_order else np.random.default_rng(5).permutation(10)
+    interactions = pd.DataFrame({"split": split[rows], "weight": np.arange(10.0)}, index=rows * 10)
+    empty = pd.DataFrame()
+    features = FeatureSet(Window(*pd.to_datetime(["2026-11-01", "2026-11-08", "2026-11-10"]).date), interactions,
+                          empty, empty, empty, empty, empty, empty, {})
+    for name, chosen in (("train", features.train_interactions), ("holdout", features.holdout_interactions)):
+        pd.testing.assert_frame_equal(chosen, interactions[interactions["split"] == name])
+        shares = np.shares_memory(chosen["weight"].to_numpy(), interactions["weight"].to_numpy())
+        assert shares == in_order  # a slice of the table, not a copy, where the split's rows run together
+    nothing = FeatureSet(features.window, interactions.assign(split="train"), *[empty] * 6, {})
+    assert nothing.holdout_interactions.empty and len(nothing.train_interactions) == 10
