@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import scipy.sparse as sp
 from tqdm import tqdm
 
@@ -134,14 +135,17 @@ def recommend_batches(model: Recommender, user_ids: np.ndarray, history: pd.Data
     """
     started = time.perf_counter()
     item_ids = model.item_ids
+    item_strings = pa.array(item_ids, type=pa.large_string())  # rows take their ids here: no Python str per row
     rows_out, cold = 0, 0
     batches = user_batches(item_ids, user_ids, history, excluded, allowed_items, batch_size, user_features)
     for batch, banned, allowed in tqdm(batches, desc=desc, unit="batch", mininterval=5,
                                        total=-(-len(user_ids) // batch_size)):
         found = model_top_k(model, batch, k, banned, allowed)
         keep = found.ids >= 0
-        frame = recommendation_frame(np.repeat(batch.user_ids, keep.sum(axis=1)), np.cumsum(keep, axis=1)[keep],
-                                     item_ids[found.ids[keep]], found.scores[keep])
+        users = np.repeat(np.arange(len(batch)), keep.sum(axis=1))
+        frame = recommendation_frame(pa.array(batch.user_ids, type=pa.large_string()).take(users),
+                                     np.cumsum(keep, axis=1)[keep], item_strings.take(found.ids[keep]),
+                                     found.scores[keep])
         rows_out += len(frame)
         cold += int((np.diff(batch.history.indptr) == 0).sum())
         yield frame
@@ -197,7 +201,8 @@ def _warm_top_k(model: Recommender, batch: UserBatch, k: int, banned: sp.csr_mat
 
 
 def recommendation_frame(users, ranks, items, scores) -> pd.DataFrame:
-    """The rows every recommender produces: (user_id, rank, item_id, score)."""
+    """The rows every recommender produces: (user_id, rank, item_id, score). Ids given as Arrow strings become
+    the `str` columns as they are; given as Python strings, each is copied in."""
     return pd.DataFrame({"user_id": pd.array(users, dtype="str"), "rank": np.asarray(ranks, dtype="int32"),
                          "item_id": pd.array(items, dtype="str"), "score": np.asarray(scores, dtype="float64")})
 
