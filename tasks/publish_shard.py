@@ -30,7 +30,7 @@ from tasks.models.pyfunc import RECOMMENDER_ONLY
 from tasks.models.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
 from tasks.storage.feature_set import FeatureSet
-from tasks.storage.membership import is_in, positions
+from tasks.storage.membership import positions
 from tasks.storage.model_registry import registry_for
 
 log = logging.getLogger(__name__)
@@ -78,41 +78,92 @@ def shard_users(user_ids: np.ndarray, shard: int, shards: int) -> np.ndarray:
     return np.array_split(np.sort(user_ids), shards)[shard]
 
 
-def check_recommendations(recs, k: int, excluded, allowed_items: np.ndarray | None) -> list[str]:
-    """Every rule the table promises its readers; an empty list means the rows may be committed.
+class TableRules:
+    """Every rule the table promises its readers, held against one shard's batches of rows: at most k rows a
+    user, ranks 1..n in order, no repeated (user, item), scores that never increase with rank and are finite,
+    no excluded (user, item) pair, no unavailable item. `problems(recs)` lists what a batch breaks; none means
+    its rows may be committed.
 
-    Ids are hashed once: users are grouped by their codes and pairs compared as one int64 per (user, item),
-    the excluded ones narrowed to the batch's users first. Group-bys, `duplicated` and a merge with the
-    shard's whole exclusion list on the id strings took 0.15 s per 2,048 users at M, growing with the shard."""
-    problems = []
-    users, user_ids = pd.factorize(recs["user_id"], use_na_sentinel=False)
-    items, item_ids = pd.factorize(recs["item_id"], use_na_sentinel=False)
-    groups = recs.groupby(users, sort=False)
-    sizes = groups.size()
-    if (sizes > k).any():
-        problems.append(f"{int((sizes > k).sum())} users have more than k={k} rows")
-    misplaced = recs.loc[groups.cumcount().to_numpy() + 1 != recs["rank"].to_numpy(), "user_id"]
-    if len(misplaced):
-        problems.append(f"{misplaced.nunique()} users have ranks that are not 1..n in order")
-    pairs = users.astype(np.int64) * len(item_ids) + items
-    repeated = int(pd.Series(pairs).duplicated().sum())
-    if repeated:
-        problems.append(f"{repeated} repeated (user, item) pairs")
-    increasing = (groups["score"].diff() > 0).sum()
-    if increasing:
-        problems.append(f"{int(increasing)} scores increase with rank")
-    banned = excluded[is_in(excluded["user_id"], user_ids)]
-    banned_items = positions(banned["item_id"], item_ids)
-    banned_pairs = positions(banned["user_id"], user_ids) * len(item_ids) + banned_items
-    hits = np.isin(pairs, banned_pairs[banned_items >= 0])
-    if hits.any():
-        problems.append(f"{int(hits.sum())} excluded (user, item) pairs recommended, e.g. {recs[hits].iloc[0].to_dict()}")
-    unavailable = 0 if allowed_items is None else int((~is_in(item_ids, allowed_items))[items].sum())
-    if unavailable:
-        problems.append(f"{unavailable} unavailable items recommended")
-    if not np.isfinite(recs["score"]).all():
-        problems.append("non-finite scores")
-    return problems
+    The rows are checked as written, by their id strings, apart from the code that chose them. A batch hashes
+    each id column once, into codes (items: their positions among the allowed ones), and compares each
+    (user, item) as one int64. The exclusions are grouped by user and coded once a shard, so a batch looks up
+    only its own users'. Hashing the shard's whole exclusion list and the allowed items again every batch,
+    and numpy's hashed `unique`, took 0.18 s of 2,048 users x 100 rows at L; now 0.06 s."""
+
+    def __init__(self, k: int, excluded: pd.DataFrame, allowed_items: np.ndarray | None):
+        self.k = k
+        users, self._excluding_users = pd.factorize(excluded["user_id"], use_na_sentinel=False)
+        order = np.argsort(users, kind="stable")
+        self._excluded_items = pa.array(excluded["item_id"].to_numpy(object)[order], from_pandas=True)
+        self._excluded_from = np.searchsorted(users[order], np.arange(len(self._excluding_users) + 1))
+        self._allowed = None if allowed_items is None else pa.array(np.asarray(allowed_items, object), from_pandas=True)
+        self._excluded_allowed = None if self._allowed is None else positions(self._excluded_items, self._allowed)
+
+    def problems(self, recs: pd.DataFrame) -> list[str]:
+        problems = []
+        users, user_ids = pd.factorize(recs["user_id"], use_na_sentinel=False)
+        items, item_ids, unavailable = self._item_codes(recs["item_id"])
+        groups = recs.groupby(users, sort=False)
+        oversized = int((np.bincount(users) > self.k).sum())
+        if oversized:
+            problems.append(f"{oversized} users have more than k={self.k} rows")
+        misplaced = recs.loc[groups.cumcount().to_numpy() + 1 != recs["rank"].to_numpy(), "user_id"]
+        if len(misplaced):
+            problems.append(f"{misplaced.nunique()} users have ranks that are not 1..n in order")
+        pairs = users.astype(np.int64) * len(item_ids) + items
+        ordered = np.sort(pairs)  # numpy's hashed `unique` took 0.15 s here
+        repeated = int((ordered[1:] == ordered[:-1]).sum())
+        if repeated:
+            problems.append(f"{repeated} repeated (user, item) pairs")
+        increasing = (groups["score"].diff() > 0).sum()
+        if increasing:
+            problems.append(f"{int(increasing)} scores increase with rank")
+        excluded = self._excluded_pairs(user_ids, item_ids)  # sorted, a few hundred
+        hits = excluded[np.minimum(np.searchsorted(excluded, pairs), len(excluded) - 1)] == pairs if len(
+            excluded) else np.zeros(len(pairs), bool)
+        if hits.any():
+            problems.append(f"{int(hits.sum())} excluded (user, item) pairs recommended, e.g. {recs[hits].iloc[0].to_dict()}")
+        if unavailable:
+            problems.append(f"{unavailable} unavailable items recommended")
+        if not np.isfinite(recs["score"]).all():
+            problems.append("non-finite scores")
+        return problems
+
+    def _item_codes(self, item_ids: pd.Series) -> tuple[np.ndarray, pd.Index | pa.Array, int]:
+        """Each row's item as a code, the ids so coded, and how many rows name an item that is not allowed.
+        With allowed items the codes are positions among them, items outside them coded after them."""
+        if self._allowed is None:
+            codes, uniques = pd.factorize(item_ids, use_na_sentinel=False)
+            return codes, uniques, 0
+        codes = positions(item_ids, self._allowed)
+        outside = codes < 0
+        if not outside.any():
+            return codes, self._allowed, 0
+        extra, others = pd.factorize(item_ids[outside], use_na_sentinel=False)
+        codes[outside] = len(self._allowed) + extra
+        coded = pa.concat_arrays([self._allowed, pa.array(others.to_numpy(object), self._allowed.type)])
+        return codes, coded, int(outside.sum())
+
+    def _excluded_pairs(self, user_ids: pd.Index, item_ids: pd.Index | pa.Array) -> np.ndarray:
+        """The batch's excluded (user, item) pairs, sorted, coded as its rows' pairs are (user code x items + item
+        code); pairs of items the batch never names are left out."""
+        at = positions(self._excluding_users, user_ids)  # each excluding user's code in the batch, or -1
+        excluding = np.flatnonzero(at >= 0)
+        starts = self._excluded_from[excluding]
+        counts = self._excluded_from[excluding + 1] - starts
+        rows = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+        if item_ids is self._allowed:  # coded once a shard
+            items = self._excluded_allowed[rows]
+        else:
+            items = positions(self._excluded_items.take(rows), item_ids)
+        pairs = np.repeat(at[excluding], counts) * len(item_ids) + items
+        return np.sort(pairs[items >= 0])
+
+
+def check_recommendations(recs: pd.DataFrame, k: int, excluded: pd.DataFrame,
+                          allowed_items: np.ndarray | None) -> list[str]:
+    """`TableRules(k, excluded, allowed_items).problems(recs)`: what one frame of rows breaks, or []."""
+    return TableRules(k, excluded, allowed_items).problems(recs)
 
 
 def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardResult:
@@ -159,9 +210,10 @@ def publish_shard(config: Config, ds: date, run_id: str, shard: int) -> ShardRes
 
 
 def checked(inputs: ServingInputs, batches: Iterable[pd.DataFrame], what: str) -> Iterator[pd.DataFrame]:
-    """`batches` of recommendations, each first held to `check_recommendations` under `inputs`' rules."""
+    """`batches` of recommendations, each first held to the table's rules under `inputs`."""
+    rules = TableRules(inputs.k, inputs.excluded, inputs.allowed)
     for recs in batches:
-        problems = check_recommendations(recs, inputs.k, inputs.excluded, inputs.allowed)
+        problems = rules.problems(recs)
         if problems:
             raise RecommendationsInvalid(f"{what} not published; the table keeps its previous rows:\n"
                                          + "\n".join(f"  - {p}" for p in problems))

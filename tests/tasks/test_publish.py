@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tasks.address_book import AddressBook
-from tasks.publish_shard import check_recommendations
+from tasks.publish_shard import TableRules, check_recommendations
 from tasks.storage.feature_set import FeatureSet
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS
@@ -78,6 +78,21 @@ def test_check_flags_only_the_excluded_pairs_themselves():
     problems = check_recommendations(GOOD, 2, both, np.array(["b"], dtype=object))
     assert any(p.startswith("2 excluded (user, item) pairs") for p in problems)
     assert "2 unavailable items recommended" in problems
+
+
+def test_one_shards_rules_hold_every_batch_to_its_own_users_exclusions():
+    # Built once a shard, the rules look up each batch's users' exclusions; an item outside the allowed ones is
+    # still told apart from the others (here repeated for one user).
+    rules = TableRules(2, pd.DataFrame({"user_id": ["w", "u", "x", "u"], "item_id": ["b", "c", "zz", "a"]}),
+                       np.array(["a", "b", "c"], dtype=object))
+    assert rules.problems(GOOD.assign(user_id=["v", "v", "u"], item_id=["a", "c", "b"])) == []
+    later = pd.DataFrame({"user_id": ["w", "w", "x", "x"], "rank": [1, 2, 1, 2], "item_id": ["a", "b", "zz", "zz"],
+                          "score": [0.9, 0.8, 0.7, 0.6]})
+    problems = rules.problems(later)
+    # (w, b), and (x, zz) twice: an excluded pair counts whether or not its item is allowed
+    assert any(p.startswith("3 excluded (user, item) pairs recommended, e.g. {'user_id': 'w'") for p in problems)
+    assert "1 repeated (user, item) pairs" in problems and "2 unavailable items recommended" in problems
+    assert [p[:40] for p in rules.problems(GOOD)] == ["1 excluded (user, item) pairs recommende"]  # (u, a); v has none
 
 
 def test_failed_write_leaves_the_previous_rows(tmp_path):
