@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 from numba import njit
 
@@ -157,12 +159,15 @@ def _pool(ids, normalised, depth, out_ids, features, kept):
 
 
 @njit(nogil=True, cache=True)
-def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, vocabulary, features, first, words_at):
-    """The features that pair each candidate with its user's history, in place from column `first`:
-    whether and where (log1p position, most recent first) the item is in it; per categorical attribute,
-    where the first history item sharing its value sits and the share of the history that does; and, from
-    column `words_at` (-1: no words), the share of the item's words seen in the history's items and how
-    often they were, per history item. The cost follows users x candidates x history, never the catalogue."""
+def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, vocabulary, popularity, trend, user_logs,
+                      numeric, numeric_means, features, first, words_at):
+    """Every feature of a candidate but its sources', in place from column `first`: the item's popularity and
+    trend; the user's log1p events and history length (`user_logs`); whether and where (log1p position, most
+    recent first) the item is in the history; per categorical attribute, where the first history item sharing
+    its value sits and the share of the history that does; per numeric attribute, how far the item's value is
+    from the user's history's mean (`numeric_means`, float64, NaN: no known value; 0 where either is unknown);
+    and, from column `words_at` (-1: no words), the share of the item's words seen in the history's items and
+    how often they were, per history item. The cost follows users x candidates x history, never the catalogue."""
     users, size = ids.shape
     length = history.shape[1]
     depth = length + 1.0
@@ -181,6 +186,11 @@ def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, voc
             item = ids[u, j]
             if item < 0:
                 continue
+            features[u, j, first + 1], features[u, j, first + 2] = popularity[item], trend[item]
+            features[u, j, first + 3], features[u, j, first + 4] = user_logs[u, 0], user_logs[u, 1]
+            for n in range(numeric.shape[0]):  # float64, as numpy promotes the float32 value against the mean
+                distance = abs(np.float64(numeric[n, item]) - numeric_means[u, n])
+                features[u, j, first + 7 + 2 * attributes + n] = distance if np.isfinite(distance) else 0.0
             position = -1
             for p in range(length):
                 if history[u, p] == item:
@@ -267,50 +277,48 @@ class CandidateSources:
         codes = np.array(list(self.signals.attributes.values()), np.int64).reshape(-1, len(self.item_ids))
         word_ptr, word_ids = words.indptr.astype(np.int64), words.indices.astype(np.int64)
         word_weights = words.data.astype(np.float32)
+        user_logs, numeric, numeric_means = self._user_signals(batch, history)
 
         def build(first: int) -> None:  # one block of users, in compiled code that releases the GIL
             rows = slice(first, min(first + FRAME_BLOCK, users))
             _pool(ids[:, rows], normalised[:, rows], self.depth, pooled[rows], features[rows], kept[rows])
             _history_features(pooled[rows], history[rows], codes, word_ptr, word_ids, word_weights, words.shape[1],
-                              features[rows], 3 * len(names), words_at)
+                              self.signals.popularity, self.signals.trend, user_logs[rows], numeric,
+                              numeric_means[rows], features[rows], 3 * len(names), words_at)
 
         in_row_blocks(build, users, FRAME_BLOCK)
         width = int(min(self.size, max(kept.max(initial=0), 1)))
-        pooled, features = pooled[:, :width], features[:, :width]
-        self._item_and_user_features(batch, pooled, history, features, 3 * len(names))
-        return CandidateFrame(pooled, features)
+        return CandidateFrame(pooled[:, :width], features[:, :width])
 
     def _history_columns(self, batch: UserBatch) -> np.ndarray:
         """Each user's last `history_length` items as item columns, most recent first (-1: not in the catalogue
         or past the history's end); one lookup for the whole batch."""
-        frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
-        histories = frame["history"].tolist() if "history" in frame.columns else [[]] * len(batch)
         history = np.full((len(batch), self.history_length), -1, np.int64)
-        lists = [list(items)[:self.history_length] if isinstance(items, list | np.ndarray) else [] for items in histories]
-        lengths = np.fromiter(map(len, lists), np.int64, len(lists))
-        if lengths.sum():
-            rows = np.repeat(np.arange(len(lists)), lengths)
-            history[rows, np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = \
-                positions([item for items in lists for item in items], self.item_ids)
+        if batch.features is None or "history" not in batch.features.columns or not self.history_length:
+            return history
+        lists = pa.array(batch.features["history"], from_pandas=True)
+        if not pa.types.is_list(lists.type):  # no user of the batch has any history
+            return history
+        lists = pc.list_slice(lists, 0, self.history_length)
+        lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+        rows = np.repeat(np.arange(len(batch)), lengths)
+        history[rows, np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = positions(
+            lists.flatten(), self.item_ids)
         return history
 
-    def _item_and_user_features(self, batch: UserBatch, ids: np.ndarray, history: np.ndarray, features: np.ndarray,
-                                first: int) -> None:
-        """The columns that need no pairing with the history: the item's signals, the user's activity, and each
-        numeric attribute's distance from the history's mean (elementwise over users x candidates)."""
-        columns, valid = np.maximum(ids, 0), ids >= 0
+    def _user_signals(self, batch: UserBatch, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per user, what the frame kernel pairs with every candidate: log1p of their events and of their
+        history's length (float32); the numeric attributes per item column (float32, NaN unknown); and per
+        user each one's mean over the history's known values (float64, NaN: none known)."""
         frame = batch.features if batch.features is not None else pd.DataFrame({"user_id": batch.user_ids})
         history_length = (history >= 0).sum(axis=1)
         events = frame["n_events"].to_numpy(np.float32) if "n_events" in frame.columns else history_length
-        parts = {1: self.signals.popularity[columns], 2: self.signals.trend[columns],
-                 3: np.broadcast_to(np.log1p(events)[:, None], ids.shape),
-                 4: np.broadcast_to(np.log1p(history_length)[:, None], ids.shape)}
-        offset = 7 + 2 * len(self.signals.attributes)
-        for n, values in enumerate(self.signals.numeric.values()):  # how far the item's value is from the history's mean
+        user_logs = np.stack([np.log1p(events), np.log1p(history_length)], axis=1).astype(np.float32)
+        numeric = np.array(list(self.signals.numeric.values()), np.float32).reshape(-1, len(self.item_ids))
+        means = np.full((len(batch), len(numeric)), np.nan)
+        for n, values in enumerate(numeric):
             theirs = np.where(history >= 0, values[np.maximum(history, 0)], np.nan)
             known = np.isfinite(theirs)
             mean = np.where(known, theirs, 0.0).sum(axis=1) / np.maximum(known.sum(axis=1), 1)
-            distance = np.abs(values[columns] - mean[:, None])
-            parts[offset + n] = np.where(np.isfinite(distance) & known.any(axis=1)[:, None], distance, 0.0)
-        for column, values in parts.items():
-            features[..., first + column] = np.where(valid, values, 0.0)
+            means[:, n] = np.where(known.any(axis=1), mean, np.nan)
+        return user_logs, numeric, means

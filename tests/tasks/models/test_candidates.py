@@ -2,6 +2,7 @@
 
 import math
 import types
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -100,3 +101,16 @@ def test_the_frame_is_each_users_pooled_candidates_with_the_features_their_defin
                                    err_msg=f"user {user}")
         assert not frame.features[user, len(order):].any()  # padding rows are zero
     assert not frame.mask[:2].any()  # nobody proposed anything to them
+
+
+def test_a_missing_history_counts_as_an_empty_one():
+    # A user absent from the features (NaN after reindexing) or with a null history has none, as one with [] has;
+    # a batch where nobody has any (Arrow sees no list at all) too.
+    sources, batch, proposals, histories = _case(11)
+    empty = [[] if n % 3 else h for n, h in enumerate(histories)]
+    missing = [np.nan if n % 3 == 1 else None if n % 3 == 2 else h for n, h in enumerate(histories)]
+    frames = [sources.frame_from(replace(batch, features=batch.features.assign(history=pd.Series(h, dtype=object))),
+                                 proposals) for h in (empty, missing, [[]] * len(batch), [None] * len(batch))]
+    assert frames[0].features.tobytes() == frames[1].features.tobytes()
+    assert frames[2].features.tobytes() == frames[3].features.tobytes()
+    assert not frames[2].features[..., sources.names.index("history_present")].any()
