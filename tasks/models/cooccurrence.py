@@ -85,9 +85,14 @@ def item_similarity(user_items: sp.csr_matrix, neighbours: int, shrinkage: float
 def _top_neighbours(first, stop, item_ptr, item_users, user_ptr, user_items, counts, shrinkage, out_indices,
                     out_data, out_kept):
     """For items first..stop-1: the co-counts with every other item (summed over the item's users' items into
-    a dense row), then its highest similarities, best first, ties to the lower column, into out_*[item]."""
+    a dense row), then its highest similarities, best first, ties to the lower column, into out_*[item].
+
+    Only the items at or above the kept-th highest similarity are sorted (a partition finds it): a popular
+    item co-occurs with tens of thousands, and sorting them all was most of the kernel."""
     cooc = np.zeros(len(counts), np.float32)
     touched = np.empty(len(counts), np.int64)
+    similarity = np.empty(len(counts), np.float32)
+    limit = out_indices.shape[1]
     for row in range(first, stop):
         m = 0
         for p in range(item_ptr[row], item_ptr[row + 1]):
@@ -98,20 +103,26 @@ def _top_neighbours(first, stop, item_ptr, item_users, user_ptr, user_items, cou
                     touched[m] = column
                     m += 1
                 cooc[column] += 1
-        columns = np.sort(touched[:m])
-        similarity = np.empty(m, np.float32)
         others = 0
         for t in range(m):
-            column = columns[t]
+            column = touched[t]
             if column != row:
-                columns[others] = column
+                touched[others] = column
                 similarity[others] = cooc[column] / (np.sqrt(counts[row] * counts[column]) + shrinkage)
                 others += 1
             cooc[column] = 0
-        order = np.argsort(-similarity[:others], kind="mergesort")  # stable: ties keep the lower column first
-        kept = min(others, out_indices.shape[1])
+        kept, chosen = min(others, limit), others
+        if kept < others:
+            threshold = np.partition(similarity[:others], others - kept)[others - kept]  # the kept-th highest
+            chosen = 0
+            for t in range(others):
+                if similarity[t] >= threshold:
+                    touched[chosen], similarity[chosen] = touched[t], similarity[t]
+                    chosen += 1
+        order = np.argsort(touched[:chosen])  # by column, then best first, stably: ties keep the lower column
+        order = order[np.argsort(-similarity[:chosen][order], kind="mergesort")]
         for slot in range(kept):
-            out_indices[row, slot] = columns[order[slot]]
+            out_indices[row, slot] = touched[order[slot]]
             out_data[row, slot] = similarity[order[slot]]
         out_kept[row] = kept
 
