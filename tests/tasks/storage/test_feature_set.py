@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.storage.feature_set import FeatureSet, Window, in_time_order
+from tasks.errors import MissingInput
+from tasks.storage.feature_set import TABLES, FeatureSet, Window, in_time_order
 
 
 @pytest.mark.parametrize("descending", [False, True])
@@ -43,3 +46,21 @@ def test_a_split_is_the_rows_of_that_split_in_their_order_a_slice_when_they_run_
         assert shares == in_order  # a slice of the table, not a copy, where the split's rows run together
     nothing = FeatureSet(features.window, interactions.assign(split="train"), *[empty] * 6, {})
     assert nothing.holdout_interactions.empty and len(nothing.train_interactions) == 10
+
+
+def test_a_feature_set_read_from_disk_reads_each_table_when_first_used_and_never_mixes_two_builds(tmp_path):
+    window = Window(*pd.to_datetime(["2026-11-01", "2026-11-08", "2026-11-10"]).date)
+    tables = {name: pd.DataFrame({"user_id": pd.array([f"u{n}", "u9"], dtype="str"), "n": [n, n + 1]})
+              for n, name in enumerate(TABLES)}
+    manifest = {"window": {"first": "2026-11-01", "cutoff": "2026-11-08", "last": "2026-11-10"}, "build": 1}
+    FeatureSet(window=window, manifest=manifest, **tables).write(tmp_path)
+    features = FeatureSet.read(tmp_path)
+    assert features.window == window and not set(TABLES) & set(vars(features))  # nothing read yet
+    pd.testing.assert_frame_equal(features.train_items, tables["train_items"])
+    assert set(TABLES) & set(vars(features)) == {"train_items"}  # only what was used, and kept
+    with pytest.raises(AttributeError, match="no attribute 'nothing'"):
+        features.nothing  # noqa: B018 - only the tables are read from disk
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "build": 2}))  # a rebuild swapped in
+    with pytest.raises(MissingInput, match="rebuilt while this step read it"):
+        features.interactions  # noqa: B018
+    pd.testing.assert_frame_equal(features.train_items, tables["train_items"])  # what it read stays
