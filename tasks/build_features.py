@@ -123,9 +123,15 @@ def shared_codes(events: pd.DataFrame) -> pd.DataFrame:
 
 def item_features(events: pd.DataFrame, snapshot: pd.DataFrame, declared: tuple[str, ...]) -> pd.DataFrame:
     """Declared columns and availability from the snapshot plus popularity from `events`."""
-    coded, _, item_ids = _coded(events)
-    popularity = coded[coded["item"].to_numpy() >= 0].groupby("item", sort=False).agg(
-        n_events=("item", "size"), n_users=("user", "nunique"), weight_sum=("weight", "sum"))
+    coded, user_ids, item_ids = _coded(events)
+    coded = coded[coded["item"].to_numpy() >= 0]
+    popularity = coded.groupby("item", sort=False).agg(n_events=("item", "size"), weight_sum=("weight", "sum"))
+    # Users per item from the distinct (item, user) pairs, sorted as one int64 each (a missing user counts
+    # once, as in a group-by's nunique, which took 4.2 s of the two tables at L).
+    pairs = np.sort(coded["item"].to_numpy().astype(np.int64) * (len(user_ids) + 1) + coded["user"].to_numpy() + 1)
+    pairs = pairs[np.concatenate([[True], pairs[1:] != pairs[:-1]])]
+    users = np.bincount(pairs // (len(user_ids) + 1), minlength=len(item_ids))
+    popularity.insert(1, "n_users", users[popularity.index.to_numpy()])
     popularity.index = pd.Index(item_ids.take(popularity.index.to_numpy()), name="item_id")
     columns = ["item_id", *declared] + (["is_available"] if "is_available" in snapshot.columns else [])
     merged = snapshot[columns].drop_duplicates("item_id").merge(popularity.reset_index(), on="item_id", how="outer")

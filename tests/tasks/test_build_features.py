@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.address_book import AddressBook
-from tasks.build_features import compute_features, feature_window, weigh_events
+from tasks.build_features import compute_features, feature_window, item_features, shared_codes, weigh_events
 from tasks.storage.raw_store import RawStore
 from tests.conftest import DS, make_config
 
@@ -155,3 +155,20 @@ def test_each_events_weight_is_its_types_a_rating_scaled_by_its_value_and_an_unk
     weight = weigh_events(events, data)
     assert weight.tolist()[:4] == [8.0, 4.0, 1.0, 1.0]  # a rating without a value keeps its type's weight
     assert weight.iloc[4:].isna().all() and weight.index.equals(events.index)
+
+
+@pytest.mark.parametrize("coded", [False, True])
+def test_item_popularity_counts_events_distinct_users_and_weights_as_a_group_by_would(coded):
+    events = pd.DataFrame({"user_id": pd.array(["u1", "u1", "u2", None, None, "u3", "u2"], dtype="str"),
+                           "item_id": pd.array(["a", "a", "a", "a", "b", "b", None], dtype="str"),
+                           "weight": [1.0, 2.0, 0.5, 1.0, 3.0, 1.0, 9.0]})
+    snapshot = pd.DataFrame({"item_id": ["a", "c"], "category": ["x", "y"], "is_available": [True, True]})
+    items = item_features(shared_codes(events) if coded else events, snapshot, ("category",)).set_index("item_id")
+    known = events.dropna(subset=["item_id"])
+    expected = known.groupby("item_id").agg(n_events=("item_id", "size"), weight_sum=("weight", "sum"))
+    expected["n_users"] = known.assign(user_id=known["user_id"].fillna("<missing>")).groupby("item_id")[
+        "user_id"].nunique()  # a missing user is one more user, as the codes' -1 is
+    assert items.loc[["a", "b"], "n_users"].tolist() == [3, 2] == expected["n_users"].tolist()
+    assert items.loc[["a", "b"], "n_events"].tolist() == expected["n_events"].tolist() == [4, 2]
+    assert items.loc[["a", "b"], "weight_sum"].tolist() == expected["weight_sum"].tolist()
+    assert items.loc["c", ["n_events", "n_users"]].tolist() == [0, 0] and not items.loc["b", "is_available"]
