@@ -87,8 +87,8 @@ class TableRules:
     The rows are checked as written, by their id strings, apart from the code that chose them. A batch hashes
     each id column once, into codes (items: their positions among the allowed ones), and compares each
     (user, item) as one int64. The exclusions are grouped by user and coded once a shard, so a batch looks up
-    only its own users'. Hashing the shard's whole exclusion list and the allowed items again every batch,
-    and numpy's hashed `unique`, took 0.18 s of 2,048 users x 100 rows at L; now 0.06 s."""
+    only its own users'. Hashing the shard's whole exclusion list and the allowed items again every batch
+    took 0.11 s of a batch of 2,048 users x 100 rows at L; now 0.06 s."""
 
     def __init__(self, k: int, excluded: pd.DataFrame, allowed_items: np.ndarray | None):
         self.k = k
