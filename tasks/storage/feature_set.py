@@ -129,9 +129,11 @@ class FeatureSet:
         ids themselves), so a publish shard never holds the other shards' events."""
         cls.read_manifest(directory)  # a clear MissingInput where build_features has not run
         wanted = pd.Index(user_ids)
+        # The Index's own min and max: Python's min() and max() walked half a million ids one by one, twice per
+        # table (3.5 s of an L shard).
+        bounds = [("user_id", ">=", wanted.min()), ("user_id", "<=", wanted.max())] if len(wanted) else None
 
         def users_rows(table: str) -> pd.DataFrame:
-            bounds = [("user_id", ">=", min(wanted)), ("user_id", "<=", max(wanted))] if len(wanted) else None
             frame = pd.read_parquet(directory / f"{table}.parquet", filters=bounds)
             return frame[is_in(frame["user_id"], wanted)].reset_index(drop=True)
 
