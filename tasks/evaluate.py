@@ -7,6 +7,7 @@ import json
 import logging
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -20,9 +21,9 @@ from configs.schema import Config
 from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
 from tasks.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
-from tasks.models.base import MANIFEST, Recommender, UserBatch, load_recommender
+from tasks.models.base import MANIFEST, Recommender, UserBatch, load_recommender, sharing_fits
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
-from tasks.models.recommend import exclusions, recommend
+from tasks.models.recommend import exclusions, recommend, remembering_top_k
 from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
@@ -92,6 +93,14 @@ def held_out_window(features: FeatureSet, config: Config) -> HeldOutWindow:
         relevant=positives, history=history, excluded=excluded[is_in(excluded["user_id"], held_out)],
         allowed_items=allowed, item_popularity=items.set_index("item_id")["n_users"] / n_train_users,
         warm_users=history["user_id"].unique(), user_features=users[is_in(users["user_id"], held_out)])
+
+
+def also_sources(models: Iterable[Recommender]) -> list[Recommender]:
+    """The models that are also a source of one of the two-stage models among them."""
+    models = list(models)
+    sources = [source for model in models if hasattr(model, "candidates")
+               for source in model.candidates.sources.values()]
+    return [model for model in models if any(model is source for source in sources)]
 
 
 def evaluate_model(model: Recommender, window: HeldOutWindow, ks: tuple[int, ...], batch_size: int,
@@ -269,19 +278,21 @@ def evaluate(config: Config, ds: date, run_id: str) -> EvaluateResult:
     registry = registry_for(config, book)
     champion = champion_recipe(registry, config)
     twin = champion_twin(champion, config, features, candidates, book, ds) if champion else None
-    models = {name: load_recommender(path) for name, path in trained.items()}
+    twin_of = next((kind for kind, path in candidates.items() if path == twin), None)
+    with sharing_fits():  # a two-stage model's sources are the standalone models' very instances
+        models = {name: load_recommender(path) for name, path in trained.items()}
     tallies = {name: StageTally(model, window) for name, model in models.items() if hasattr(model, "candidates")}
     for name, tally in tallies.items():
         models[name].on_ranked = tally
     rows, per_user = [], {}
-    for name, model in models.items():
-        found, per_user[name] = scored_rows(model, window, ks, config.evaluate.batch_size, name)
-        rows += found
-    twin_of = next((kind for kind, path in candidates.items() if path == twin), None)
+    with remembering_top_k(also_sources(models.values())):  # their lists are asked for twice: scored once
+        for name, model in models.items():
+            found, per_user[name] = scored_rows(model, window, ks, config.evaluate.batch_size, name)
+            rows += found
     if twin_of is not None:  # the champion's recipe is one of tonight's candidates: its rows are the twin's
         rows += [row | {"model": CHAMPION_ROW} for row in rows if row["model"] == twin_of]
         per_user[CHAMPION_ROW] = per_user[twin_of]
-    elif twin is not None:
+    elif twin is not None:  # trained apart, on fits of its own
         found, per_user[CHAMPION_ROW] = scored_rows(load_recommender(twin), window, ks, config.evaluate.batch_size,
                                                     CHAMPION_ROW)
         rows += found

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import importlib
 import json
+import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -81,6 +85,7 @@ class Recommender(ABC):
         self.item_ids = np.asarray(item_ids, dtype=object)
         self.fallback_scores = np.asarray(fallback_scores, dtype=np.float32)
         self.params = params
+        self.fit_id: str | None = None  # named when first saved and read back on load: copies keep their fit's
 
     @abstractmethod
     def score(self, batch: UserBatch) -> np.ndarray:
@@ -102,8 +107,9 @@ class Recommender(ABC):
 
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self.fit_id = self.fit_id or uuid.uuid4().hex
         (directory / MANIFEST).write_text(json.dumps({"kind": self.kind, "format": self.save_format,
-                                                          "params": self.params}, indent=2))
+                                                          "fit": self.fit_id, "params": self.params}, indent=2))
         np.save(directory / "item_ids.npy", self.item_ids.astype(str))
         np.save(directory / "fallback_scores.npy", self.fallback_scores)
         self._save_state(directory)
@@ -121,12 +127,31 @@ def saved_format(directory: Path) -> int:
     return json.loads((directory / MANIFEST).read_text()).get("format", 1)
 
 
+_LOADED_FITS: ContextVar[dict[str, Recommender] | None] = ContextVar("loaded_fits", default=None)
+
+
+@contextmanager
+def sharing_fits() -> Iterator[None]:
+    """Within it, `load_recommender` loads each saved fit once: a folder whose manifest names a fit already loaded
+    hands back that same instance. A two-stage model's sources are saved copies of the night's standalone
+    models, so evaluate, which scores both, loads each retriever once and can reuse its lists
+    (`tasks.models.recommend.remembering_top_k`)."""
+    token = _LOADED_FITS.set({})
+    try:
+        yield
+    finally:
+        _LOADED_FITS.reset(token)
+
+
 def load_recommender(directory: Path) -> Recommender:
     """Load any saved recommender; its kind is read from the manifest beside it."""
     manifest = directory / MANIFEST
     if not manifest.is_file():
         raise MissingInput(f"no recommender at {directory} (missing {MANIFEST})")
     meta = json.loads(manifest.read_text())
+    loaded, fit = _LOADED_FITS.get(), meta.get("fit")  # models saved before fits were named have none
+    if loaded is not None and fit in loaded:
+        return loaded[fit]
     module, _, name = KINDS[meta["kind"]].partition(":")
     cls = getattr(importlib.import_module(module), name)
     saved = saved_format(directory)
@@ -134,4 +159,8 @@ def load_recommender(directory: Path) -> Recommender:
         raise IncompatibleModel(f"{manifest}: a {meta['kind']} model saved in format {saved}; "
                                 f"this code reads format {cls.save_format} only (retrain it with this code)")
     item_ids = np.load(directory / "item_ids.npy").astype(object)
-    return cls._load(directory, item_ids, np.load(directory / "fallback_scores.npy"), meta["params"])
+    model = cls._load(directory, item_ids, np.load(directory / "fallback_scores.npy"), meta["params"])
+    model.fit_id = fit
+    if loaded is not None and fit is not None:
+        loaded[fit] = model
+    return model

@@ -4,6 +4,7 @@ window, and a backfill never moves the champion alias."""
 import shutil
 from datetime import timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -93,3 +94,42 @@ def test_the_held_out_window_keeps_only_the_held_out_users_rows_and_splits_them_
     assert len(window.history) == int(everyone["user_id"].isin(users).sum())
     assert set(window.history["user_id"]) == set(window.warm_users) == users & trained
     assert set(window.user_features["user_id"]) == users & set(features.train_users["user_id"])
+
+
+def test_evaluate_loads_each_fit_once_and_asks_it_for_each_list_once(pipeline_run, tmp_path):
+    """A two-stage model's sources are saved copies of the night's standalone models: evaluate loads each fit
+    once and reuses a standalone model's lists as the two-stage's proposals, with the same results."""
+    from tasks.evaluate import evaluate
+    from tasks.models.base import load_recommender, sharing_fits
+    from tasks.models.recommend import model_top_k, remembering_top_k, user_batches
+
+    config, _ = pipeline_run
+    shutil.copytree(config.paths.var, tmp_path / "var")
+    # The largest K is the sources' depth, as in the default config, so the two ask the same question.
+    config = make_config(tmp_path / "var", config.paths.raw, "evaluate.ks=[5, 10, 40]")
+    book = AddressBook.from_config(config)
+    paths = {kind: book.model(DS, kind) for kind in ("cooccurrence", "ease", "two_tower", "two_stage")}
+    with sharing_fits():
+        models = {kind: load_recommender(path) for kind, path in paths.items()}
+    sources = models["two_stage"].candidates.sources
+    assert all(sources[kind] is models[kind] for kind in ("cooccurrence", "ease", "two_tower"))
+    assert load_recommender(paths["two_tower"]) is not models["two_tower"]  # outside it, each load is its own
+
+    window = held_out_window(FeatureSet.read(book.features(DS)), config)
+    model = models["cooccurrence"]
+    batch, banned, allowed = next(user_batches(model.item_ids, window.warm_users[:50], window.history,
+                                               window.excluded, window.allowed_items, 50, window.user_features))
+    with remembering_top_k([model]):
+        first, again, third = (model_top_k(model, batch, 40, banned, allowed) for _ in range(3))
+        other_k = model_top_k(model, batch, 20, banned, allowed)
+    assert again.ids is first.ids and not first.ids.flags.writeable  # answered from the first, which nobody changes
+    assert third.ids is not first.ids and other_k.ids.shape[1] == 20  # once only; another question is scored
+    np.testing.assert_array_equal(third.ids, first.ids)
+
+    alone = evaluate_model(load_recommender(paths["two_stage"]), window, config.evaluate.ks, 1024, "two_stage")
+    evaluate(config, DS, "shared")
+    table = pd.read_parquet(book.evaluation(DS) / "evaluation.parquet").set_index(["model", "segment"])
+    for row in alone:
+        shared = table.loc[("two_stage", row["segment"])]
+        assert {name: pytest.approx(value, abs=1e-9) for name, value in row.items() if name not in ("model", "segment")} \
+            == {name: shared[name] for name in row if name not in ("model", "segment")}
