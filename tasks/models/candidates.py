@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import pandas as pd
@@ -22,7 +23,7 @@ import scipy.sparse as sp
 from numba import njit
 
 from tasks.models.base import Recommender, UserBatch
-from tasks.storage.membership import positions
+from tasks.storage.membership import IdIndex
 from tasks.topk import in_row_blocks
 
 MISSING_SCORE = -10.0  # a source's normalised score where it did not propose the item (its own top scores 0)
@@ -240,6 +241,11 @@ class CandidateSources:
         self.depth, self.size, self.history_length = depth, size, history_length
         self.item_ids = item_ids
 
+    @cached_property
+    def item_index(self) -> IdIndex:
+        """The item columns' ids hashed once, for every batch's history lookup."""
+        return IdIndex(self.item_ids)
+
     @property
     def names(self) -> list[str]:
         return feature_names(tuple(self.sources), tuple(self.signals.attributes), tuple(self.signals.numeric),
@@ -302,8 +308,8 @@ class CandidateSources:
         lists = pc.list_slice(lists, 0, self.history_length)
         lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
         rows = np.repeat(np.arange(len(batch)), lengths)
-        history[rows, np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = positions(
-            lists.flatten(), self.item_ids)
+        history[rows, np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)] = \
+            self.item_index.positions(lists.flatten())
         return history
 
     def _user_signals(self, batch: UserBatch, history: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
