@@ -30,7 +30,7 @@ from tasks.models.pyfunc import RECOMMENDER_ONLY
 from tasks.models.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
 from tasks.storage.feature_set import FeatureSet
-from tasks.storage.membership import IdIndex, positions
+from tasks.storage.membership import positions
 from tasks.storage.model_registry import registry_for
 
 log = logging.getLogger(__name__)
@@ -97,8 +97,7 @@ class TableRules:
         self._excluded_items = pa.array(excluded["item_id"].to_numpy(object)[order], from_pandas=True)
         self._excluded_from = np.searchsorted(users[order], np.arange(len(self._excluding_users) + 1))
         self._allowed = None if allowed_items is None else pa.array(np.asarray(allowed_items, object), from_pandas=True)
-        self._allowed_index = None if self._allowed is None else IdIndex(self._allowed)  # hashed once a shard
-        self._excluded_allowed = None if self._allowed is None else self._allowed_index.positions(self._excluded_items)
+        self._excluded_allowed = None if self._allowed is None else positions(self._excluded_items, self._allowed)
 
     def problems(self, recs: pd.DataFrame) -> list[str]:
         problems = []
@@ -136,7 +135,7 @@ class TableRules:
         if self._allowed is None:
             codes, uniques = pd.factorize(item_ids, use_na_sentinel=False)
             return codes, uniques, 0
-        codes = self._allowed_index.positions(item_ids)
+        codes = positions(item_ids, self._allowed)
         outside = codes < 0
         if not outside.any():
             return codes, self._allowed, 0
