@@ -75,13 +75,13 @@ def _objects(values: Iterable) -> np.ndarray:
 
 class IdIndex:
     """Positions among a fixed set of distinct ids, hashed once and asked many times: `positions(values, ids)`
-    as a table kept between calls. Arrow's `index_in` hashes its value set again on every call, 10-20 ms for the
-    100,000 item ids of the L shop, which the candidate frame's history lookup paid every batch: 2,048 users'
+    as a table kept between calls. Arrow's `index_in` hashes its value set again on every call, about 20 ms for
+    the 100,000 item ids of the L shop, which the candidate frame's history lookup paid every batch: 2,048 users'
     last 20 items took 18-24 ms with Arrow, 0.7-1.0 ms here. Where the values outnumber the ids and are spread
     over all of them, Arrow's probe is faster than this table's: a shard's table rules, which code 204,800 rows'
-    items against 96,992 allowed ones, took 37 ms a batch with Arrow's lookup against 44 ms with this table when
-    the rows name 85,000 distinct items (the lookup alone 13-21 ms against 9-10 ms when they name 2,600, as the
-    L shard's do), so they keep Arrow's.
+    items against 96,992 allowed ones, took 37-42 ms a batch with Arrow's lookup against 44-49 ms with this table
+    when the rows name about 85,000 distinct items (the lookup alone 13-21 ms against 9-10 ms when they name
+    2,600, as the L shard's do), so they keep Arrow's.
     Strings only go through the compiled table; other ids through pandas' Index.
 
     The table is open addressing over 64-bit hashes of each id's UTF-8 bytes (FNV-1a, then splitmix64's
