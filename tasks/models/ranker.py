@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.metrics import list_ndcg_per_row
 from tasks.models.candidates import MISSING_SCORE
+from tasks.quality.metrics import list_ndcg_per_row
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow as tf  # noqa: E402

@@ -21,13 +21,13 @@ import scipy.sparse as sp
 
 from configs.schema import Config
 from tasks.errors import IncompatibleModel
-from tasks.metrics import list_ndcg
 from tasks.models.base import MANIFEST, FitWork, Recommender, UserBatch, WarmStart, load_recommender
 from tasks.models.baselines import BaselineFits
 from tasks.models.candidates import CandidateFrame, CandidateSources, ItemSignals, values_at
 from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.ease import EaseTooLarge
 from tasks.models.ranker import flops_per_candidate, load_ranker, save_ranker, score_lists, train_ranker
+from tasks.quality.metrics import list_ndcg
 from tasks.storage.feature_set import FeatureSet
 from tasks.topk import TopK, dense_top_k
 

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.metrics import catalog_metrics, per_user_metrics, summarize
+from tasks.quality.metrics import catalog_metrics, per_user_metrics, summarize
 
 
 @pytest.fixture
@@ -60,7 +60,7 @@ def test_catalog_metrics_count_items_the_popularity_lacks_as_covered_and_unpopul
 
 
 def test_list_ndcg_by_hand():
-    from tasks.metrics import list_ndcg
+    from tasks.quality.metrics import list_ndcg
 
     # Row 1: the only relevant item is ranked second: DCG 1/log2(3), ideal 1. Row 2: relevant items ranked
     # first and third of two relevant: (1 + 1/log2(4)) / (1 + 1/log2(3)). Row 3 has none and counts 0.
