@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from tasks.address_book import AddressBook
-from tasks.build_features import compute_features, feature_window, item_features, shared_codes, weigh_events
+from tasks.build_features import compute_features, feature_window, item_features, shared_codes, user_features, weigh_events
 from tasks.storage.raw_store import RawStore
 from tests.conftest import DS, make_config
 
@@ -172,3 +172,34 @@ def test_item_popularity_counts_events_distinct_users_and_weights_as_a_group_by_
     assert items.loc[["a", "b"], "n_events"].tolist() == expected["n_events"].tolist() == [4, 2]
     assert items.loc[["a", "b"], "weight_sum"].tolist() == expected["weight_sum"].tolist()
     assert items.loc["c", ["n_events", "n_users"]].tolist() == [0, 0] and not items.loc["b", "is_available"]
+
+
+@pytest.mark.parametrize("coded", [False, True])
+def test_user_behaviour_is_the_group_by_of_its_events_and_the_history_their_latest_distinct_items(coded):
+    stamp = pd.Timestamp("2026-11-01", tz="UTC")
+    events = pd.DataFrame({
+        "event_id": [f"e{n}" for n in range(10)],
+        "user_id": pd.array(["u1", "u1", "u1", "u1", "u2", None, "u2", "u1", "u3", "u2"], dtype="str"),
+        "item_id": pd.array(["a", "b", "a", "c", "a", "a", None, "d", "b", "b"], dtype="str"),
+        # Sums that compensation changes (1e16 + 1 + 1 - 1e16), a missing weight, hours out of order, a tie.
+        "weight": [1e16, 1.0, 1.0, -1e16, 2.0, 5.0, None, 0.1, 3.0, 0.2],
+        "event_ts": [stamp + pd.Timedelta(hours=h) for h in (1, 2, 3, 4, 9, 1, 7, 4, 2, 5)]})
+    snapshot = pd.DataFrame({"user_id": pd.array(["u4", "u1", "u2"], dtype="str"), "country": ["x", "y", "z"]})
+    as_of = stamp + pd.Timedelta(days=1)
+    users = user_features(shared_codes(events) if coded else events, snapshot, ("country",), 2, as_of)
+    assert users["user_id"].tolist() == ["u1", "u2", "u3", "u4"]  # every user of either side, in id order
+    known = events.dropna(subset=["user_id"]).sort_values(["event_ts", "event_id"], ascending=False)
+    expected = known.groupby("user_id").agg(n_events=("user_id", "size"), weight_sum=("weight", "sum"),
+                                            last_event_ts=("event_ts", "max"))
+    users = users.set_index("user_id")
+    assert users.loc[["u1", "u2", "u3"], "weight_sum"].tolist() == expected["weight_sum"].tolist()
+    naive = 0.0
+    for weight in known.loc[known["user_id"] == "u1", "weight"]:
+        naive += weight
+    assert users.loc["u1", "weight_sum"] == 2.0 != naive  # the compensated sum, as pandas' (plain adding gives 0)
+    assert users.loc[["u1", "u2", "u3"], "n_events"].tolist() == expected["n_events"].tolist() == [5, 3, 1]
+    assert (users.loc[["u1", "u2", "u3"], "last_event_ts"] == expected["last_event_ts"]).all()
+    # Latest first, each item once, at most two: u1's 4h tie goes to the later id (e7: d, then e3: c).
+    assert [list(h) for h in users["history"]] == [["d", "c"], ["a", "b"], ["b"], []]
+    assert users.loc["u4", "n_events"] == 0 and pd.isna(users.loc["u4", "last_event_ts"])
+    assert users.loc["u3", "days_since_last_event"] == 22 / 24 and pd.isna(users.loc["u3", "country"])
