@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from tasks.errors import MissingInput
 from tasks.storage.membership import is_in
@@ -87,15 +89,31 @@ class FeatureSet:
         return self._split("holdout")
 
     def _split(self, split: str) -> pd.DataFrame:
-        """The interactions of one split. In time order, as build_features writes them, a split is one run of
-        rows, handed back as a slice of the table (no copy: 0.09 s against 2.05 s for a copy of the 7.8M
-        training rows at L); any other order, by a filter."""
-        chosen = (self.interactions["split"] == split).to_numpy()
-        rows = int(chosen.sum())
-        first = int(chosen.argmax()) if rows else 0
-        if chosen[first:first + rows].all():
-            return self.interactions.iloc[first:first + rows]
-        return self.interactions[chosen]
+        return rows_of_split(self.interactions, split)
+
+    def splits(self, columns: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The training and the held-out interactions, with `columns` only (read as `part` reads)."""
+        table = self.part("interactions", list(dict.fromkeys([*columns, "split"])))
+        return rows_of_split(table, "train")[columns], rows_of_split(table, "holdout")[columns]
+
+    def part(self, name: str, columns: list[str] | None = None, user_ids: Iterable | None = None) -> pd.DataFrame:
+        """Table `name` with `columns` only (all: None) and, given `user_ids`, only those users' rows, in the
+        table's order and numbered from 0. A set read from disk whose table is not loaded yet reads just these
+        columns and rows, and keeps nothing: evaluate's held-out window needs five of the interactions' seven
+        columns (1.6 s to read at L against 3.8-4.3 s for all, the unique event ids most of it) and 4% of the
+        training users, whose histories alone become Python objects."""
+        table = self.__dict__.get(name)
+        if table is None and "_directory" in self.__dict__:
+            if user_ids is None:
+                return self._read_table(name, columns)
+            wanted = pa.array(np.asarray(user_ids, dtype=object))
+            if pa.types.is_null(wanted.type):  # no user, or only missing ids: typed as the file's ids
+                wanted = wanted.cast(pq.read_schema(self.__dict__["_directory"] / f"{name}.parquet").field("user_id").type)
+            return self._read_table(name, columns, [("user_id", "in", wanted)])
+        table = getattr(self, name)
+        if user_ids is not None:
+            table = table[is_in(table["user_id"], user_ids)].reset_index(drop=True)
+        return table if columns is None else table[columns]
 
     def through_ds(self) -> FeatureSet:
         """The same data seen as if every day up to ds were training days: what a model served the morning
@@ -160,11 +178,28 @@ class FeatureSet:
     def __getattr__(self, name: str) -> pd.DataFrame:
         """A table of a feature set `read` from disk, read on first use and kept. Should build_features swap in a
         new set for this ds meanwhile, the step stops rather than mix the two."""
-        directory = self.__dict__.get("_directory")
-        if directory is None or name not in TABLES:
+        if self.__dict__.get("_directory") is None or name not in TABLES:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        table = pd.read_parquet(directory / f"{name}.parquet")
-        if self.read_manifest(directory) != self.manifest:
-            raise MissingInput(f"the feature set at {directory} was rebuilt while this step read it: run the step again")
+        table = self._read_table(name)
         object.__setattr__(self, name, table)
         return table
+
+    def _read_table(self, name: str, columns: list[str] | None = None, filters: list | None = None) -> pd.DataFrame:
+        """A table of a set `read` from disk, or some of its columns and rows."""
+        directory = self.__dict__["_directory"]
+        table = pd.read_parquet(directory / f"{name}.parquet", columns=columns, filters=filters)
+        if self.read_manifest(directory) != self.manifest:
+            raise MissingInput(f"the feature set at {directory} was rebuilt while this step read it: run the step again")
+        return table
+
+
+def rows_of_split(interactions: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The interactions of one split. In time order, as build_features writes them, a split is one run of rows,
+    handed back as a slice of the table (no copy: 0.09 s against 2.05 s for a copy of the 7.8M training rows at
+    L); any other order, by a filter."""
+    chosen = (interactions["split"] == split).to_numpy()
+    rows = int(chosen.sum())
+    first = int(chosen.argmax()) if rows else 0
+    if chosen[first:first + rows].all():
+        return interactions.iloc[first:first + rows]
+    return interactions[chosen]

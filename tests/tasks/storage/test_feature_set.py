@@ -64,3 +64,41 @@ def test_a_feature_set_read_from_disk_reads_each_table_when_first_used_and_never
     with pytest.raises(MissingInput, match="rebuilt while this step read it"):
         features.interactions  # noqa: B018
     pd.testing.assert_frame_equal(features.train_items, tables["train_items"])  # what it read stays
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_splits_hand_back_the_training_and_held_out_rows_with_the_asked_columns_reading_only_those(tmp_path, on_disk):
+    window = Window(*pd.to_datetime(["2026-11-01", "2026-11-08", "2026-11-10"]).date)
+    interactions = pd.DataFrame({"event_id": pd.array([f"e{n}" for n in range(6)], dtype="str"),
+                                 "user_id": pd.array(["u1", "u2", "u1", "u3", "u2", "u1"], dtype="str"),
+                                 "weight": np.arange(6.0), "split": pd.array(["train"] * 4 + ["holdout"] * 2, dtype="str")})
+    empty = pd.DataFrame({"user_id": pd.array([], dtype="str")})
+    built = FeatureSet(window, interactions, *[empty] * 6, {"window": {"first": "2026-11-01", "cutoff": "2026-11-08",
+                                                                        "last": "2026-11-10"}})
+    built.write(tmp_path)
+    features = FeatureSet.read(tmp_path) if on_disk else built
+    train, holdout = features.splits(["user_id", "weight"])
+    pd.testing.assert_frame_equal(train, interactions.iloc[:4][["user_id", "weight"]])
+    pd.testing.assert_frame_equal(holdout, interactions.iloc[4:][["user_id", "weight"]])
+    if on_disk:  # the table itself is neither read whole nor kept
+        assert "interactions" not in vars(features)
+        pd.testing.assert_frame_equal(features.holdout_interactions, interactions.iloc[4:])
+
+
+@pytest.mark.parametrize("on_disk", [True, False])
+def test_a_part_of_a_table_is_its_asked_columns_and_users_in_its_order(tmp_path, on_disk):
+    window = Window(*pd.to_datetime(["2026-11-01", "2026-11-08", "2026-11-10"]).date)
+    users = pd.DataFrame({"user_id": pd.array(["u1", "u2", "u3", "u4"], dtype="str"), "n_events": [3, 0, 1, 2],
+                          "history": [np.array(["a", "b"], dtype=object), np.array([], dtype=object),
+                                      np.array(["c"], dtype=object), np.array(["a"], dtype=object)]})
+    empty = pd.DataFrame({"user_id": pd.array([], dtype="str")})
+    built = FeatureSet(window, empty, users, *[empty] * 5, {"window": {"first": "2026-11-01", "cutoff": "2026-11-08",
+                                                                         "last": "2026-11-10"}})
+    built.write(tmp_path)
+    features = FeatureSet.read(tmp_path) if on_disk else built
+    some = features.part("train_users", user_ids=np.array(["u4", "u1", "u9"], dtype=object))
+    assert some["user_id"].tolist() == ["u1", "u4"] and some.index.tolist() == [0, 1]
+    assert [list(h) for h in some["history"]] == [["a", "b"], ["a"]] and some["n_events"].tolist() == [3, 2]
+    assert features.part("train_users", ["n_events"]).columns.tolist() == ["n_events"]
+    assert features.part("train_users", user_ids=[]).empty
+    assert ("train_users" in vars(features)) != on_disk  # read from disk, nothing is kept
