@@ -94,7 +94,7 @@ def _user_behaviour(user, item, weight, stamp, n_users, history_length):
     holding user u's from spans[u] to spans[u + 1].
 
     The rows are first grouped by user (a counting sort, which keeps their order) so that each user's are read
-    in one run: updating a million users' sums row by row missed the cache on every row."""
+    in one run: on L's 8.8M events 1.3-1.4 s, against 1.8 s when a million users' sums were updated row by row."""
     count = np.zeros(n_users + 1, np.int64)
     for row in range(len(user)):
         if user[row] >= 0:
