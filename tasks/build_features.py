@@ -70,7 +70,7 @@ def user_features(events: pd.DataFrame, snapshot: pd.DataFrame, declared: tuple[
     seen = np.flatnonzero(n_events)  # the codes of the users with an event here
     behaviour = pd.DataFrame({
         "n_events": n_events[seen], "weight_sum": weight_sum[seen],
-        "last_event_ts": pd.array(latest[seen].view(stamps._ndarray.dtype)).tz_localize(stamps.tz),
+        "last_event_ts": pd.array(latest[seen].view(f"M8[{stamps.unit}]")).tz_localize(stamps.tz),
         "history_start": spans[seen], "history_length": spans[seen + 1] - spans[seen]},
         index=pd.Index(user_ids.take(seen), name="user_id"))
     behaviour["days_since_last_event"] = (as_of - behaviour["last_event_ts"]).dt.total_seconds() / 86_400

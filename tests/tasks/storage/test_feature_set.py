@@ -102,3 +102,5 @@ def test_a_part_of_a_table_is_its_asked_columns_and_users_in_its_order(tmp_path,
     assert features.part("train_users", ["n_events"]).columns.tolist() == ["n_events"]
     assert features.part("train_users", user_ids=[]).empty
     assert ("train_users" in vars(features)) != on_disk  # read from disk, nothing is kept
+    with pytest.raises(ValueError, match="no table 'users'"):
+        features.part("users")
