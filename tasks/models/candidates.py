@@ -168,18 +168,34 @@ def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, voc
     its value sits and the share of the history that does; per numeric attribute, how far the item's value is
     from the user's history's mean (`numeric_means`, float64, NaN: no known value; 0 where either is unknown);
     and, from column `words_at` (-1: no words), the share of the item's words seen in the history's items and
-    how often they were, per history item. The cost follows users x candidates x history, never the catalogue."""
+    how often they were, per history item.
+
+    Each user's history is indexed once (where each item and each attribute value first occurs, and how often
+    a value does) in scratch arrays cleared after the user, so a candidate's lookups cost the same however
+    long the history: the work follows users x (candidates + history), never the catalogue."""
     users, size = ids.shape
     length = history.shape[1]
     depth = length + 1.0
     attributes = codes.shape[0]
     counts = np.zeros(vocabulary, np.float64)  # this user's history: how often each word occurs
+    first_at = np.full(len(popularity), -1, np.int64)  # this user's history: each item's first position
+    values = codes.max() + 1 if codes.size else 0
+    value_at = np.full((attributes, max(values, 1)), -1, np.int64)  # each attribute value's first position
+    value_count = np.zeros((attributes, max(values, 1)), np.int64)  # and how many history items have it
     for u in range(users):
         known = 0
         for p in range(length):
             h = history[u, p]
             if h >= 0:
                 known += 1
+                if first_at[h] < 0:
+                    first_at[h] = p
+                for a in range(attributes):
+                    value = codes[a, h]
+                    if value >= 0:
+                        value_count[a, value] += 1
+                        if value_at[a, value] < 0:
+                            value_at[a, value] = p
                 if words_at >= 0:
                     for t in range(word_ptr[h], word_ptr[h + 1]):
                         counts[word_ids[t]] += word_weights[t]
@@ -192,22 +208,13 @@ def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, voc
             for n in range(numeric.shape[0]):  # float64, as numpy promotes the float32 value against the mean
                 distance = abs(np.float64(numeric[n, item]) - numeric_means[u, n])
                 features[u, j, first + 7 + 2 * attributes + n] = distance if np.isfinite(distance) else 0.0
-            position = -1
-            for p in range(length):
-                if history[u, p] == item:
-                    position = p
-                    break
+            position = first_at[item]
             features[u, j, first + 5] = 1.0 if position >= 0 else 0.0
             features[u, j, first + 6] = np.log1p(position + 1.0 if position >= 0 else depth)
             for a in range(attributes):
                 mine, position, matches = codes[a, item], -1, 0
                 if mine >= 0:
-                    for p in range(length):
-                        h = history[u, p]
-                        if h >= 0 and codes[a, h] == mine:
-                            matches += 1
-                            if position < 0:
-                                position = p
+                    position, matches = value_at[a, mine], value_count[a, mine]
                 features[u, j, first + 7 + 2 * a] = np.log1p(position + 1.0 if position >= 0 else depth)
                 features[u, j, first + 8 + 2 * a] = matches / max(known, 1)
             if words_at >= 0:
@@ -220,10 +227,14 @@ def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, voc
                         shared += word_weights[t]
                 features[u, j, words_at] = shared / max(words, 1.0)
                 features[u, j, words_at + 1] = weighted / max(words * known, 1.0)
-        if words_at >= 0:  # clear only what this user touched
-            for p in range(length):
-                h = history[u, p]
-                if h >= 0:
+        for p in range(length):  # clear only what this user touched
+            h = history[u, p]
+            if h >= 0:
+                first_at[h] = -1
+                for a in range(attributes):
+                    if codes[a, h] >= 0:
+                        value_at[a, codes[a, h]], value_count[a, codes[a, h]] = -1, 0
+                if words_at >= 0:
                     for t in range(word_ptr[h], word_ptr[h + 1]):
                         counts[word_ids[t]] = 0.0
 
