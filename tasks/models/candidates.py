@@ -116,47 +116,52 @@ def _pool(ids, normalised, depth, out_ids, features, kept):
     normalised score) and, after them, how many sources proposed it.
 
     ids, normalised: (sources, users, width), -1 where a source proposed nothing; out_ids (users, size) -1
-    and features (users, size, features) zero on entry; kept: how many candidates each user got."""
+    and features (users, size, features) zero on entry; kept: how many candidates each user got. An item's
+    group is found through a scratch array over the item columns (cleared after each user), so the union
+    takes one pass over the proposals and one sort of the groups' keys."""
     sources, users, width = ids.shape
     size = out_ids.shape[1]
     entries = sources * width
-    items, source, rank = np.empty(entries, np.int64), np.empty(entries, np.int64), np.empty(entries, np.int64)
-    score = np.empty(entries, np.float32)
-    group_start, group_best, group_count = (np.empty(entries, np.int64), np.empty(entries, np.int64),
-                                            np.empty(entries, np.int64))
+    group_of = np.full(ids.max() + 1 if ids.size else 1, -1, np.int64)  # each item column's group for this user, or -1
+    group_item, group_best, group_count = (np.empty(entries, np.int64), np.empty(entries, np.int64),
+                                           np.empty(entries, np.int64))
+    group_rank = np.zeros((entries, sources), np.int64)  # per source, the item's rank there (0: not proposed)
+    group_score = np.zeros((entries, sources), np.float32)
     keys = np.empty(entries, np.int64)
     absent = np.log1p(np.float32(depth + 1))
     for u in range(users):
-        m = 0
+        groups = 0
         for s in range(sources):
             for j in range(width):
-                if ids[s, u, j] >= 0:
-                    items[m], source[m], rank[m], score[m] = ids[s, u, j], s, j + 1, normalised[s, u, j]
-                    m += 1
-        order = np.argsort(items[:m], kind="mergesort")
-        groups, i = 0, 0
-        while i < m:  # the entries of one item are adjacent in `order`
-            first, best, count = i, rank[order[i]], 1
-            i += 1
-            while i < m and items[order[i]] == items[order[first]]:
-                best, count = min(best, rank[order[i]]), count + 1
-                i += 1
-            group_start[groups], group_best[groups], group_count[groups] = first, best, count
-            keys[groups] = (((best << 8) | (sources - count)) << 32) | items[order[first]]
-            groups += 1
-        chosen = np.argsort(keys[:groups], kind="mergesort")[:size]
+                item = ids[s, u, j]
+                if item < 0:
+                    continue
+                g = group_of[item]
+                if g < 0:
+                    g, groups = groups, groups + 1
+                    group_of[item] = g
+                    group_item[g], group_best[g], group_count[g] = item, j + 1, 0
+                    group_rank[g] = 0
+                group_best[g] = min(group_best[g], j + 1)
+                group_count[g] += 1
+                group_rank[g, s], group_score[g, s] = j + 1, normalised[s, u, j]
+        for g in range(groups):  # unique (the item is in the low bits): ascending is the order wanted
+            keys[g] = (((group_best[g] << 8) | (sources - group_count[g])) << 32) | group_item[g]
+        chosen = np.sort(keys[:groups])[:size]
         kept[u] = len(chosen)
         for slot in range(len(chosen)):
-            g = chosen[slot]
-            out_ids[u, slot] = items[order[group_start[g]]]
+            g = group_of[chosen[slot] & 0xFFFFFFFF]
+            out_ids[u, slot] = group_item[g]
             for s in range(sources):
-                features[u, slot, 3 * s + 1], features[u, slot, 3 * s + 2] = absent, MISSING_SCORE
-            for e in range(group_start[g], group_start[g] + group_count[g]):
-                s = source[order[e]]
-                features[u, slot, 3 * s] = 1.0
-                features[u, slot, 3 * s + 1] = np.log1p(np.float32(rank[order[e]]))
-                features[u, slot, 3 * s + 2] = score[order[e]]
+                if group_rank[g, s] > 0:
+                    features[u, slot, 3 * s] = 1.0
+                    features[u, slot, 3 * s + 1] = np.log1p(np.float32(group_rank[g, s]))
+                    features[u, slot, 3 * s + 2] = group_score[g, s]
+                else:
+                    features[u, slot, 3 * s + 1], features[u, slot, 3 * s + 2] = absent, MISSING_SCORE
             features[u, slot, 3 * sources] = group_count[g]
+        for g in range(groups):
+            group_of[group_item[g]] = -1
 
 
 @njit(nogil=True, cache=True)
