@@ -114,3 +114,17 @@ def test_a_missing_history_counts_as_an_empty_one():
     assert frames[0].features.tobytes() == frames[1].features.tobytes()
     assert frames[2].features.tobytes() == frames[3].features.tobytes()
     assert not frames[2].features[..., sources.names.index("history_present")].any()
+
+
+def test_a_history_naming_an_item_twice_counts_it_twice_and_places_it_first_where_it_first_occurs():
+    # An online request may send any history; a night's lists are distinct items. The frame kernel indexes each
+    # user's history once and clears its index after the user: repeats, and users after them, see the reference.
+    sources, batch, proposals, histories = _case(13)
+    repeated = [h[:2] + h[:2] + h[2:] if n % 2 else h for n, h in enumerate(histories)]
+    batch = replace(batch, features=batch.features.assign(history=pd.Series(repeated, dtype=object)))
+    frame = sources.frame_from(batch, proposals)
+    events = batch.features["n_events"].to_numpy()
+    for user in range(len(batch)):
+        order, rows = _reference(sources, proposals, repeated, events, user)
+        assert frame.ids[user][frame.mask[user]].tolist() == order, f"user {user}"
+        np.testing.assert_allclose(frame.features[user, :len(order)], rows, rtol=1e-5, atol=1e-5, err_msg=f"user {user}")
