@@ -177,7 +177,8 @@ def _history_features(ids, history, codes, word_ptr, word_ids, word_weights, voc
 
     Each user's history is indexed once (where each item and each attribute value first occurs, and how often
     a value does) in scratch arrays cleared after the user, so a candidate's lookups cost the same however
-    long the history: the work follows users x (candidates + history), never the catalogue."""
+    long the history: the work follows users x (candidates + history); the catalogue costs one scratch array
+    per call (a block of users), filled once."""
     users, size = ids.shape
     length = history.shape[1]
     depth = length + 1.0
