@@ -7,9 +7,10 @@ Three rates are measured at the start of a benchmark run, on this machine, with 
 - TF step: examples/s of a feature-less two-tower (an id embedding per side, in-batch softmax, Adagrad) at the
   configured batch and embedding sizes, the floor of a step that trains TFRS on those examples.
 `step_floor` divides each step's unskippable work by one of them; the formula is returned beside the seconds.
-The steps report that work themselves: train_ranking and refit every model they fit (`FitWork`: a two-stage
-fit's label-window sources, its ranker, its serving sources), evaluate and publish_shard the candidates their
-rankers scored and the FLOPs that took, beside the users they scored against every item.
+The steps report that work themselves: train_retrieval, train_ranking and refit every model they fit (`FitWork`:
+the two-tower's training pairs and epochs; a two-stage fit's label-window sources, its ranker, its serving
+sources), evaluate and publish_shard the candidates their rankers scored and the FLOPs that took, beside the
+users they scored against every item.
 A floor is a lower bound to compare with, not a target: the issue's goal is each step within 5x of it.
 """
 
@@ -104,10 +105,11 @@ def read_and_invert(interactions: int, ease_items: int | None, scan: float, gemm
 
 
 def fits_floor(fits: list[dict], scan: float, gemm: float, tf_rate: float) -> tuple[float, str]:
-    """The floor of the model fits a step reports (`tasks.models.base.FitWork`): a two-tower's examples x epochs
-    over the TF step rate; a ranker's candidates x epochs x its FLOPs per candidate x 3 (the forward pass and
-    the backward pass's two products) over the GEMM peak; EASE's items^3 over the GEMM peak; and the
-    interactions every other fit reads over the scan rate."""
+    """The floor of the model fits a step reports (`tasks.models.base.FitWork`): a two-tower's examples (its
+    training pairs: each user's first touch of an item, not every event) x epochs over the TF step rate; a
+    ranker's candidates x epochs x its FLOPs per candidate x 3 (the forward pass and the backward pass's two
+    products) over the GEMM peak; EASE's items^3 over the GEMM peak; and the interactions every other fit reads
+    over the scan rate."""
     seconds, parts, read = 0.0, [], 0
     for fit in fits:
         if fit["kind"] == "two_tower":
@@ -136,14 +138,12 @@ def ranking(result: dict, gemm: float) -> tuple[float, str]:
     return result["ranker_flops"] / gemm, f" + {result['candidates_ranked']:,} candidates x {per:,.0f} (ranker) / GEMM"
 
 
-def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates: Rates,
-               training_examples: int) -> tuple[float | None, str]:
+def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates: Rates) -> tuple[float | None, str]:
     """(floor seconds, its formula) of `step` from the results of the run so far; None where the step does no
     bulk work (its floor is its start-up)."""
     built = results["build_features"][0]["rows"] if "build_features" in results else {}
     dim = config.train_retrieval.embedding_dim
     gemm, scan, tf_rate = rates.gemm_gflops * 1e9, rates.scan_rows_per_s, rates.tf_examples_per_s
-    epochs = max(results.get("train_retrieval", [{}])[0].get("epochs_run", 0), 1)
     if step == "validate_raw":
         rows = sum(results[step][0]["rows"].values())
         return rows / scan, f"{rows:,} rows checked / scan rate"
@@ -155,10 +155,7 @@ def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates:
                                else None, scan, gemm)
     if step in ("train_retrieval", "train_ranking") and not results[step][0].get("path"):
         return None, "disabled"
-    if step == "train_retrieval":
-        examples = training_examples * epochs
-        return examples / tf_rate, f"{training_examples:,} examples x {epochs} epochs / TF step rate"
-    if step in ("train_ranking", "refit"):  # the label windows' sources, the ranker, (refit) the serving sources
+    if step in ("train_retrieval", "train_ranking", "refit"):  # the fits each step reports (`FitWork`)
         return fits_floor(results[step][0]["fits"], scan, gemm, tf_rate)
     if step == "evaluate":
         evaluated = results[step][0]

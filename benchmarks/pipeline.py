@@ -133,15 +133,12 @@ def measure(scale: str, root: Path) -> tuple[list[StepFigures], Rates]:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as probe:
         rates = probe.submit(measure_rates, raw, config, spec.users, spec.items).result()
     print(f"[{scale}] rates on this machine: {rates.as_dict()}", flush=True)
-    figures, results, examples = [], {}, 0
+    figures, results = [], {}
     for step in topological():
         print(f"[{scale}] {step.name} ...", flush=True)
         results[step.name], seconds, peak = run_step(step, common, config, folder)
         done = count(step.name, results[step.name], results)
-        if step.name == "build_features":  # the two-tower's examples: the training split of the interactions
-            splits = pd.read_parquet(Path(results[step.name][0]["path"]) / "interactions.parquet", columns=["split"])
-            examples = int((splits["split"] == "train").sum())
-        floor, formula = step_floor(step.name, results, config, rates, examples)
+        floor, formula = step_floor(step.name, results, config, rates)
         times = None if floor is None else significant(seconds / floor)
         figures.append(StepFigures(step.name, len(results[step.name]), round(seconds, 1), round(peak, 0),
                                    UNITS[step.name], done, round(done / seconds, 1),

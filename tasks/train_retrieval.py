@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from configs.schema import Config
 from tasks.address_book import AddressBook
+from tasks.models.base import FitWork
 from tasks.models.baselines import fit_model
 from tasks.step_cli import step_main
 from tasks.storage.atomic_write import atomic_directory
@@ -27,6 +28,7 @@ class TrainRetrievalResult(BaseModel):
     path: str | None
     epochs_run: int
     val_loss: list[float]
+    fits: list[FitWork] = []  # the two-tower's fit: its training pairs (first touches) and epochs
     seconds: float
 
 
@@ -36,6 +38,7 @@ def train_retrieval(config: Config, ds: date, run_id: str) -> TrainRetrievalResu
         log.info("train_retrieval ds=%s: disabled in config, nothing trained", ds)
         return TrainRetrievalResult(ds=ds, path=None, epochs_run=0, val_loss=[], seconds=0.0)
     from tasks.models.distribution import is_chief
+    from tasks.models.recipes import fits_made
     from tasks.models.two_tower import fit_two_tower  # TensorFlow loads only when this step runs
 
     started = time.perf_counter()
@@ -55,7 +58,8 @@ def train_retrieval(config: Config, ds: date, run_id: str) -> TrainRetrievalResu
     log.info("train_retrieval ds=%s: %d items embedded, %d epochs in %.1fs -> %s", ds, len(model.item_ids),
              model.params["epochs_run"], seconds, target)
     return TrainRetrievalResult(ds=ds, path=None if target is None else str(target), epochs_run=model.params["epochs_run"],
-                                val_loss=model.params["val_loss"], seconds=round(seconds, 2))
+                                val_loss=model.params["val_loss"], fits=fits_made(KIND, model, features),
+                                seconds=round(seconds, 2))
 
 
 run = train_retrieval

@@ -1,4 +1,5 @@
 import json
+import re
 from datetime import date
 
 import pytest
@@ -26,4 +27,8 @@ def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypat
             "publish"} <= set(floored)
     for name in floored:
         assert steps[name]["times_floor"] >= 1 and steps[name]["floor"].endswith(("rate", "GEMM")), steps[name]
+    # The two-tower's floor counts the pairs it trains on (each user's first touch of an item), which the step
+    # reports, not every interaction of the window.
+    pairs = int(re.search(r"two_tower ([\d,]+) examples", steps["train_retrieval"]["floor"]).group(1).replace(",", ""))
+    assert 0 < pairs < steps["train_retrieval"]["count"]
     assert (tmp_path / "T.md").exists() and (tmp_path / "T" / "raw" / ".complete").exists()
