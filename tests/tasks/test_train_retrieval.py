@@ -93,6 +93,43 @@ def test_extra_negatives_join_every_querys_softmax():
     assert loss(8, training=False) == loss(0, training=False)
 
 
+def test_the_examples_stream_holds_every_example_once_an_epoch_in_full_batches_shuffled_anew(tmp_path):
+    """Python reads and shuffles windows of 8 batches, TensorFlow cuts them and gathers each example's user and
+    item rows: every example once an epoch with its own rows, full batches but the last, a new order each epoch
+    (and the file's order unshuffled)."""
+    from tasks.models.tower_inputs import as_list_column
+    from tasks.models.two_tower import examples_dataset
+
+    count, batch_size = 1_000, 16  # 7 windows of 8 batches and a short one, across Parquet record batches
+    rng = np.random.default_rng(0)
+    user_row, item_row = rng.integers(0, 50, count).astype(np.int32), rng.integers(0, 30, count).astype(np.int32)
+    history = rng.integers(0, 30, (count, 4)).astype(np.int32)
+    pd.DataFrame({"user_row": user_row, "item_row": item_row, "history": as_list_column(history, pd.RangeIndex(count)),
+                  "weight": np.arange(count, dtype=np.float64), "probability": np.full(count, 0.5)}).to_parquet(
+        tmp_path / "examples.parquet", index=False, row_group_size=300)
+    users = {"user_id": np.arange(50) * 10, "age": np.arange(50, dtype=np.float32) / 2}
+    items = {"item_id": np.arange(30) * 100, "tags": np.arange(90).reshape(30, 3)}
+    shuffled, in_order = (examples_dataset(tmp_path / "examples.parquet", users, items, batch_size, shuffle, seed=1,
+                                           sized=True) for shuffle in (True, False))
+    assert int(shuffled.cardinality()) == -(-count // batch_size)
+    orders = []
+    for data in (shuffled, shuffled, in_order):  # two epochs, then the file's order
+        order, sizes = [], []
+        for inputs, weight, probability in data:
+            example = weight.numpy().astype(int)  # the weight column numbers the examples
+            order.extend(example)
+            sizes.append(len(example))
+            query, candidate = inputs["query"], inputs["candidate"]
+            np.testing.assert_array_equal(query["user_id"].numpy(), user_row[example] * 10)
+            np.testing.assert_array_equal(query["age"].numpy(), users["age"][user_row[example]])
+            np.testing.assert_array_equal(query["history"].numpy(), history[example])
+            np.testing.assert_array_equal(candidate["tags"].numpy(), items["tags"][item_row[example]])
+            assert probability.dtype == np.float32 and (probability.numpy() == 0.5).all()
+        assert sorted(order) == list(range(count)) and sizes[:-1] == [batch_size] * (len(sizes) - 1)
+        orders.append(order)
+    assert orders[0] != orders[1] and orders[2] == list(range(count))
+
+
 def test_a_training_example_reaches_the_towers_as_its_serving_inputs_would(pipeline_run):
     """Training feeds the towers numbers gathered from tables computed once; the serving signature takes the
     user's feature row with the item ids before the event, most recent first, and the item's row. Both must
