@@ -130,6 +130,18 @@ def test_the_examples_stream_holds_every_example_once_an_epoch_in_full_batches_s
     assert orders[0] != orders[1] and orders[2] == list(range(count))
 
 
+def test_lists_pool_the_mean_of_their_real_entries():
+    """Only the entries that are not padding are looked up; a row of padding pools to zeros."""
+    from tasks.models.two_tower import Tower, tf
+
+    codes = np.array([[3, 1, 0, 0], [0, 0, 0, 0], [2, 2, 2, 5]])
+    table = np.arange(12, dtype=np.float32).reshape(6, 2)
+    row, entries = Tower._entries(tf.constant(codes))
+    np.testing.assert_array_equal(entries.numpy(), [3, 1, 2, 2, 2, 5])
+    pooled = Tower._mean_by_row(tf.gather(table, entries), row, len(codes)).numpy()
+    np.testing.assert_allclose(pooled, [(table[3] + table[1]) / 2, [0, 0], (3 * table[2] + table[5]) / 4])
+
+
 def test_a_training_example_reaches_the_towers_as_its_serving_inputs_would(pipeline_run):
     """Training feeds the towers numbers gathered from tables computed once; the serving signature takes the
     user's feature row with the item ids before the event, most recent first, and the item's row. Both must
