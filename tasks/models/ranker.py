@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tasks.models.candidates import MISSING_SCORE
+from tasks.models.distribution import without_autotune
 from tasks.quality.metrics import list_ndcg_per_row
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -108,7 +109,7 @@ def _shuffled_batches(features, mask, labels, rows: np.ndarray, batch_size: int,
 
     signature = (tf.TensorSpec([None, *features.shape[1:]], tf.float32), tf.TensorSpec([None, mask.shape[1]], tf.bool),
                  tf.TensorSpec([None, labels.shape[1]], tf.float32))
-    return tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2)
+    return without_autotune(tf.data.Dataset.from_generator(batches, output_signature=signature).prefetch(2))
 
 
 def feature_moments(features: np.ndarray, mask: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from tasks.models.base import Recommender, UserBatch, WarmStart
-from tasks.models.distribution import across_replicas, shard_by_example, training_strategy
+from tasks.models.distribution import across_replicas, shard_by_example, training_strategy, without_autotune
 from tasks.models.tower_inputs import (
     PAD,
     EncodedTable,
@@ -275,7 +275,7 @@ def stream_examples(path: Path, to_batch, batch_size: int, shuffle: bool, seed: 
     if sized:  # so that `fit` may run several steps per call (STEPS_PER_CALL)
         data = data.apply(tf.data.experimental.assert_cardinality(-(-pq.ParquetFile(path).metadata.num_rows
                                                                      // batch_size)))
-    return data.prefetch(2)
+    return without_autotune(data.prefetch(2))
 
 
 def column_dtype(kind: pa.DataType) -> np.dtype:
