@@ -243,7 +243,8 @@ def stream_examples(path: Path, to_batch, batch_size: int, shuffle: bool, seed: 
     batch took a quarter of the training's CPU time in TF's profiler. `sized`: the dataset states its number
     of batches."""
     epochs = itertools.count()
-    schema = pq.ParquetFile(path).schema_arrow
+    examples = pq.ParquetFile(path)  # its footer: the columns and the number of rows
+    schema = examples.schema_arrow
     signature = {field.name: tf.TensorSpec([None] if not pa.types.is_fixed_size_list(field.type)
                                            else [None, field.type.list_size], tf.as_dtype(column_dtype(field.type)))
                  for field in schema}
@@ -273,8 +274,7 @@ def stream_examples(path: Path, to_batch, batch_size: int, shuffle: bool, seed: 
     data = tf.data.Dataset.from_generator(shuffled, output_signature=signature).flat_map(cut)
     data = data.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if sized:  # so that `fit` may run several steps per call (STEPS_PER_CALL)
-        data = data.apply(tf.data.experimental.assert_cardinality(-(-pq.ParquetFile(path).metadata.num_rows
-                                                                     // batch_size)))
+        data = data.apply(tf.data.experimental.assert_cardinality(-(-examples.metadata.num_rows // batch_size)))
     return without_autotune(data.prefetch(2))
 
 
