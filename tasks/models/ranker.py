@@ -18,6 +18,7 @@ import numpy as np
 
 from tasks.models.candidates import MISSING_SCORE
 from tasks.models.distribution import without_autotune
+from tasks.models.epoch_log import EpochLog
 from tasks.quality.metrics import list_ndcg_per_row
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -184,6 +185,8 @@ class KeepBestListNdcg(tf.keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         rows = self.ndcg()
         self.scores.append(float(rows.mean()))
+        if logs is not None:  # for the callbacks after this one (`EpochLog`)
+            logs["validation_ndcg_at_10"] = self.scores[-1]
         if self.scores[-1] > max(self.scores[:-1]):
             self.best_epoch, self.best_weights, self.best_rows = epoch + 1, self.model.get_weights(), rows
         if patience_spent(self.scores, self.patience):
@@ -234,12 +237,14 @@ def train_ranker(features: np.ndarray, mask: np.ndarray, labels: np.ndarray, dee
               "candidates_trained": int(mask[~is_validation].sum())}
     if fixed_epochs is not None:
         if fixed_epochs > 0:
-            trainer.fit(train, epochs=fixed_epochs, verbose=0)
+            trainer.fit(train, epochs=fixed_epochs, callbacks=[EpochLog("ranker", report["lists"], fixed_epochs, "lists")],
+                        verbose=0)
         report |= {"epochs_run": fixed_epochs, "epochs_trained": fixed_epochs}
         return ExportedRanker(ranker, features.shape[2]), report
     held = features[is_validation], mask[is_validation], labels[is_validation] > 0
     keep_best = KeepBestListNdcg(ranker, *held, patience)
-    trainer.fit(train, epochs=epochs, callbacks=[keep_best], verbose=0)
+    progress = EpochLog("ranker", report["lists"] - report["validation_lists"], epochs, "lists")
+    trainer.fit(train, epochs=epochs, callbacks=[keep_best, progress], verbose=0)
     report |= {"epochs_run": keep_best.best_epoch, "epochs_trained": len(keep_best.scores) - 1,
                "validation_ndcg_at_10": keep_best.scores[keep_best.best_epoch],
                "validation_anchor_ndcg_at_10": keep_best.scores[0],

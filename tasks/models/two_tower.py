@@ -23,6 +23,7 @@ import scipy.sparse as sp
 
 from tasks.models.base import Recommender, UserBatch, WarmStart
 from tasks.models.distribution import across_replicas, shard_by_example, training_strategy, without_autotune
+from tasks.models.epoch_log import EpochLog
 from tasks.models.tower_inputs import (
     PAD,
     EncodedTable,
@@ -509,8 +510,9 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
         trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate),
                         steps_per_execution=STEPS_PER_CALL if alone else 1)
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
+    progress = EpochLog("two_tower", int((~is_validation).sum()), epochs or config.epochs)
     history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
-                          callbacks=[] if epochs else [stop], verbose=0)
+                          callbacks=[progress] if epochs else [progress, stop], verbose=0)
     losses = history.history
     log.info("two_tower: %d training / %d validation examples, %d epochs, loss %.4f -> %.4f, val_loss %s",
              int((~is_validation).sum()), int(is_validation.sum()), len(losses["loss"]), losses["loss"][0],

@@ -1,3 +1,6 @@
+import logging
+import re
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -244,6 +247,22 @@ def test_the_ranker_leaves_its_anchors_order_only_on_evidence(signal):
     else:  # an epoch scored best on noise (+27% here, on 100 lists), and the anchor's order stays
         assert report["validation_gain_low"] < 0 and report["epochs_run"] == 0
         assert report["validation_ndcg_at_10"] == report["validation_anchor_ndcg_at_10"]
+
+
+def test_each_epoch_of_a_fit_logs_its_lists_time_and_validation_ndcg(caplog):
+    """A fit of minutes shows its progress: one line per epoch with what it trained on and the score that
+    early stopping reads, the same figures its report keeps."""
+    from tasks.models.ranker import train_ranker
+
+    features, mask, labels = _lists(np.random.default_rng(5), True)
+    with caplog.at_level(logging.INFO, logger="tasks.models.epoch_log"):
+        _, report = train_ranker(features, mask, labels, (8,), anchor=0, learning_rate=0.01, batch_size=32, epochs=4,
+                                 patience=3, validation_share=0.25, seed=1)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tasks.models.epoch_log"]
+    assert len(lines) == report["epochs_trained"] == 4
+    for epoch, (line, ndcg) in enumerate(zip(lines, report["validation_ndcg_at_10_by_epoch"][1:], strict=True), 1):
+        assert line.startswith(f"ranker epoch {epoch} of at most 4: 300 lists in ") and ", loss " in line
+        assert float(re.search(r"validation_ndcg_at_10 ([0-9.]+)", line).group(1)) == pytest.approx(ndcg, abs=1e-4)
 
 
 def test_patience_counts_from_the_best_trained_epoch_not_from_the_anchor():
