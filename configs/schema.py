@@ -173,7 +173,10 @@ class TrainRetrievalConfig(Section):
     user_id_embedding: bool = Field(
         False, description="Give each known user a free embedding besides features and history (overfits here).")
     validation_days: int = Field(1, ge=1, description="Last training days used for early stopping.")
-    patience: int = Field(2, ge=1)
+    patience: int = Field(
+        1, ge=1, description="Epochs without a lower val_loss before training stops; the best epoch's weights are "
+                             "kept. 1: every fit measured (the L bench's, the real data's) worsened steadily after "
+                             "its best epoch, so a second epoch of patience kept the same weights and cost an epoch.")
     strategy: Literal["single", "mirrored", "multi_worker"] = Field(
         "single", description="single: this process; mirrored: every local GPU; multi_worker: the workers TF_CONFIG "
                               "names (one `python -m tasks.train_retrieval` each; worker 0 writes the model). "
