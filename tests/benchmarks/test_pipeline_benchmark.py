@@ -13,7 +13,11 @@ pytestmark = pytest.mark.slow
 def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypatch):
     monkeypatch.setitem(pipeline.SCALES, "T", ShopSpec(days=30, users=500, items=300, events=15_000, seed=3,
                                                        end=date(2026, 11, 22)))
+    stale = tmp_path / "T" / "var" / "lake" / "left-by-an-earlier-run"
+    stale.parent.mkdir(parents=True)
+    stale.touch()
     pipeline.main(scale="T", out=tmp_path)
+    assert not stale.exists()  # each run measures a shop's first night, not whatever an earlier run left
     report = json.loads((tmp_path / "T.json").read_text())
     steps = {row["step"]: row for row in report["steps"]}
     assert list(steps) == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranking", "evaluate",
