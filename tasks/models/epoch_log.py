@@ -16,14 +16,13 @@ TFRS_TOTALS = ("regularization_loss", "total_loss")
 
 
 class EpochLog(tf.keras.callbacks.Callback):
-    """Logs each epoch of `model`'s fit over `examples` (counted in `unit`): its seconds, validation included, its
+    """Logs each epoch of the fit of `name` over `examples` (counted in `unit`): its seconds, validation included, its
     rate and what the epoch's logs hold: the losses Keras reports (`val_loss` where a validation set is given)
     and whatever an earlier callback in the list added."""
 
-    def __init__(self, model: str, examples: int, epochs: int, unit: str = "examples"):
+    def __init__(self, name: str, examples: int, epochs: int, unit: str = "examples"):
         super().__init__()
-        self.name, self.examples, self.epochs, self.unit = model, examples, epochs, unit
-        self.started = time.perf_counter()
+        self.name, self.examples, self.epochs, self.unit = name, examples, epochs, unit
 
     def on_epoch_begin(self, epoch, logs=None):
         self.started = time.perf_counter()

@@ -510,17 +510,18 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
         trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate),
                         steps_per_execution=STEPS_PER_CALL if alone else 1)
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    progress = EpochLog("two_tower", int((~is_validation).sum()), epochs or config.epochs)
+    trained = int((~is_validation).sum())
+    progress = EpochLog("two_tower", trained, epochs or config.epochs)
     history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
                           callbacks=[progress] if epochs else [progress, stop], verbose=0)
     losses = history.history
     log.info("two_tower: %d training / %d validation examples, %d epochs, loss %.4f -> %.4f, val_loss %s",
-             int((~is_validation).sum()), int(is_validation.sum()), len(losses["loss"]), losses["loss"][0],
+             trained, int(is_validation.sum()), len(losses["loss"]), losses["loss"][0],
              losses["loss"][-1], [round(v, 4) for v in losses.get("val_loss", [])])
     model = TwoTowerModel(items["item_id"].to_numpy(dtype=object),
                           fallback.reindex(items["item_id"]).fillna(0.0).to_numpy(np.float32),
                           {**config.model_dump(), "epochs_run": len(losses["loss"]),
-                           "training_examples": int((~is_validation).sum()),
+                           "training_examples": trained,
                            "val_loss": [float(v) for v in losses.get("val_loss", [])]},
                           ExportedTower(query), ExportedTower(candidate), None, (query_spec, candidate_spec))
     model.item_embeddings = model.embed_items(items)
