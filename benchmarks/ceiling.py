@@ -19,11 +19,11 @@ import pandas as pd
 import typer
 
 from configs import load_config
-from tasks.address_book import AddressBook
 from tasks.evaluate import evaluate_model, held_out_window
 from tasks.generate import ShopSpec, generate_shop, planted_scores
 from tasks.models.base import Recommender, UserBatch
 from tasks.step_cli import configure_logging
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 
 METRICS = ("ndcg_at_10", "recall_at_10", "recall_at_100")

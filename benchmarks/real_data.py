@@ -24,10 +24,10 @@ import pandas as pd
 
 from configs import load_config
 from pipelines.runner import run_pipeline
-from tasks.address_book import AddressBook
 from tasks.import_online_retail import import_online_retail
 from tasks.quality.gate import paired_bootstrap
 from tasks.step_cli import configure_logging
+from tasks.storage.address_book import AddressBook
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCE = REPO.parent / "shared" / "data" / "online_retail_2010-12_2011-09.parquet"

@@ -26,12 +26,12 @@ import typer
 from configs import load_config
 from configs.schema import Config
 from pipelines.runner import run_pipeline, run_step
-from tasks.address_book import AddressBook
 from tasks.evaluate import held_out_window, scored_rows
 from tasks.models.base import load_recommender
 from tasks.quality.gate import paired_bootstrap
 from tasks.refit import refit
 from tasks.step_cli import configure_logging
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,9 +13,9 @@ from configs import load_config
 from pipelines.nightly import CONFIG_ENV, KNOBS, data_date, form_config, knob_defaults, knob_overrides
 from pipelines.runner import run_step, shard_threads, shards
 from pipelines.tuning import KNOBS as TUNING_KNOBS
-from tasks.address_book import AddressBook
 from tasks.errors import DataContractError, describe
 from tasks.step_cli import quiet_libraries
+from tasks.storage.address_book import AddressBook
 
 CONFIG_VARIABLE = "recsys_config"   # Airflow Variable holding a config file path
 WAREHOUSE_CONNECTION = "recsys_warehouse"  # Airflow Connection to a PostgreSQL warehouse, when the config names none

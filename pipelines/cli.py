@@ -31,7 +31,7 @@ def run(config: ConfigOption = None, set_: SetOption = None,
         run_id: Annotated[str | None, typer.Option(help="Run id; default: local__<time>.")] = None) -> None:
     """Run every step of the nightly pipeline for one ds, in this process."""
     from pipelines.runner import run_pipeline
-    from tasks.address_book import AddressBook
+    from tasks.storage.address_book import AddressBook
 
     configure_logging()
     cfg = load_config(config, tuple(set_ or ()))
@@ -70,8 +70,8 @@ def tune(config: ConfigOption = None, set_: SetOption = None,
          trials: Annotated[int | None, typer.Option(help="Most trials; default: tune.trials.")] = None,
          minutes: Annotated[float | None, typer.Option(help="Time budget; default: tune.minutes.")] = None) -> None:
     """Search the two-tower and ranker knobs with Optuna; write the best as a config overlay."""
-    from tasks.address_book import AddressBook
     from tasks.build_features import build_features
+    from tasks.storage.address_book import AddressBook
     from tasks.tune import tune as run_tune
 
     configure_logging()

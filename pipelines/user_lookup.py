@@ -9,7 +9,7 @@ from datetime import date
 import pandas as pd
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
+from tasks.storage.address_book import AddressBook
 from tasks.storage.warehouse import warehouse_for
 
 ITEM_COUNTS = ["n_events", "n_users", "weight_sum"]  # feature-set bookkeeping, not attributes a reader wants

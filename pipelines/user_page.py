@@ -13,8 +13,8 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from configs.schema import Config
 from pipelines.user_lookup import user_lookup
-from tasks.address_book import AddressBook
 from tasks.report import find_report
+from tasks.storage.address_book import AddressBook
 
 STYLE = """body{font-family:system-ui,sans-serif;margin:2rem;max-width:70rem}table{border-collapse:collapse}
 td,th{padding:.2rem .6rem;border-bottom:1px solid #ddd;text-align:left}th{background:#f4f4f4}.muted{color:#666}"""

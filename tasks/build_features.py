@@ -19,10 +19,10 @@ from numba import njit
 from pydantic import BaseModel
 
 from configs.schema import BuildFeaturesConfig, Config, DataConfig
-from tasks.address_book import AddressBook
 from tasks.errors import FeaturesInvalid
 from tasks.quality.data_checks import run_suites
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet, Window, in_time_order
 from tasks.storage.raw_store import RawStore

@@ -18,7 +18,6 @@ import pandas as pd
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
 from tasks.models.base import MANIFEST, Recommender, UserBatch, load_recommender, sharing_fits
 from tasks.models.recipes import SECTIONS, fit_recipe, recipe, recipe_config
@@ -26,6 +25,7 @@ from tasks.models.recommend import exclusions, recommend, remembering_top_k
 from tasks.quality.gate import CHAMPION_ROW, GateDecision, decide_promotion, moves_alias
 from tasks.quality.metrics import PER_USER, catalog_metrics, list_ndcg, metric_name, per_user_metrics, summarize
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
 from tasks.storage.membership import is_in

@@ -19,11 +19,11 @@ import duckdb
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.fault_points import fault_point
 from tasks.publish_shard import shard_file
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.lake import publication_token, reconcile_recommendations, sweep_leftovers, write_marker
 from tasks.storage.warehouse import warehouse_for

@@ -23,12 +23,12 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.errors import MissingInput, RecommendationsInvalid
 from tasks.models.compute_threads import shared_cores
 from tasks.models.pyfunc import RECOMMENDER_ONLY
 from tasks.models.recommend import ServingInputs, recommendation_frame
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 from tasks.storage.membership import positions
 from tasks.storage.model_registry import registry_for

@@ -18,11 +18,11 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.evaluate import read_decision
 from tasks.models.base import FitWork, WarmStart
 from tasks.models.recipes import BASELINES, fit_recipe, fits_made, recipe_config, twin_epochs
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
 

@@ -15,13 +15,13 @@ import pandas as pd
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.evaluate import STAGES_FILE, read_decision
 from tasks.fault_points import fault_point
 from tasks.models.base import saved_format
 from tasks.models.pyfunc import logged_pyfunc
 from tasks.models.recommend import ServingInputs
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 from tasks.storage.model_registry import registry_for
 from tasks.train_ranking import KIND as RANKING_KIND

@@ -22,10 +22,10 @@ import pandas as pd
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
 from tasks.evaluate import GATE_FILE, STAGES_FILE, read_decision
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 from tasks.storage.membership import is_in
 from tasks.storage.model_registry import MODEL_TRAINING_VIEW, registry_for

@@ -10,10 +10,10 @@ from datetime import date
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.models.baselines import BaselineFits
 from tasks.models.ease import EaseTooLarge
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
 

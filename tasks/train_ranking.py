@@ -12,10 +12,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.errors import MissingInput
 from tasks.models.base import MANIFEST, FitWork
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
 from tasks.train import baseline_kinds

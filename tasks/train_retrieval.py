@@ -12,10 +12,10 @@ import pandas as pd
 from pydantic import BaseModel
 
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.models.base import FitWork
 from tasks.models.baselines import fit_model
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import atomic_directory
 from tasks.storage.feature_set import FeatureSet
 

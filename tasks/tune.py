@@ -24,10 +24,10 @@ from pydantic import BaseModel
 
 from configs import DEFAULT_CONFIG
 from configs.schema import Config
-from tasks.address_book import AddressBook
 from tasks.evaluate import evaluate_model, held_out_window
 from tasks.register import flatten
 from tasks.step_cli import step_main
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 
 log = logging.getLogger(__name__)

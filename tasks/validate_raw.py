@@ -12,10 +12,10 @@ import pandas as pd
 from pydantic import BaseModel
 
 from configs.schema import Config, DataConfig, FeatureColumns, ValidateRawConfig, ValueRule
-from tasks.address_book import RAW_TABLES, AddressBook
 from tasks.errors import RawDataInvalid
 from tasks.quality.data_checks import TYPE_NAMES, is_spark, run_suites
 from tasks.step_cli import dump_json, step_main
+from tasks.storage.address_book import RAW_TABLES, AddressBook
 from tasks.storage.lake import reconcile_recommendations
 from tasks.storage.membership import is_in
 from tasks.storage.raw_store import RawStore

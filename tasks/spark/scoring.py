@@ -129,8 +129,8 @@ def serving_model(job: ScoringJob) -> tuple:
     """(the serving version prepared for the night's catalogue, the catalogue): once per Python worker."""
     key = (job.version, str(job.features))
     if key not in _CATALOGUES:
-        from tasks.address_book import AddressBook
         from tasks.models.pyfunc import RECOMMENDER_ONLY
+        from tasks.storage.address_book import AddressBook
         from tasks.storage.model_registry import registry_for
 
         items = pd.read_parquet(job.features / "serving_items.parquet")

@@ -23,7 +23,7 @@ import uuid
 from datetime import date
 from pathlib import Path
 
-from tasks.address_book import AddressBook
+from tasks.storage.address_book import AddressBook
 from tasks.storage.atomic_write import RETIRED, STAGING, atomic_directory, leftovers
 from tasks.storage.warehouse import Warehouse
 

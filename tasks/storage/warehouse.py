@@ -27,7 +27,7 @@ from tasks.errors import RecommendationsInvalid
 
 if TYPE_CHECKING:
     from configs.schema import Config
-    from tasks.address_book import AddressBook
+    from tasks.storage.address_book import AddressBook
 
 log = logging.getLogger(__name__)
 

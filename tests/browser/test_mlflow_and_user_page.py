@@ -43,7 +43,7 @@ def mlflow_runs(config) -> dict[str, SimpleNamespace]:
     """The nights' MLflow runs by pipeline run id: id, name and experiment."""
     from mlflow import MlflowClient
 
-    from tasks.address_book import AddressBook
+    from tasks.storage.address_book import AddressBook
 
     client = MlflowClient(AddressBook.from_config(config).mlflow_tracking_uri)
     experiment = client.get_experiment_by_name(config.register.experiment)
@@ -87,7 +87,7 @@ def test_the_airflow_runs_mlflow_link_opens_the_night_in_the_model_training_view
 def test_the_user_page_shows_a_list_and_links_that_nights_report(two_nights, page):
     from playwright.sync_api import expect
 
-    from tasks.address_book import AddressBook
+    from tasks.storage.address_book import AddressBook
     from tasks.storage.warehouse import DuckDBWarehouse
 
     newest = two_nights.results["night_b"]

@@ -63,7 +63,7 @@ def test_a_step_on_bad_data_says_what_failed_and_what_to_do_without_a_traceback(
 def test_backfill_runs_each_ds_in_order_and_stops_at_the_first_failure(shop_raw, tmp_path):
     from datetime import timedelta
 
-    from tasks.address_book import AddressBook
+    from tasks.storage.address_book import AddressBook
     from tasks.storage.warehouse import DuckDBWarehouse
     from tests.conftest import make_config
 

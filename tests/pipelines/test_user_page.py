@@ -5,7 +5,7 @@ from urllib.parse import urlsplit
 from fastapi.testclient import TestClient
 
 from pipelines.user_page import make_app
-from tasks.address_book import AddressBook
+from tasks.storage.address_book import AddressBook
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS
 

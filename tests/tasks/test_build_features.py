@@ -3,8 +3,8 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from tasks.address_book import AddressBook
 from tasks.build_features import compute_features, feature_window, item_features, shared_codes, user_features, weigh_events
+from tasks.storage.address_book import AddressBook
 from tasks.storage.raw_store import RawStore
 from tests.conftest import DS, make_config
 

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from pipelines.runner import run_pipeline
-from tasks.address_book import AddressBook
 from tasks.evaluate import evaluate_model, held_out_window
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 from tasks.storage.model_registry import ModelRegistry
 from tasks.storage.warehouse import DuckDBWarehouse

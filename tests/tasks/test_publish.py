@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.address_book import AddressBook
 from tasks.publish_shard import TableRules, check_recommendations
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS
@@ -256,7 +256,7 @@ def test_publish_killed_between_its_commits_leaves_a_whole_night_and_the_next_ru
 
 
 def test_a_lake_folder_the_warehouse_never_committed_is_removed(tmp_path):
-    from tasks.address_book import AddressBook as Book
+    from tasks.storage.address_book import AddressBook as Book
     from tasks.storage.lake import reconcile_recommendations
     from tests.conftest import make_config
 

@@ -5,7 +5,7 @@ from pathlib import Path
 import pandas as pd
 
 from pipelines.runner import run_pipeline
-from tasks.address_book import AddressBook
+from tasks.storage.address_book import AddressBook
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS, make_config
 

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 
 from pipelines.runner import run_pipeline
-from tasks.address_book import AddressBook
 from tasks.fault_points import MODE_ENV, POINT_ENV
 from tasks.models.base import MANIFEST
+from tasks.storage.address_book import AddressBook
 from tasks.storage.model_registry import ModelRegistry, TrackingServerUnreachable, registry_for
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS, REPO, make_config, step_command

@@ -21,7 +21,7 @@ def test_psi_is_zero_for_the_same_population_and_large_for_a_shifted_one():
 def test_the_pipeline_writes_the_nights_report_and_logs_it_to_mlflow(pipeline_run):
     import mlflow
 
-    from tasks.address_book import AddressBook
+    from tasks.storage.address_book import AddressBook
 
     config, results = pipeline_run
     report = results["report"]

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.address_book import AddressBook
+from tasks.storage.address_book import AddressBook
 from tasks.storage.warehouse import DuckDBWarehouse
 from tests.conftest import DS
 

@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 
-from tasks.address_book import AddressBook
 from tasks.models import UserBatch, load_recommender
 from tasks.models.baselines import fit_model
 from tasks.models.candidates import MISSING_SCORE, CandidateSources, ItemSignals
@@ -14,6 +13,7 @@ from tasks.models.cooccurrence import user_item_matrix
 from tasks.models.popularity import PopularityModel
 from tasks.models.recommend import exclusions, model_top_k
 from tasks.models.two_stage import fit_two_stage
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 from tests.conftest import DS, make_config
 

@@ -2,9 +2,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from tasks.address_book import AddressBook
 from tasks.models import load_recommender
 from tasks.models.tower_inputs import encode, first_touches, histories_before_each_event
+from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet
 from tests.conftest import DS
 

@@ -5,7 +5,7 @@ import yaml
 
 from configs import load_config
 from pipelines.runner import run_pipeline
-from tasks.address_book import AddressBook
+from tasks.storage.address_book import AddressBook
 from tasks.tune import SPACE, tune
 from tests.conftest import DS, make_config
 

@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from pipelines.runner import run_pipeline
-from tasks.address_book import AddressBook
 from tasks.errors import DataContractError, RawDataInvalid, RawDataUnreadable
+from tasks.storage.address_book import AddressBook
 from tasks.storage.model_registry import ModelRegistry
 from tasks.storage.warehouse import DuckDBWarehouse
 from tasks.validate_raw import validate_raw

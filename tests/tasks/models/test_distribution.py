@@ -52,10 +52,10 @@ def test_two_workers_on_loopback_train_a_two_tower_as_good_as_one_process(pipeli
     process with the same settings. Worker 0 writes the model, worker 1 nothing. Both models are scored on the
     held-out days: the two-worker one keeps at least 95% of the single one's recall@20 (the two runs may differ
     in shuffling and float order, so not bit for bit) and beats popularity."""
-    from tasks.address_book import AddressBook
     from tasks.evaluate import evaluate_model, held_out_window
     from tasks.models import load_recommender
     from tasks.models.baselines import fit_model
+    from tasks.storage.address_book import AddressBook
     from tasks.storage.feature_set import FeatureSet
 
     config, _ = pipeline_run

@@ -87,7 +87,7 @@ def test_an_empty_warehouse_says_nothing_was_published(warehouse):
 
 
 def test_the_url_selects_postgres_and_its_location_hides_the_password(tmp_path):
-    from tasks.address_book import AddressBook
+    from tasks.storage.address_book import AddressBook
 
     config = make_config(tmp_path / "var", tmp_path / "raw", "warehouse.url=postgresql://svc:" + "s3cret@db.internal:5433/recs")
     chosen = warehouse_for(config, AddressBook.from_config(config))
