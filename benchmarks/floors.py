@@ -153,9 +153,11 @@ def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates:
     if step == "train":
         return read_and_invert(built["interactions"], built["train_items"] if "ease" in results[step][0]["models"]
                                else None, scan, gemm)
-    if step in ("train_retrieval", "train_ranking") and not results[step][0].get("path"):
+    if step in ("train_retrieval", "train_ranker", "train_ranking") and not results[step][0].get("path"):
         return None, "disabled"
-    if step in ("train_retrieval", "train_ranking", "refit"):  # the fits each step reports (`FitWork`)
+    if step in ("train_retrieval", "train_ranker", "train_ranking", "refit"):  # the fits each step reports (`FitWork`)
+        if not results[step][0]["fits"]:
+            return None, "no fit: it serves models other steps fit"
         return fits_floor(results[step][0]["fits"], scan, gemm, tf_rate)
     if step == "evaluate":
         evaluated = results[step][0]

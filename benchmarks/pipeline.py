@@ -4,11 +4,14 @@
 
 It generates the shop once per scale under var/bench/<scale>/raw (kept for later runs), then runs the shop's
 first night in an emptied var/bench/<scale>/var, each step the way a Kubeflow component or an Airflow worker
-runs it: as its own process, `python -m tasks.<step>`, so the peak RSS of each step is its own. The shards of a
-sharded step run as parallel processes, as Airflow's mapped tasks would. Writes var/bench/<scale>.json and .md,
-and, from every scale measured so far, var/bench/scaling.md with time(M)/time(S) and time(L)/time(M) per step
-beside the same ratios of the work each step did. Beside each step's time stands its floor on this machine and
-how many times the floor the step took (`benchmarks.floors`: the rates are measured first, in the same run).
+runs it: as its own process, `python -m tasks.<step>`, so the peak RSS of each step is its own. Every step whose
+upstream steps are done starts at once, as Airflow's scheduler starts them (train_retrieval beside train_ranker),
+and the shards of a sharded step run as parallel processes, as Airflow's mapped tasks would. The night's time
+(`night_seconds`) runs from the first step's start to the last one's end; `steps_seconds` adds up the steps'.
+Writes var/bench/<scale>.json and .md, and, from every scale measured so far, var/bench/scaling.md with
+time(M)/time(S) and time(L)/time(M) per step beside the same ratios of the work each step did. Beside each
+step's time stands its floor on this machine and how many times the floor the step took (`benchmarks.floors`:
+the rates are measured first, in the same run).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import shutil
 import subprocess
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -43,7 +46,7 @@ SCALES = {  # events, users, items over the default 28-day lookback (+2 days of 
 }
 # What each step's throughput counts, read from its own printed result or an earlier one.
 UNITS = {"validate_raw": "rows (events, items, users)", "build_features": "events", "train": "interactions",
-         "train_retrieval": "interactions", "train_ranking": "interactions", "evaluate": "users",
+         "train_retrieval": "interactions", "train_ranker": "interactions", "train_ranking": "interactions", "evaluate": "users",
          "refit": "interactions", "register": "models", "publish_shard": "users", "publish": "rows",
          "report": "nights"}
 
@@ -52,6 +55,7 @@ UNITS = {"validate_raw": "rows (events, items, users)", "build_features": "event
 class StepFigures:
     step: str
     processes: int
+    started: float   # seconds after the night's first step started
     seconds: float
     peak_rss_mib: float  # the largest of the step's processes
     unit: str
@@ -98,7 +102,7 @@ def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int
         return int(sum(first["rows"].values()))
     if step == "build_features":
         return int(sum(first["rows"].get(name, 0) for name in ("interactions", "events")) or sum(first["rows"].values()))
-    if step in ("train", "train_retrieval", "train_ranking"):
+    if step in ("train", "train_retrieval", "train_ranker", "train_ranking"):
         return int(earlier["build_features"][0]["rows"].get("interactions", 0))
     if step == "refit":
         return int(first["interactions"])
@@ -113,7 +117,7 @@ def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int
     return int(first.get("rows", 0))
 
 
-def measure(scale: str, root: Path) -> tuple[list[StepFigures], Rates]:
+def measure(scale: str, root: Path) -> tuple[list[StepFigures], Rates, float]:
     from configs import load_config
 
     spec = SCALES[scale]
@@ -138,20 +142,35 @@ def measure(scale: str, root: Path) -> tuple[list[StepFigures], Rates]:
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as probe:
         rates = probe.submit(measure_rates, raw, config, spec.users, spec.items).result()
     print(f"[{scale}] rates on this machine: {rates.as_dict()}", flush=True)
-    figures, results = [], {}
-    for step in topological():
-        print(f"[{scale}] {step.name} ...", flush=True)
-        results[step.name], seconds, peak = run_step(step, common, config, folder)
-        done = count(step.name, results[step.name], results)
+    figures, results = {}, {}
+    night = time.perf_counter()
+
+    def done(step, outcome: tuple[list[dict], float, float], began: float) -> None:
+        results[step.name], seconds, peak = outcome
+        work = count(step.name, results[step.name], results)
         floor, formula = step_floor(step.name, results, config, rates)
         times = None if floor is None else significant(seconds / floor)
-        figures.append(StepFigures(step.name, len(results[step.name]), round(seconds, 1), round(peak, 0),
-                                   UNITS[step.name], done, round(done / seconds, 1),
-                                   None if floor is None else significant(floor), times, formula))
-        print(f"[{scale}] {step.name}: {seconds:.1f}s, peak RSS {peak:,.0f} MiB, {done:,} {UNITS[step.name]} "
-              f"({done / seconds:,.0f}/s); floor {'-' if floor is None else f'{floor:.3g}s'} ({formula})"
-              + (f", {times}x it" if times else ""), flush=True)
-    return figures, rates
+        figures[step.name] = StepFigures(step.name, len(results[step.name]), round(began, 1), round(seconds, 1),
+                                         round(peak, 0), UNITS[step.name], work, round(work / seconds, 1),
+                                         None if floor is None else significant(floor), times, formula)
+        print(f"[{scale}] {step.name}: {seconds:.1f}s from {began:.1f}s, peak RSS {peak:,.0f} MiB, {work:,} "
+              f"{UNITS[step.name]} ({work / seconds:,.0f}/s); floor {'-' if floor is None else f'{floor:.3g}s'} "
+              f"({formula})" + (f", {times}x it" if times else ""), flush=True)
+
+    # Every step whose upstream steps are done runs at once, as Airflow's scheduler runs them.
+    steps, running, began = topological(), {}, {}
+    with ThreadPoolExecutor(len(steps)) as pool:
+        while len(figures) < len(steps):
+            for step in steps:
+                if step.name not in began and all(up in figures for up in step.upstream):
+                    print(f"[{scale}] {step.name} ...", flush=True)
+                    began[step.name] = time.perf_counter() - night
+                    running[pool.submit(run_step, step, common, config, folder)] = step
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                step = running.pop(future)
+                done(step, future.result(), began[step.name])
+    return [figures[step.name] for step in steps], rates, time.perf_counter() - night
 
 
 def scaling(root: Path) -> pd.DataFrame | None:
@@ -175,11 +194,13 @@ def main(scale: Annotated[str, typer.Option(help="S, M or L.")] = "S",
         raise typer.BadParameter(f"scale must be one of {', '.join(SCALES)}")
     spec = SCALES[scale]
     started = time.perf_counter()
-    figures, rates = measure(scale, out)
+    figures, rates, night = measure(scale, out)
     total = time.perf_counter() - started
     table = pd.DataFrame([asdict(f) for f in figures])
     setup = {"scale": scale, "events": spec.events, "users": spec.users, "items": spec.items, "days": spec.days,
-             "cpus": os.cpu_count(), "total_seconds": round(total, 1), "rates": rates.as_dict()}
+             "cpus": os.cpu_count(), "night_seconds": round(night, 1),
+             "steps_seconds": round(sum(f.seconds for f in figures), 1), "total_seconds": round(total, 1),
+             "rates": rates.as_dict()}
     (out / f"{scale}.json").write_text(json.dumps({"setup": setup, "steps": [asdict(f) for f in figures]}, indent=2))
     (out / f"{scale}.md").write_text(f"{setup}\n\n{table.to_markdown(index=False)}\n")
     print(f"\n{setup}\n\n{table.to_markdown(index=False)}")

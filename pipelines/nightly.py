@@ -36,7 +36,8 @@ STEPS: tuple[Step, ...] = (
     Step("build_features", ("validate_raw",), ("recsys_features",)),
     Step("train", ("build_features",)),
     Step("train_retrieval", ("build_features",)),
-    Step("train_ranking", ("train", "train_retrieval")),  # their models serve as its sources
+    Step("train_ranker", ("build_features",)),  # fits its own sources on earlier days: runs beside train_retrieval
+    Step("train_ranking", ("train", "train_retrieval", "train_ranker")),  # serves the ranker over their models
     Step("evaluate", ("train", "train_ranking")),
     Step("refit", ("evaluate",)),
     Step("register", ("refit",), ("recsys_model",)),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from configs.schema import Config
-from tasks.errors import IncompatibleModel
+from tasks.errors import IncompatibleModel, MissingInput
 from tasks.models.base import MANIFEST, FitWork, Recommender, UserBatch, WarmStart, load_recommender
 from tasks.models.baselines import BaselineFits
 from tasks.models.candidates import CandidateFrame, CandidateSources, ItemSignals, values_at
@@ -32,6 +33,7 @@ from tasks.storage.feature_set import FeatureSet
 from tasks.topk import TopK, dense_top_k
 
 log = logging.getLogger(__name__)
+RANKER_FILE = "labelled_ranker.json"  # beside a saved LabelledRanker's TF ranker
 USERS_PER_FRAME = 1024  # users whose candidate frame is built at once, bounding memory to users x size rows
 
 
@@ -223,20 +225,57 @@ def _stack(arrays: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.pad(a, [(0, 0), (0, width - a.shape[1])] + [(0, 0)] * (a.ndim - 2)) for a in arrays])
 
 
-def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: dict[str, int] | None = None,
-                  fitted: dict[date, dict[str, Path]] | None = None, warm: WarmStart | None = None) -> TwoStageModel:
-    """Fit the ranker on the label windows (each with sources fit on the days before it), then serve it over
-    sources fit on every training day. `epochs` trains every TFRS part for fixed epochs without an early-
-    stopping split (a refit); `fitted` maps a day to models the night already fit, with this config, on the
-    days before it (`train`'s and `train_retrieval`'s before the cutoff; for a refit, its twin's sources),
-    which serve as the sources of that window as they are.
+@dataclass
+class LabelledRanker:
+    """The ranker fit on the label windows, with what serving it takes: the sources it learnt over (those the
+    newest window could fit), the feature its order starts from, and what its fit reported and took."""
 
-    `warm` (with `epochs`) trains on from a saved twin of this recipe over the days it never saw: its ranker
-    learns on for `epochs` over one label window, `warm.since` to the cutoff, whose candidates come from the
-    twin's own sources; the serving sources are refit, the TFRS ones trained on from the twin's."""
+    ranker: object            # the exported TF ranker
+    sources: tuple[str, ...]
+    anchor: str               # the candidate feature whose order the ranker corrects
+    windows: list[str]        # the label windows its lists came from, the newest first
+    stopping: str             # what chose its epochs
+    report: dict
+    fits: list[FitWork]       # each label window's sources and the ranker
+
+    def save(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        save_ranker(self.ranker, directory / "ranker")
+        (directory / RANKER_FILE).write_text(json.dumps(
+            {"sources": list(self.sources), "anchor": self.anchor, "windows": self.windows, "stopping": self.stopping,
+             "report": self.report, "fits": [fit.model_dump() for fit in self.fits]}, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> LabelledRanker:
+        if not (directory / RANKER_FILE).is_file():
+            raise MissingInput(f"no ranker at {directory} (missing {RANKER_FILE}); run train_ranker first")
+        saved = json.loads((directory / RANKER_FILE).read_text())
+        return cls(load_ranker(directory / "ranker"), tuple(saved["sources"]), saved["anchor"], saved["windows"],
+                   saved["stopping"], saved["report"], [FitWork.model_validate(fit) for fit in saved["fits"]])
+
+
+def label_windows(features: FeatureSet, config: Config) -> list[tuple[date, date]]:
+    """The ranker's label windows [start, end), the newest first: `label_windows` of `label_days` each, back
+    from the cutoff, while days remain before a window to fit its sources on."""
+    rules, windows = config.train_ranking, []
+    for back in range(rules.label_windows):
+        end = features.window.cutoff - timedelta(days=back * rules.label_days)
+        start = end - timedelta(days=rules.label_days)
+        if start <= features.window.first:
+            break
+        windows.append((start, end))
+    return windows
+
+
+def fit_ranker(features: FeatureSet, config: Config, workdir: Path, epochs: dict[str, int] | None = None,
+               fitted: dict[date, dict[str, Path]] | None = None, warm: WarmStart | None = None) -> LabelledRanker:
+    """Fit the ranker on the label windows, each with sources fit on the days before it (or taken from
+    `fitted`, which maps a window's start to models already fit on the days before it). `epochs` and `warm`
+    as in `fit_two_stage`; with `warm`, one window, from `warm.since` to the cutoff, over the twin's sources."""
     fitted = fitted or {}
     rules = config.train_ranking
     names, parts, recall, windows, newest, fits = tuple(rules.sources), [], {}, [], [], []
+    spans = label_windows(features, config)
     if warm is not None:
         twin = json.loads((warm.model / MANIFEST).read_text())["params"]  # its parameters, not its TF models
         if "anchor" not in twin:
@@ -244,11 +283,8 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
                                     "ranker's anchor; warm start needs tonight's twin (or refit.mode: refit)")
         names, fitted = tuple(twin["sources"]), {warm.since: {name: warm.model / "sources" / name
                                                               for name in twin["sources"]}}
-    for back in range(1 if warm is not None else rules.label_windows):  # the newest first: it decides the sources
-        end = features.window.cutoff - timedelta(days=back * rules.label_days)
-        start = warm.since if warm is not None else end - timedelta(days=rules.label_days)
-        if start <= features.window.first:
-            break
+        spans = [(warm.since, features.window.cutoff)] if warm.since > features.window.first else []
+    for back, (start, end) in enumerate(spans):  # the newest first: it decides the sources
         candidates, found, window_fits = window_lists(features, config, start, end, workdir / f"label_sources_{back}",
                                                       epochs, names, required=back > 0, fitted=fitted.get(start))
         fits += window_fits
@@ -283,24 +319,49 @@ def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: d
     log.info("two_stage: ranker trained on %d lists of up to %d candidates from %s (label windows %s), %d epochs, "
              "anchored on %s; candidate recall %s", len(lists), lists.shape[1], list(names), windows,
              report["epochs_run"], candidates.names[anchor], {k.split(".")[1]: round(v, 3) for k, v in recall.items()})
-    # The label windows' lists and sources are done with: let them go before the serving sources are fit (at L
-    # the lists alone are about 0.5 GB, and a refit fits a two-tower next).
-    anchor_name = candidates.names[anchor]
-    del lists, mask, labels, parts, found, candidates
-    sources, serving_fits = fit_sources(features, config, names, workdir / "sources", epochs,
-                                        fitted.get(features.window.cutoff), required=True, warm=warm)
-    serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
-                               rules.candidates, config.build_features.history_length)
-    first = next(iter(sources.values()))
     stopping = f"fixed epochs, trained on from {warm.model}" if warm is not None else \
         "fixed epochs" if (epochs or {}).get("two_stage") is not None else \
         f"the newest label window {windows[0]}" if validation is not None else \
         f"a random {rules.validation_share:.0%} of the labelled users"
+    return LabelledRanker(ranker, names, candidates.names[anchor], windows, stopping, report, fits)
+
+
+def serve_ranker(trained: LabelledRanker, features: FeatureSet, config: Config, workdir: Path,
+                 epochs: dict[str, int] | None = None, fitted: dict[str, Path] | None = None,
+                 warm: WarmStart | None = None) -> TwoStageModel:
+    """The two-stage model: `trained`'s ranker over its sources fit on every training day, or taken from
+    `fitted` where the night already fit that kind on these days with this config (the TFRS ones trained on
+    from `warm`'s twin's)."""
+    rules = config.train_ranking
+    sources, serving_fits = fit_sources(features, config, trained.sources, workdir / "sources", epochs, fitted,
+                                        required=True, warm=warm)
+    serving = CandidateSources(sources, candidate_signals(sources, features, config), rules.per_source,
+                               rules.candidates, config.build_features.history_length)
+    first = next(iter(sources.values()))
+    report = trained.report
     params = {**rules.model_dump(mode="json"), "sources": list(sources), "attributes": list(serving.signals.attributes),
               "numeric": list(serving.signals.numeric), "history_length": config.build_features.history_length,
-              "features": serving.names, "label_windows_used": windows, "anchor": anchor_name,
-              "early_stopping_on": stopping, "epochs_run": report["epochs_run"],
+              "features": serving.names, "label_windows_used": trained.windows, "anchor": trained.anchor,
+              "early_stopping_on": trained.stopping, "epochs_run": report["epochs_run"],
               "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
               "validation": {k: v for k, v in report.items() if not isinstance(v, list)},
-              "fits": [fit.model_dump() for fit in fits + serving_fits]}
-    return TwoStageModel(first.item_ids, first.fallback_scores, params, serving, ranker)
+              "fits": [fit.model_dump() for fit in trained.fits + serving_fits]}
+    return TwoStageModel(first.item_ids, first.fallback_scores, params, serving, trained.ranker)
+
+
+def fit_two_stage(features: FeatureSet, config: Config, workdir: Path, epochs: dict[str, int] | None = None,
+                  fitted: dict[date, dict[str, Path]] | None = None, warm: WarmStart | None = None) -> TwoStageModel:
+    """Fit the ranker on the label windows (each with sources fit on the days before it), then serve it over
+    sources fit on every training day. `epochs` trains every TFRS part for fixed epochs without an early-
+    stopping split (a refit); `fitted` maps a day to models the night already fit, with this config, on the
+    days before it (`train`'s and `train_retrieval`'s before the cutoff; for a refit, its twin's sources),
+    which serve as the sources of that window as they are.
+
+    `warm` (with `epochs`) trains on from a saved twin of this recipe over the days it never saw: its ranker
+    learns on for `epochs` over one label window, `warm.since` to the cutoff, whose candidates come from the
+    twin's own sources; the serving sources are refit, the TFRS ones trained on from the twin's."""
+    # The label windows' lists are let go before the serving sources are fit (at L the lists alone are about
+    # 0.5 GB, and a refit fits a two-tower next).
+    trained = fit_ranker(features, config, workdir, epochs, fitted, warm)
+    serving = None if warm is not None else (fitted or {}).get(features.window.cutoff)
+    return serve_ranker(trained, features, config, workdir, epochs, serving, warm)

@@ -20,8 +20,13 @@ def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypat
     assert not stale.exists()  # each run measures a shop's first night, not whatever an earlier run left
     report = json.loads((tmp_path / "T.json").read_text())
     steps = {row["step"]: row for row in report["steps"]}
-    assert list(steps) == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranking", "evaluate",
-                           "refit", "register", "publish_shard", "publish", "report"]
+    assert list(steps) == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranker", "train_ranking",
+                           "evaluate", "refit", "register", "publish_shard", "publish", "report"]
+    # Steps whose upstream steps are done run side by side, as Airflow runs them; each starts after its upstream.
+    end = {name: row["started"] + row["seconds"] for name, row in steps.items()}
+    assert steps["train_ranker"]["started"] < end["train_retrieval"] and steps["train_retrieval"]["started"] < end["train_ranker"]
+    assert steps["train_ranking"]["started"] >= max(end["train"], end["train_retrieval"], end["train_ranker"])
+    assert report["setup"]["night_seconds"] < report["setup"]["steps_seconds"]
     assert steps["publish_shard"]["processes"] == 2 and steps["publish_shard"]["count"] == steps["publish"]["count"] / 100
     assert all(row["seconds"] > 0 and row["peak_rss_mib"] > 50 and row["count"] > 0 for row in steps.values())
     # Each step with bulk work stands beside its floor on this machine, which no step can beat.

@@ -30,8 +30,9 @@ def test_schedule_is_daily_at_two_utc_without_catchup(dag):
 def test_one_task_per_step_wired_as_the_pipeline_declares(dag):
     wired = {task.task_id: set(task.downstream_task_ids) for task in dag.tasks}
     assert wired == {"wait_for_events": {"validate_raw"},
-                     "validate_raw": {"build_features"}, "build_features": {"train", "train_retrieval"},
-                     "train": {"evaluate", "train_ranking"}, "train_retrieval": {"train_ranking"}, "train_ranking": {"evaluate"},
+                     "validate_raw": {"build_features"}, "build_features": {"train", "train_retrieval", "train_ranker"},
+                     "train": {"evaluate", "train_ranking"}, "train_retrieval": {"train_ranking"},
+                     "train_ranker": {"train_ranking"}, "train_ranking": {"evaluate"},
                      "evaluate": {"refit"}, "refit": {"register"}, "register": {"plan_publish_shard"},
                      "plan_publish_shard": {"publish_shard"}, "publish_shard": {"publish"}, "publish": {"report"},
                      "report": set()}

@@ -27,8 +27,8 @@ def test_knobs_become_overrides_and_unset_knobs_keep_the_config():
 
 def test_steps_run_in_dependency_order():
     order = [s.name for s in topological()]
-    assert order == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranking", "evaluate",
-                     "refit", "register", "publish_shard", "publish", "report"]
+    assert order == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranker", "train_ranking",
+                     "evaluate", "refit", "register", "publish_shard", "publish", "report"]
     assert len(order) == len(STEPS)
 
 

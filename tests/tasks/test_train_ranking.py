@@ -139,28 +139,32 @@ def test_evaluation_reports_each_stage_on_the_held_out_users(pipeline_run):
 
 
 def test_the_steps_report_the_fits_and_the_ranking_they_did(pipeline_run):
-    """train_ranking and refit list every model they fit, with its days and its work; publish_shard counts the
-    candidates its ranker scored. The benchmark's floors divide these by the machine's rates."""
+    """train_ranker, train_ranking and refit list every model they fit, with its days and its work; publish_shard
+    counts the candidates its ranker scored. The benchmark's floors divide these by the machine's rates."""
     from datetime import date, timedelta
 
     config, results = pipeline_run
     rules = config.train_ranking
-    trained = results["train_ranking"]
+    trained = results["train_ranker"]
     ranker = trained["fits"][-1]
     days = FeatureSet.read_manifest(AddressBook.from_config(config).features(DS))["window"]
     label_start = date.fromisoformat(days["cutoff"]) - timedelta(days=rules.label_days)
     window = f"{days['first']}..{label_start - timedelta(days=1)}"
-    # The label window's sources are fit on the days before it; the serving ones are train's and train_retrieval's.
+    # The label window's sources are fit on the days before it; the serving ones are train's and train_retrieval's,
+    # so train_ranking fits nothing.
     assert {fit["kind"]: fit["window"] for fit in trained["fits"][:-1]} == dict.fromkeys(rules.sources, window)
+    assert results["train_ranking"]["fits"] == []
     tower = next(fit for fit in trained["fits"] if fit["kind"] == "two_tower")
     assert tower["examples"] > 0 and 1 <= tower["epochs"] <= config.train_retrieval.epochs
     # The ranker: its training lists' real candidates, the epochs it trained, a multiply-add per weight of the
     # cross layer's (features x features) and the deep part's matrices per candidate.
     assert ranker["kind"] == "ranker" and ranker["epochs"] == trained["validation"]["epochs_trained"]
     assert 0 < ranker["examples"] <= trained["validation"]["lists"] * rules.candidates
-    widths = [len(load_recommender(AddressBook.from_config(config).model(DS, "two_stage")).params["features"]),
-              *rules.deep_layers, 1]
+    two_stage = load_recommender(AddressBook.from_config(config).model(DS, "two_stage"))
+    widths = [len(two_stage.params["features"]), *rules.deep_layers, 1]
     assert ranker["flops_per_example"] == 2 * (widths[0] ** 2 + sum(a * b for a, b in zip(widths, widths[1:], strict=False)))
+    # The two-stage model train_ranking saved is train_ranker's ranker, with its fits and validation as they were.
+    assert two_stage.params["fits"] == trained["fits"] and results["train_ranking"]["validation"] == trained["validation"]
     # The refit (its label window starts where the twin's sources were fit: they serve it as they are) fits the
     # ranker and the serving sources on every day up to ds.
     refit = results["refit"]
@@ -320,3 +324,11 @@ def test_lists_scored_in_several_calls_get_the_logits_of_one_call(monkeypatch):
     scored = ranker_module.score_lists(trained, features, mask)
     np.testing.assert_allclose(scored[mask], whole[mask], rtol=1e-6, atol=1e-6)
     assert np.isneginf(scored[~mask]).all()
+
+
+def test_train_ranking_without_tonights_ranker_says_which_step_to_run(tmp_path):
+    from tasks.errors import MissingInput
+    from tasks.models.two_stage import LabelledRanker
+
+    with pytest.raises(MissingInput, match="run train_ranker first"):
+        LabelledRanker.load(tmp_path / "ranker")
