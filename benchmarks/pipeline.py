@@ -35,7 +35,7 @@ import typer
 from benchmarks.floors import Rates, measure_rates, step_floor
 from benchmarks.topk import significant
 from pipelines.nightly import topological
-from pipelines.runner import shards
+from pipelines.runner import shards, step_threads
 from tasks.generate import ShopSpec, generate
 
 END = date(2026, 11, 22)
@@ -74,6 +74,8 @@ def run_step(step, common: list[str], config, folder: Path) -> tuple[list[dict],
     """
     started = time.perf_counter()
     runs = [["--shard", str(shard)] for shard in shards(step, config)] if step.sharded else [[]]
+    if threads := step_threads(step, config):  # its share of the cores, as Airflow's task gives it
+        runs = [[*run, "--threads", str(threads)] for run in runs]
     processes = []
     with (folder / "steps.log").open("a") as log:
         for index, extra in enumerate(runs):

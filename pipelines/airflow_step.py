@@ -11,7 +11,7 @@ from datetime import UTC, date, datetime, time, timedelta
 
 from configs import load_config
 from pipelines.nightly import CONFIG_ENV, KNOBS, data_date, form_config, knob_defaults, knob_overrides
-from pipelines.runner import run_step, shard_threads, shards
+from pipelines.runner import run_step, shards, step_threads
 from pipelines.tuning import KNOBS as TUNING_KNOBS
 from tasks.errors import DataContractError, describe
 from tasks.step_cli import quiet_libraries
@@ -83,10 +83,10 @@ def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
     try:
         log.info("%s%s", step_name, "" if shard is None else f" shard {shard}")
         config, ds = resolve(context)
-        if shard is not None:  # this task's process is the shard's own; the other shards run beside it
+        if threads := step_threads(step_name, config):  # this task's process is its own; others run beside it
             from tasks.models.compute_threads import use_threads
 
-            use_threads(shard_threads(step_name, config))
+            use_threads(threads)
         return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
         raise AirflowFailException(describe(error)) from error

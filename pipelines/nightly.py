@@ -25,6 +25,7 @@ class Step:
     produces: tuple[str, ...] = ()  # Airflow Asset names a successful run updates
     sharded: bool = False  # runs once per shard (its module's `shard_count(config)`): Airflow maps it
     links: tuple[tuple[str, str], ...] = ()  # (button, field of the step's result holding a URL): Airflow links
+    compute: bool = False  # keeps every core it is given busy for minutes (a TF fit): see `side_by_side`
 
     @property
     def module(self) -> str:
@@ -35,8 +36,8 @@ STEPS: tuple[Step, ...] = (
     Step("validate_raw", ()),
     Step("build_features", ("validate_raw",), ("recsys_features",)),
     Step("train", ("build_features",)),
-    Step("train_retrieval", ("build_features",)),
-    Step("train_ranker", ("build_features",)),  # fits its own sources on earlier days: runs beside train_retrieval
+    Step("train_retrieval", ("build_features",), compute=True),
+    Step("train_ranker", ("build_features",), compute=True),  # fits its sources on earlier days: beside train_retrieval
     Step("train_ranking", ("train", "train_retrieval", "train_ranker")),  # serves the ranker over their models
     Step("evaluate", ("train", "train_ranking")),
     Step("refit", ("evaluate",)),
@@ -123,6 +124,21 @@ def data_date(logical_date: datetime, override: str | None = None) -> date:
 
         return parse_day(str(override), "the run's ds parameter")
     return (logical_date - timedelta(days=1)).date()
+
+
+def side_by_side(step: Step, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
+    """The compute steps Airflow may run at once with `step` (itself included): those neither follows the other.
+    On one host they share its cores (`pipelines.runner.step_threads`): two TF fits on 2 cores with two
+    threads each ran their two-towers at 37K examples/s each, no faster together than one after the other."""
+    if not step.compute:
+        return ()
+    by_name = {s.name: s for s in steps}
+
+    def before(name: str) -> set[str]:
+        return {up for parent in by_name[name].upstream for up in (parent, *before(parent))}
+
+    return tuple(other.name for other in steps if other.compute and other.name not in before(step.name)
+                 and step.name not in before(other.name))
 
 
 def topological(steps: tuple[Step, ...] = STEPS) -> list[Step]:

@@ -8,7 +8,7 @@ import time
 from datetime import date
 
 from configs.schema import Config
-from pipelines.nightly import STEPS, Step, topological
+from pipelines.nightly import STEPS, Step, side_by_side, topological
 
 log = logging.getLogger(__name__)
 
@@ -25,9 +25,17 @@ def shards(step: Step | str, config: Config) -> list[int]:
     return list(range(importlib.import_module(find_step(step).module).shard_count(config)))
 
 
-def shard_threads(step: Step | str, config: Config) -> int:
-    """The threads each shard's own process computes on (`use_threads`), where the shards run side by side."""
-    return importlib.import_module(find_step(step).module).shard_threads(config)
+def step_threads(step: Step | str, config: Config) -> int | None:
+    """The threads a step's process computes on (`use_threads`), or None for every core of its host: a shard its
+    share among the shards (the step's `shard_threads`); a compute step that Airflow may run beside others on
+    one host (`side_by_side`; not in pods of their own) its share of the host's cores among them."""
+    from tasks.models.compute_threads import shared_cores
+
+    step = find_step(step)
+    if step.sharded:
+        return importlib.import_module(step.module).shard_threads(config)
+    beside = side_by_side(step)
+    return shared_cores(len(beside)) if len(beside) > 1 and config.execution.mode != "kubernetes_pod" else None
 
 
 def run_step(step: Step | str, config: Config, ds: date, run_id: str, shard: int | None = None) -> dict:

@@ -56,23 +56,28 @@ def configure_logging() -> None:
 
 
 def step_main(run: Callable[..., BaseModel], threads: Callable[[Config], int] | None = None) -> None:
-    """`python -m tasks.<step> --ds D [--config F] [--set k=v] [--run-id R] [--shard N]`: runs the step, prints
-    its result. `--shard` is for sharded steps (publish_shard) only; `threads`, how many threads a shard's
-    process computes on (the step's own process: nothing else here shares them)."""
+    """`python -m tasks.<step> --ds D [--config F] [--set k=v] [--run-id R] [--shard N] [--threads T]`: runs the
+    step, prints its result. `--shard` is for sharded steps (publish_shard) only; `threads`, how many threads a
+    shard's process computes on (the step's own process: nothing else here shares them); `--threads`, set by
+    whoever runs steps side by side on one host, overrides both."""
 
     def command(ds: Annotated[str, typer.Option(help="Logical date YYYY-MM-DD.", callback=day_option)],
                 config: ConfigOption = None, set_: SetOption = None,
                 run_id: Annotated[str, typer.Option(help="Pipeline run id; reports are kept under it.")] = "manual",
                 shard: Annotated[int | None, typer.Option(help="Shard index, for sharded steps.")] = None,
+                threads_: Annotated[int | None, typer.Option("--threads", min=1, help=(
+                    "Threads this process computes on (its share of a host it shares); default: every core, "
+                    "or a shard's share."))] = None,
                 ) -> None:
         configure_logging()
         extra = {} if shard is None else {"shard": shard}
         try:
             loaded = load_config(config, tuple(set_ or ()))
-            if shard is not None and threads is not None:
+            share = threads_ or (threads(loaded) if shard is not None and threads is not None else None)
+            if share:
                 from tasks.models.compute_threads import use_threads
 
-                use_threads(threads(loaded))
+                use_threads(share)
             result = run(loaded, ds, run_id, **extra)
         except DataContractError as error:  # bad input: say what and what to do, without a traceback
             typer.echo(describe(error), err=True)

@@ -2,7 +2,7 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from pipelines.nightly import STEPS, Step, data_date, knob_overrides, topological
+from pipelines.nightly import STEPS, Step, data_date, knob_overrides, side_by_side, topological
 from tasks.errors import DataContractError, InvalidParameter
 
 
@@ -30,6 +30,25 @@ def test_steps_run_in_dependency_order():
     assert order == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranker", "train_ranking",
                      "evaluate", "refit", "register", "publish_shard", "publish", "report"]
     assert len(order) == len(STEPS)
+
+
+def test_compute_steps_airflow_may_run_at_once_share_the_hosts_cores():
+    """train_retrieval and train_ranker follow build_features alone: Airflow runs them side by side, and on one
+    host each computes on its share of the cores; in pods of their own, or with nothing beside, on all of them."""
+    import os
+
+    from configs import load_config
+    from pipelines.runner import step_threads
+
+    steps = {step.name: step for step in STEPS}
+    assert side_by_side(steps["train_retrieval"]) == side_by_side(steps["train_ranker"]) == ("train_retrieval", "train_ranker")
+    assert side_by_side(steps["evaluate"]) == ()
+    chain = (Step("a", (), compute=True), Step("b", ("a",), compute=True), Step("c", ("a",), compute=True))
+    assert side_by_side(chain[0], chain) == ("a",) and side_by_side(chain[1], chain) == ("b", "c")
+    config = load_config(None)
+    assert step_threads("train_retrieval", config) == step_threads("train_ranker", config) == max(1, (os.cpu_count() or 1) // 2)
+    assert step_threads("evaluate", config) is None and step_threads("train_ranking", config) is None
+    assert step_threads("train_retrieval", load_config(None, ["execution.mode=kubernetes_pod"])) is None
 
 
 def test_cycles_and_unknown_upstreams_are_rejected():
