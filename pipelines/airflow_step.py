@@ -83,11 +83,10 @@ def execute(step_name: str, context: dict, shard: int | None = None) -> dict:
     try:
         log.info("%s%s", step_name, "" if shard is None else f" shard {shard}")
         config, ds = resolve(context)
-        if threads := step_threads(step_name, config):  # this task's process is its own; others run beside it
-            from tasks.models.compute_threads import use_threads
+        from tasks.models.compute_threads import threads_while
 
-            use_threads(threads)
-        return run_step(step_name, config, ds, context["run_id"], shard)
+        with threads_while(step_threads(step_name, config)):  # its share of a host other tasks may run on
+            return run_step(step_name, config, ds, context["run_id"], shard)
     except DataContractError as error:
         raise AirflowFailException(describe(error)) from error
 

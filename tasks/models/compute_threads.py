@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numba
 import pyarrow as pa
@@ -30,6 +32,30 @@ def use_threads(threads: int) -> None:
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))  # `in_row_blocks` reads it too
     threadpool_limits(threads)
     pa.set_cpu_count(threads)
+
+
+@contextmanager
+def threads_while(threads: int | None) -> Iterator[None]:
+    """Compute on `threads` threads (None: as now) while the block runs, then on as many as before: under
+    `airflow dags test` every task of a run shares one process, and a task's share of a host must not outlive it.
+    TensorFlow, once its runtime has started, keeps the count it started with."""
+    if not threads:
+        yield
+        return
+    numba_before, arrow_before = numba.get_num_threads(), pa.cpu_count()
+    tf_before = {name: os.environ.get(name) for name in ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")}
+    with threadpool_limits(None):  # BLAS's counts as they are now, put back on the way out
+        use_threads(threads)
+        try:
+            yield
+        finally:
+            numba.set_num_threads(numba_before)
+            pa.set_cpu_count(arrow_before)
+            for name, value in tf_before.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
 
 
 def shared_cores(processes: int) -> int:

@@ -39,3 +39,31 @@ def test_a_shard_computes_on_its_share_of_the_cores():
     assert done.returncode == 0, done.stderr[-2000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen == {"numba": 1, "arrow": 1, "row_block_threads": 1, "blas": [1], "tensorflow": ["1", "1"]}
+
+
+RESTORE_PROBE = """
+import json
+import numba, pyarrow as pa
+from threadpoolctl import threadpool_info
+from tasks.models.compute_threads import threads_while
+
+def counts():
+    return {"numba": numba.get_num_threads(), "arrow": pa.cpu_count(),
+            "blas": sorted({pool["num_threads"] for pool in threadpool_info()})}
+
+before = counts()
+with threads_while(1):
+    during = counts()
+print(json.dumps({"before": before, "during": during, "after": counts()}))
+"""
+
+
+def test_a_tasks_share_of_the_cores_ends_with_the_task():
+    """Under `airflow dags test` every task of a run shares one process: the threads a task was limited to while
+    others might run beside it come back when it ends, for the tasks after it."""
+    done = subprocess.run([sys.executable, "-c", RESTORE_PROBE], cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["during"] == {"numba": 1, "arrow": 1, "blas": [1]}
+    assert seen["after"] == seen["before"]
