@@ -47,7 +47,7 @@ def train_ranker(config: Config, ds: date, run_id: str) -> TrainRankerResult:
         trained = fit_ranker(features, config, Path(scratch))
         trained.save(staging)
     seconds = time.perf_counter() - started
-    validation = {k: v for k, v in trained.report.items() if not isinstance(v, list)}
+    validation = trained.validation
     log.info("train_ranker ds=%s: over %s, anchored on %s, label windows %s, validation NDCG@10 %.4f in %.1fs -> %s",
              ds, list(trained.sources), trained.anchor, trained.windows, validation.get("validation_ndcg_at_10", float("nan")),
              seconds, target)

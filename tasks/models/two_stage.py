@@ -238,6 +238,11 @@ class LabelledRanker:
     report: dict
     fits: list[FitWork]       # each label window's sources and the ranker
 
+    @property
+    def validation(self) -> dict[str, float | int]:
+        """The report's figures, without its per-epoch lists."""
+        return {k: v for k, v in self.report.items() if not isinstance(v, list)}
+
     def save(self, directory: Path) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         save_ranker(self.ranker, directory / "ranker")
@@ -344,7 +349,7 @@ def serve_ranker(trained: LabelledRanker, features: FeatureSet, config: Config, 
               "features": serving.names, "label_windows_used": trained.windows, "anchor": trained.anchor,
               "early_stopping_on": trained.stopping, "epochs_run": report["epochs_run"],
               "validation_ndcg_at_10_by_epoch": report.get("validation_ndcg_at_10_by_epoch", []),
-              "validation": {k: v for k, v in report.items() if not isinstance(v, list)},
+              "validation": trained.validation,
               "fits": [fit.model_dump() for fit in trained.fits + serving_fits]}
     return TwoStageModel(first.item_ids, first.fallback_scores, params, serving, trained.ranker)
 
