@@ -25,7 +25,8 @@ def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypat
     # Steps whose upstream steps are done run side by side, as Airflow runs them; each starts after its upstream.
     end = {name: row["started"] + row["seconds"] for name, row in steps.items()}
     assert steps["train_ranker"]["started"] < end["train_retrieval"] and steps["train_retrieval"]["started"] < end["train_ranker"]
-    assert steps["train_ranking"]["started"] >= max(end["train"], end["train_retrieval"], end["train_ranker"])
+    # (started and seconds are each rounded to 0.1 s)
+    assert steps["train_ranking"]["started"] >= max(end["train"], end["train_retrieval"], end["train_ranker"]) - 0.2
     assert report["setup"]["night_seconds"] < report["setup"]["steps_seconds"]
     assert steps["publish_shard"]["processes"] == 2 and steps["publish_shard"]["count"] == steps["publish"]["count"] / 100
     assert all(row["seconds"] > 0 and row["peak_rss_mib"] > 50 and row["count"] > 0 for row in steps.values())
