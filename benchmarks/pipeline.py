@@ -8,6 +8,9 @@ runs it: as its own process, `python -m tasks.<step>`, so the peak RSS of each s
 upstream steps are done starts at once, as Airflow's scheduler starts them (train_retrieval beside train_ranker),
 and the shards of a sharded step run as parallel processes, as Airflow's mapped tasks would. The night's time
 (`night_seconds`) runs from the first step's start to the last one's end; `steps_seconds` adds up the steps'.
+Each step's `cpu_seconds` (user and system time of its processes, from the kernel) over its wall time is how many
+cores it kept busy (`cores_busy`); the night's `cpu_seconds` over the machine's cores is `night_bound_seconds`,
+the least time this much work takes here however the steps are packed: only less work goes below it.
 Writes var/bench/<scale>.json and .md, and, from every scale measured so far, var/bench/scaling.md with
 time(M)/time(S) and time(L)/time(M) per step beside the same ratios of the work each step did. Beside each
 step's time stands its floor on this machine and how many times the floor the step took (`benchmarks.floors`:
@@ -58,6 +61,8 @@ class StepFigures:
     started: float   # seconds after the night's first step started
     seconds: float
     peak_rss_mib: float  # the largest of the step's processes
+    cpu_seconds: float   # user + system time of its processes
+    cores_busy: float    # cpu_seconds / seconds
     unit: str
     count: int
     per_second: float
@@ -66,11 +71,19 @@ class StepFigures:
     floor: str                   # the floor's formula, with this run's numbers
 
 
-def run_step(step, common: list[str], config, folder: Path) -> tuple[list[dict], float, float]:
-    """Run one step (all its shards at once, if sharded); returns (results, wall seconds, peak RSS MiB).
+@dataclass
+class Outcome:
+    results: list[dict]  # each process's printed result
+    seconds: float       # wall time, first start to last end
+    peak_rss_mib: float  # the largest process's
+    cpu_seconds: float   # all its processes', user + system
 
-    Each process writes its result to a file and its log to steps.log; the peak RSS of each is read from
-    the kernel's accounting of that child (ru_maxrss, KiB on Linux).
+
+def run_step(step, common: list[str], config, folder: Path) -> Outcome:
+    """Run one step (all its shards at once, if sharded).
+
+    Each process writes its result to a file and its log to steps.log; the peak RSS and CPU time of each are
+    read from the kernel's accounting of that child (`wait4`'s rusage; ru_maxrss in KiB on Linux).
     """
     started = time.perf_counter()
     runs = [["--shard", str(shard)] for shard in shards(step, config)] if step.sharded else [[]]
@@ -85,7 +98,7 @@ def run_step(step, common: list[str], config, folder: Path) -> tuple[list[dict],
             result = folder / f"result-{step.name}-{index}.json"
             with result.open("w") as stdout:
                 processes.append((subprocess.Popen(command, stdout=stdout, stderr=log), command, result))
-        results, peaks = [], []
+        results, peaks, cpu = [], [], 0.0
         for process, command, result in processes:
             _, status, usage = os.wait4(process.pid, 0)
             process.returncode = os.waitstatus_to_exitcode(status)
@@ -94,7 +107,8 @@ def run_step(step, common: list[str], config, folder: Path) -> tuple[list[dict],
             text = result.read_text()
             results.append(json.loads(text[text.index("{"):]))
             peaks.append(usage.ru_maxrss / 1024)
-    return results, time.perf_counter() - started, max(peaks)
+            cpu += usage.ru_utime + usage.ru_stime
+    return Outcome(results, time.perf_counter() - started, max(peaks), cpu)
 
 
 def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int:
@@ -147,15 +161,18 @@ def measure(scale: str, root: Path) -> tuple[list[StepFigures], Rates, float]:
     figures, results = {}, {}
     night = time.perf_counter()
 
-    def done(step, outcome: tuple[list[dict], float, float], began: float) -> None:
-        results[step.name], seconds, peak = outcome
+    def done(step, outcome: Outcome, began: float) -> None:
+        results[step.name], seconds, peak = outcome.results, outcome.seconds, outcome.peak_rss_mib
         work = count(step.name, results[step.name], results)
         floor, formula = step_floor(step.name, results, config, rates)
         times = None if floor is None else significant(seconds / floor)
         figures[step.name] = StepFigures(step.name, len(results[step.name]), round(began, 1), round(seconds, 1),
-                                         round(peak, 0), UNITS[step.name], work, round(work / seconds, 1),
+                                         round(peak, 0), round(outcome.cpu_seconds, 1),
+                                         round(outcome.cpu_seconds / seconds, 2), UNITS[step.name], work,
+                                         round(work / seconds, 1),
                                          None if floor is None else significant(floor), times, formula)
-        print(f"[{scale}] {step.name}: {seconds:.1f}s from {began:.1f}s, peak RSS {peak:,.0f} MiB, {work:,} "
+        print(f"[{scale}] {step.name}: {seconds:.1f}s from {began:.1f}s, {outcome.cpu_seconds / seconds:.2f} cores busy, "
+              f"peak RSS {peak:,.0f} MiB, {work:,} "
               f"{UNITS[step.name]} ({work / seconds:,.0f}/s); floor {'-' if floor is None else f'{floor:.3g}s'} "
               f"({formula})" + (f", {times}x it" if times else ""), flush=True)
 
@@ -201,7 +218,10 @@ def main(scale: Annotated[str, typer.Option(help="S, M or L.")] = "S",
     table = pd.DataFrame([asdict(f) for f in figures])
     setup = {"scale": scale, "events": spec.events, "users": spec.users, "items": spec.items, "days": spec.days,
              "cpus": os.cpu_count(), "night_seconds": round(night, 1),
-             "steps_seconds": round(sum(f.seconds for f in figures), 1), "total_seconds": round(total, 1),
+             "steps_seconds": round(sum(f.seconds for f in figures), 1),
+             "cpu_seconds": round(sum(f.cpu_seconds for f in figures), 1),
+             "night_bound_seconds": round(sum(f.cpu_seconds for f in figures) / os.cpu_count(), 1),
+             "total_seconds": round(total, 1),
              "rates": rates.as_dict()}
     (out / f"{scale}.json").write_text(json.dumps({"setup": setup, "steps": [asdict(f) for f in figures]}, indent=2))
     (out / f"{scale}.md").write_text(f"{setup}\n\n{table.to_markdown(index=False)}\n")

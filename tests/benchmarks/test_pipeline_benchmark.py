@@ -28,6 +28,11 @@ def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypat
     # (started and seconds are each rounded to 0.1 s)
     assert steps["train_ranking"]["started"] >= max(end["train"], end["train_retrieval"], end["train_ranker"]) - 0.2
     assert report["setup"]["night_seconds"] < report["setup"]["steps_seconds"]
+    # The kernel's CPU time of each step's processes: no step keeps more cores busy than the machine has, and the
+    # night's work over the cores is a bound the night itself cannot beat.
+    assert all(0 < row["cpu_seconds"] and row["cores_busy"] <= report["setup"]["cpus"] + 0.1
+               for row in steps.values())
+    assert 0 < report["setup"]["night_bound_seconds"] <= report["setup"]["night_seconds"] + 0.5
     assert steps["publish_shard"]["processes"] == 2 and steps["publish_shard"]["count"] == steps["publish"]["count"] / 100
     assert all(row["seconds"] > 0 and row["peak_rss_mib"] > 50 and row["count"] > 0 for row in steps.values())
     # Each step with bulk work stands beside its floor on this machine, which no step can beat.
