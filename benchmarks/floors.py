@@ -7,7 +7,7 @@ Three rates are measured at the start of a benchmark run, on this machine, with 
 - TF step: examples/s of a feature-less two-tower (an id embedding per side, in-batch softmax, Adagrad) at the
   configured batch and embedding sizes, the floor of a step that trains TFRS on those examples.
 `step_floor` divides each step's unskippable work by one of them; the formula is returned beside the seconds.
-The steps report that work themselves: train_retrieval, train_ranking and refit every model they fit (`FitWork`:
+The steps report that work themselves: the train_* and refit* steps every model they fit (`FitWork`:
 the two-tower's training pairs and epochs; a two-stage fit's label-window sources, its ranker, its serving
 sources), evaluate and publish_shard the candidates their rankers scored and the FLOPs that took, beside the
 users they scored against every item.
@@ -153,9 +153,10 @@ def step_floor(step: str, results: dict[str, list[dict]], config: Config, rates:
     if step == "train":
         return read_and_invert(built["interactions"], built["train_items"] if "ease" in results[step][0]["models"]
                                else None, scan, gemm)
-    if step in ("train_retrieval", "train_ranker", "train_ranking") and not results[step][0].get("path"):
+    fitting = ("train_retrieval", "train_ranker", "train_ranking", "refit_retrieval", "refit_ranker")
+    if step in fitting and not results[step][0].get("path"):
         return None, "disabled"
-    if step in ("train_retrieval", "train_ranker", "train_ranking", "refit"):  # the fits each step reports (`FitWork`)
+    if step in (*fitting, "refit"):  # the fits each step reports (`FitWork`)
         if not results[step][0]["fits"]:
             return None, "no fit: it serves models other steps fit"
         return fits_floor(results[step][0]["fits"], scan, gemm, tf_rate)

@@ -6,6 +6,7 @@ parse the DAG file cheaply.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from dataclasses import dataclass
@@ -40,7 +41,10 @@ STEPS: tuple[Step, ...] = (
     Step("train_ranker", ("build_features",), compute=True),  # fits its sources on earlier days: beside train_retrieval
     Step("train_ranking", ("train", "train_retrieval", "train_ranker")),  # serves the ranker over their models
     Step("evaluate", ("train", "train_ranking")),
-    Step("refit", ("evaluate",)),
+    # The refit's TFRS fits need nothing the gate decides: they run beside evaluate, and refit serves them.
+    Step("refit_retrieval", ("build_features", "train_retrieval"), compute=True),
+    Step("refit_ranker", ("train_ranking",)),
+    Step("refit", ("evaluate", "refit_retrieval", "refit_ranker")),
     Step("register", ("refit",), ("recsys_model",)),
     Step("publish_shard", ("register",), sharded=True),
     Step("publish", ("publish_shard",), ("recsys_recommendations",)),
@@ -127,9 +131,10 @@ def data_date(logical_date: datetime, override: str | None = None) -> date:
 
 
 def side_by_side(step: Step, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
-    """The compute steps Airflow may run at once with `step` (itself included): those neither follows the other.
-    On one host they share its cores (`pipelines.runner.step_threads`): two TF fits on 2 cores with two
-    threads each ran their two-towers at 37K examples/s each, no faster together than one after the other."""
+    """The most compute steps Airflow may run at once with `step` (itself included): the largest group of them
+    none of which follows another (refit_retrieval follows train_retrieval, so train_ranker runs beside one of
+    them at a time). On one host they share its cores (`pipelines.runner.step_threads`): two TF fits on 2 cores
+    with two threads each ran their two-towers at 37K examples/s each, no faster together than one after the other."""
     if not step.compute:
         return ()
     by_name = {s.name: s for s in steps}
@@ -137,8 +142,13 @@ def side_by_side(step: Step, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]
     def before(name: str) -> set[str]:
         return {up for parent in by_name[name].upstream for up in (parent, *before(parent))}
 
-    return tuple(other.name for other in steps if other.compute and other.name not in before(step.name)
-                 and step.name not in before(other.name))
+    compute = [s.name for s in steps if s.compute]
+    for size in range(len(compute), 1, -1):
+        for group in itertools.combinations(compute, size):
+            if step.name in group and all(a not in before(b) and b not in before(a)
+                                          for a, b in itertools.combinations(group, 2)):
+                return group
+    return (step.name,)
 
 
 def topological(steps: tuple[Step, ...] = STEPS) -> list[Step]:

@@ -1,7 +1,10 @@
 """The served model has seen ds: the gate's winning recipe is refit on every day up to ds."""
 
+import json
+import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from pipelines.runner import run_pipeline
@@ -60,3 +63,30 @@ def test_a_warm_start_trains_the_twin_on_over_the_held_out_days_only(pipeline_ru
     assert model.params["anchor"] == load_recommender(Path(results["refit"]["path"])).params["anchor"]
     served = load_recommender(Path(results["refit"]["path"]))
     assert set(model.item_ids) == set(served.item_ids)  # the same catalogue as the refit: every item up to ds
+
+
+def test_refit_serves_the_fits_made_ahead_of_the_gate_only_for_their_recipe_and_epochs(pipeline_run, tmp_path):
+    from tasks.models import load_recommender
+    from tasks.refit import AHEAD_FILE, refit
+
+    config, results = pipeline_run
+    assert results["refit"]["kind"] == "two_stage" and results["refit"]["ahead"] == ["refit_retrieval", "refit_ranker"]
+    served = load_recommender(Path(results["refit"]["path"]))
+    tower = load_recommender(Path(results["refit_retrieval"]["path"]))
+    np.testing.assert_array_equal(served.candidates.sources["two_tower"].item_embeddings, tower.item_embeddings)
+    assert served.params["validation"] == results["refit_ranker"]["validation"]
+    assert served.params["fits"][:1] == results["refit_ranker"]["fits"]  # its lineage starts with that ranker's fit
+    # A fit made for other epochs (here: a twin that stopped an epoch later) is not served: refit fits its own.
+    var = tmp_path / "var"
+    shutil.copytree(config.paths.var, var)
+    other = make_config(var, config.paths.raw)
+    mark = AddressBook.from_config(other).model(DS, "refit_retrieval") / AHEAD_FILE
+    made = json.loads(mark.read_text())
+    made["epochs"]["two_tower"] += 1
+    mark.write_text(json.dumps(made))
+
+    result = refit(other, DS, "mismatch")
+
+    assert result.ahead == ["refit_ranker"]
+    assert [fit.kind for fit in result.fits] == list(config.train_ranking.sources)
+    assert next(fit for fit in result.fits if fit.kind == "two_tower").epochs == result.epochs["two_tower"]

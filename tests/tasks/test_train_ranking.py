@@ -165,11 +165,15 @@ def test_the_steps_report_the_fits_and_the_ranking_they_did(pipeline_run):
     assert ranker["flops_per_example"] == 2 * (widths[0] ** 2 + sum(a * b for a, b in zip(widths, widths[1:], strict=False)))
     # The two-stage model train_ranking saved is train_ranker's ranker, with its fits and validation as they were.
     assert two_stage.params["fits"] == trained["fits"] and results["train_ranking"]["validation"] == trained["validation"]
-    # The refit (its label window starts where the twin's sources were fit: they serve it as they are) fits the
-    # ranker and the serving sources on every day up to ds.
+    # The refit, ahead of the gate: refit_ranker fits the ranker on the held-out days (their sources are the twin's,
+    # fit on the days before them) and refit_retrieval the two-tower on every day up to ds; refit serves both and
+    # fits the other serving sources on every day up to ds.
     refit = results["refit"]
-    assert [fit["kind"] for fit in refit["fits"]] == ["ranker", *rules.sources]
-    assert all(fit["window"].endswith(f"..{DS}") for fit in refit["fits"][1:])
+    assert refit["ahead"] == ["refit_retrieval", "refit_ranker"]
+    assert [fit["kind"] for fit in results["refit_ranker"]["fits"]] == ["ranker"]
+    assert [fit["kind"] for fit in results["refit_retrieval"]["fits"]] == ["two_tower"]
+    assert [fit["kind"] for fit in refit["fits"]] == [source for source in rules.sources if source != "two_tower"]
+    assert all(fit["window"].endswith(f"..{DS}") for fit in refit["fits"] + results["refit_retrieval"]["fits"])
     shards = results["publish_shard"]
     assert all(0 < shard["candidates_ranked"] <= shard["users"] * rules.candidates for shard in shards)
     assert all(shard["ranker_flops"] == shard["candidates_ranked"] * ranker["flops_per_example"] for shard in shards)
