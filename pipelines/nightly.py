@@ -42,7 +42,9 @@ STEPS: tuple[Step, ...] = (
     Step("train_ranking", ("train", "train_retrieval", "train_ranker")),  # serves the ranker over their models
     Step("evaluate", ("train", "train_ranking")),
     # The refit's TFRS fits need nothing the gate decides: they run beside evaluate, and refit serves them.
-    Step("refit_retrieval", ("build_features", "train_retrieval"), compute=True),
+    # refit_retrieval needs train_retrieval's epochs; it follows train_ranker too, so that it starts with
+    # train_ranking, beside short steps only, and computes on every core (`side_by_side`).
+    Step("refit_retrieval", ("build_features", "train_retrieval", "train_ranker"), compute=True),
     Step("refit_ranker", ("train_ranking",)),
     Step("refit", ("evaluate", "refit_retrieval", "refit_ranker")),
     Step("register", ("refit",), ("recsys_model",)),
@@ -132,8 +134,8 @@ def data_date(logical_date: datetime, override: str | None = None) -> date:
 
 def side_by_side(step: Step, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
     """The most compute steps Airflow may run at once with `step` (itself included): the largest group of them
-    none of which follows another (refit_retrieval follows train_retrieval, so train_ranker runs beside one of
-    them at a time). On one host they share its cores (`pipelines.runner.step_threads`): two TF fits on 2 cores
+    none of which follows another (were refit_retrieval to follow train_retrieval alone, train_ranker could run
+    beside either, never beside both). On one host they share its cores (`pipelines.runner.step_threads`): two TF fits on 2 cores
     with two threads each ran their two-towers at 37K examples/s each, no faster together than one after the other."""
     if not step.compute:
         return ()

@@ -2,8 +2,9 @@
 
 Refitting tonight's two-tower or two-stage recipe is mostly one two-tower fit on every day of the window, for
 the epochs train_retrieval's early stopping kept: minutes of TensorFlow that need nothing the gate decides. So
-it runs as soon as train_retrieval is done, beside train_ranking, evaluate and refit_ranker, and refit serves
-it where the gate chose that recipe (`tasks.refit.FitAhead`). On a night the gate chooses another recipe it
+it runs once train_retrieval (its epochs) and train_ranker (the other long fit) are done, beside train_ranking,
+evaluate and refit_ranker, on every core, and refit serves it where the gate chose that recipe
+(`tasks.refit.FitAhead`). On a night the gate chooses another recipe it
 is left unused. Skipped when train_retrieval is disabled or `refit.mode` is warm_start.
 """
 

@@ -32,7 +32,7 @@ def test_one_task_per_step_wired_as_the_pipeline_declares(dag):
     assert wired == {"wait_for_events": {"validate_raw"}, "validate_raw": {"build_features"},
                      "build_features": {"train", "train_retrieval", "train_ranker", "refit_retrieval"},
                      "train": {"evaluate", "train_ranking"}, "train_retrieval": {"train_ranking", "refit_retrieval"},
-                     "train_ranker": {"train_ranking"}, "train_ranking": {"evaluate", "refit_ranker"},
+                     "train_ranker": {"train_ranking", "refit_retrieval"}, "train_ranking": {"evaluate", "refit_ranker"},
                      "evaluate": {"refit"}, "refit_retrieval": {"refit"}, "refit_ranker": {"refit"},
                      "refit": {"register"}, "register": {"plan_publish_shard"},
                      "plan_publish_shard": {"publish_shard"}, "publish_shard": {"publish"}, "publish": {"report"},

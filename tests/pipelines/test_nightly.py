@@ -36,7 +36,7 @@ def test_steps_run_in_dependency_order():
 def test_compute_steps_airflow_may_run_at_once_share_the_hosts_cores():
     """train_retrieval and train_ranker follow build_features alone: Airflow runs them side by side, and on one
     host each computes on its share of the cores; in pods of their own, or with nothing beside, on all of them.
-    refit_retrieval follows train_retrieval: train_ranker may run beside either, never beside both."""
+    refit_retrieval follows both: it runs beside short steps only, on every core."""
     import os
 
     from configs import load_config
@@ -44,7 +44,7 @@ def test_compute_steps_airflow_may_run_at_once_share_the_hosts_cores():
 
     steps = {step.name: step for step in STEPS}
     assert side_by_side(steps["train_retrieval"]) == side_by_side(steps["train_ranker"]) == ("train_retrieval", "train_ranker")
-    assert side_by_side(steps["refit_retrieval"]) == ("train_ranker", "refit_retrieval")
+    assert side_by_side(steps["refit_retrieval"]) == ("refit_retrieval",)
     assert side_by_side(steps["evaluate"]) == ()
     chain = (Step("a", (), compute=True), Step("b", ("a",), compute=True), Step("c", ("a",), compute=True),
              Step("d", ("b",), compute=True))
@@ -52,7 +52,7 @@ def test_compute_steps_airflow_may_run_at_once_share_the_hosts_cores():
     assert side_by_side(chain[3], chain) == ("c", "d")
     config = load_config(None)
     assert step_threads("train_retrieval", config) == step_threads("train_ranker", config) == max(1, (os.cpu_count() or 1) // 2)
-    assert step_threads("refit_retrieval", config) == max(1, (os.cpu_count() or 1) // 2)
+    assert step_threads("refit_retrieval", config) is None
     assert step_threads("evaluate", config) is None and step_threads("train_ranking", config) is None
     assert step_threads("train_retrieval", load_config(None, ["execution.mode=kubernetes_pod"])) is None
 
