@@ -4,8 +4,8 @@ Refitting tonight's two-tower or two-stage recipe is mostly one two-tower fit on
 the epochs train_retrieval's early stopping kept: minutes of TensorFlow that need nothing the gate decides. So
 it runs once train_retrieval (its epochs) and train_ranker (the other long fit) are done, beside train_ranking,
 evaluate and refit_ranker, on every core, and refit serves it where the gate chose that recipe
-(`tasks.refit.FitAhead`). On a night the gate chooses another recipe it
-is left unused. Skipped when train_retrieval is disabled or `refit.mode` is warm_start.
+(`tasks.refit.FitAhead`); on a night the gate chooses another recipe it is left unused. Skipped when
+train_retrieval is disabled or `refit.mode` is warm_start.
 """
 
 from __future__ import annotations
