@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from pipelines.runner import run_pipeline
 from tasks.storage.address_book import AddressBook
@@ -90,3 +91,20 @@ def test_refit_serves_the_fits_made_ahead_of_the_gate_only_for_their_recipe_and_
     assert result.ahead == ["refit_ranker"]
     assert [fit.kind for fit in result.fits] == list(config.train_ranking.sources)
     assert next(fit for fit in result.fits if fit.kind == "two_tower").epochs == result.epochs["two_tower"]
+
+
+def test_the_steps_that_fit_ahead_say_which_step_runs_first_and_skip_for_a_warm_start(tmp_path):
+    from tasks.errors import MissingInput
+    from tasks.refit_ranker import refit_ranker
+    from tasks.refit_retrieval import refit_retrieval
+
+    config = make_config(tmp_path / "var", tmp_path / "raw")
+    with pytest.raises(MissingInput, match="run train_retrieval first"):
+        refit_retrieval(config, DS, "nothing_trained")
+    with pytest.raises(MissingInput, match="run train_ranking first"):
+        refit_ranker(config, DS, "nothing_trained")
+    # A warm start trains on from the twin inside refit: nothing is fit ahead, nothing is written.
+    warm = make_config(tmp_path / "var", tmp_path / "raw", "refit.mode=warm_start")
+    assert refit_retrieval(warm, DS, "warm").path is None and refit_ranker(warm, DS, "warm").path is None
+    models = AddressBook.from_config(warm).models(DS)
+    assert not (models / "refit_retrieval").exists() and not (models / "refit_ranker").exists()
