@@ -113,10 +113,11 @@ class Tower(tf.keras.Model):
         return at[:, 0], tf.gather_nd(codes, at)
 
     @staticmethod
-    def _mean_by_row(values, row, rows):
-        """The mean of each row's `values` (one per entry, `row` naming its row), 0 for a row without entries."""
-        sums = tf.math.unsorted_segment_sum(values, row, rows)
-        counts = tf.math.unsorted_segment_sum(tf.ones_like(row, values.dtype), row, rows)
+    def _mean_by_row(values, row, codes):
+        """The mean of each row's `values` (one per real entry of `codes`, `row` naming its row), 0 for a row
+        without entries. The counts are a sum over `codes`' padding mask, not a second segment sum."""
+        sums = tf.math.unsorted_segment_sum(values, row, tf.shape(codes)[0])
+        counts = tf.reduce_sum(tf.cast(tf.not_equal(codes, 0), values.dtype), axis=1)
         return sums / tf.maximum(counts, 1.0)[:, None]
 
     def indices(self, inputs):
@@ -140,18 +141,15 @@ class Tower(tf.keras.Model):
         for name in self.spec.numeric:
             parts.append(tf.expand_dims(rows[name], -1))
         # Lists and text are mean-pooled over their real entries: with a mask value, StringLookup and
-        # Hashing keep row 0 for padding.
-        size = tf.shape(rows[self.spec.id_column])[0]
+        # Hashing keep row 0 for padding. The history's item attributes pool with its ids, in one segment sum.
         for name in (*self.spec.lists, *self.spec.text):
             row, codes = self._entries(rows[name])
-            parts.append(self._mean_by_row(self.embeddings[name](codes), row, size))
-        if self.history_tables:
-            row, history = self._entries(rows["history"])
-            for name, table in self.history_tables.items():
-                values = tf.gather(table, history)
-                embedded = self.history_embeddings[name](values) if name in self.history_embeddings \
-                    else tf.expand_dims(values, -1)
-                parts.append(self._mean_by_row(embedded, row, size))
+            pooled = [self.embeddings[name](codes)]
+            for attribute, table in (self.history_tables.items() if name == "history" else ()):
+                values = tf.gather(table, codes)
+                pooled.append(self.history_embeddings[attribute](values) if attribute in self.history_embeddings
+                              else tf.expand_dims(values, -1))
+            parts.append(self._mean_by_row(tf.concat(pooled, axis=-1), row, rows[name]))
         output = self.output_layer(self.hidden(tf.concat(parts, axis=-1)))
         return tf.math.l2_normalize(output, axis=-1) if self.normalize else output
 

@@ -139,7 +139,7 @@ def test_lists_pool_the_mean_of_their_real_entries():
     table = np.arange(12, dtype=np.float32).reshape(6, 2)
     row, entries = Tower._entries(tf.constant(codes))
     np.testing.assert_array_equal(entries.numpy(), [3, 1, 2, 2, 2, 5])
-    pooled = Tower._mean_by_row(tf.gather(table, entries), row, len(codes)).numpy()
+    pooled = Tower._mean_by_row(tf.gather(table, entries), row, tf.constant(codes)).numpy()
     np.testing.assert_allclose(pooled, [(table[3] + table[1]) / 2, [0, 0], (3 * table[2] + table[5]) / 4])
 
 
