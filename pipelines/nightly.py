@@ -26,7 +26,7 @@ class Step:
     produces: tuple[str, ...] = ()  # Airflow Asset names a successful run updates
     sharded: bool = False  # runs once per shard (its module's `shard_count(config)`): Airflow maps it
     links: tuple[tuple[str, str], ...] = ()  # (button, field of the step's result holding a URL): Airflow links
-    compute: bool = False  # keeps every core it is given busy for minutes (a TF fit): see `host_shares`
+    compute: bool = False  # keeps every core it is given busy for minutes (a TF fit): see `side_by_side`
 
     @property
     def module(self) -> str:
@@ -43,7 +43,7 @@ STEPS: tuple[Step, ...] = (
     Step("evaluate", ("train", "train_ranking")),
     # The refit's TFRS fits need nothing the gate decides: they run beside evaluate, and refit serves them.
     # refit_retrieval needs train_retrieval's epochs; it follows train_ranker too, so that it starts with
-    # train_ranking, beside no other fit, and shares the host with the short steps only (`host_shares`).
+    # train_ranking, beside short steps only, and computes on every core (`side_by_side`).
     Step("refit_retrieval", ("build_features", "train_retrieval", "train_ranker"), compute=True),
     Step("refit_ranker", ("train_ranking",)),
     Step("refit", ("evaluate", "refit_retrieval", "refit_ranker")),
@@ -132,44 +132,25 @@ def data_date(logical_date: datetime, override: str | None = None) -> date:
     return (logical_date - timedelta(days=1)).date()
 
 
-def _follows(steps: tuple[Step, ...]):
-    """A function telling whether one step (by name) comes after another in `steps`' graph."""
+def side_by_side(step: Step, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
+    """The most compute steps Airflow may run at once with `step` (itself included): the largest group of them
+    none of which follows another (were refit_retrieval to follow train_retrieval alone, train_ranker could run
+    beside either, never beside both). On one host they share its cores (`pipelines.runner.step_threads`): two TF fits on 2 cores
+    with two threads each ran their two-towers at 37K examples/s each, no faster together than one after the other."""
+    if not step.compute:
+        return ()
     by_name = {s.name: s for s in steps}
 
     def before(name: str) -> set[str]:
         return {up for parent in by_name[name].upstream for up in (parent, *before(parent))}
 
-    return lambda a, b: a in before(b) or b in before(a)
-
-
-def side_by_side(step: Step, steps: tuple[Step, ...] = STEPS) -> tuple[str, ...]:
-    """The most compute steps Airflow may run at once with `step` (itself included, if it computes): the largest
-    group of them none of which follows another (were refit_retrieval to follow train_retrieval alone,
-    train_ranker could run beside either, never beside both)."""
-    ordered = _follows(steps)
-    compute = [s.name for s in steps if s.compute and (s.name == step.name or not ordered(s.name, step.name))]
-    for size in range(len(compute), 0, -1):
+    compute = [s.name for s in steps if s.compute]
+    for size in range(len(compute), 1, -1):
         for group in itertools.combinations(compute, size):
-            if (not step.compute or step.name in group) and not any(ordered(a, b) for a, b in
-                                                                    itertools.combinations(group, 2)):
+            if step.name in group and all(a not in before(b) and b not in before(a)
+                                          for a, b in itertools.combinations(group, 2)):
                 return group
-    return ()
-
-
-def host_shares(step: Step, steps: tuple[Step, ...] = STEPS) -> int:
-    """Into how many equal shares a host's cores are cut while `step` runs on it beside whatever Airflow may run
-    at once (`pipelines.runner.step_threads`): one per compute step of `side_by_side`, and one for the other
-    steps, if `step` is one of them or any of them may run beside it. So refit_retrieval computes on half of
-    2 cores, and train_ranking, evaluate and refit_ranker beside it on the other half; a step with no compute
-    step beside it, on all.
-
-    On 2 cores, two TF fits of two threads each ran their two-towers at 37K examples/s each, no faster together
-    than one after the other; alone, a two-tower epoch at L ran at 79.8K examples/s on two threads and 71.4K on
-    one, and on two threads beside evaluate and refit_ranker (two threads each) at 45.9K."""
-    ordered = _follows(steps)
-    compute = side_by_side(step, steps)
-    others = not step.compute or any(not s.compute and not ordered(s.name, step.name) for s in steps)
-    return len(compute) + others if compute else 1
+    return (step.name,)
 
 
 def topological(steps: tuple[Step, ...] = STEPS) -> list[Step]:

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 import time
 from datetime import date
 
 from configs.schema import Config
-from pipelines.nightly import STEPS, Step, host_shares, topological
+from pipelines.nightly import STEPS, Step, side_by_side, topological
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +27,15 @@ def shards(step: Step | str, config: Config) -> list[int]:
 
 def step_threads(step: Step | str, config: Config) -> int | None:
     """The threads a step's process computes on (`use_threads`), or None for every core of its host: a shard its
-    share among the shards (the step's `shard_threads`); a step that Airflow may run beside a compute step on
-    one host (not in pods of their own) its share of the host's cores (`host_shares`)."""
+    share among the shards (the step's `shard_threads`); a compute step that Airflow may run beside others on
+    one host (`side_by_side`; not in pods of their own) its share of the host's cores among them."""
     from tasks.models.compute_threads import shared_cores
 
     step = find_step(step)
     if step.sharded:
         return importlib.import_module(step.module).shard_threads(config)
-    shares = host_shares(step)
-    if shares == 1 or config.execution.mode == "kubernetes_pod":
-        return None
-    # The short steps take what the compute steps leave: on 4 cores, 2 beside two fits of one thread each.
-    return shared_cores(shares) if step.compute else max(1, (os.cpu_count() or 1) - (shares - 1) * shared_cores(shares))
+    beside = side_by_side(step)
+    return shared_cores(len(beside)) if len(beside) > 1 and config.execution.mode != "kubernetes_pod" else None
 
 
 def run_step(step: Step | str, config: Config, ds: date, run_id: str, shard: int | None = None) -> dict:

@@ -33,37 +33,27 @@ def test_steps_run_in_dependency_order():
     assert len(order) == len(STEPS)
 
 
-def test_compute_steps_and_the_steps_beside_them_share_the_hosts_cores():
-    """train_retrieval and train_ranker follow build_features alone: Airflow runs them side by side, with train
-    beside them, and on one host each computes on its share of the cores. refit_retrieval follows both: it
-    shares the host with train_ranking, evaluate and refit_ranker only. In pods of their own, or with no compute
-    step beside, a step computes on every core."""
+def test_compute_steps_airflow_may_run_at_once_share_the_hosts_cores():
+    """train_retrieval and train_ranker follow build_features alone: Airflow runs them side by side, and on one
+    host each computes on its share of the cores; in pods of their own, or with nothing beside, on all of them.
+    refit_retrieval follows both: it runs beside short steps only, on every core."""
     import os
 
     from configs import load_config
-    from pipelines.nightly import host_shares
     from pipelines.runner import step_threads
 
     steps = {step.name: step for step in STEPS}
     assert side_by_side(steps["train_retrieval"]) == side_by_side(steps["train_ranker"]) == ("train_retrieval", "train_ranker")
-    assert side_by_side(steps["train"]) == ("train_retrieval", "train_ranker")
-    assert side_by_side(steps["refit_retrieval"]) == side_by_side(steps["evaluate"]) == ("refit_retrieval",)
-    assert side_by_side(steps["register"]) == ()
-    assert [host_shares(steps[name]) for name in ("train_retrieval", "train", "refit_retrieval", "refit_ranker",
-                                                  "build_features", "refit")] == [3, 3, 2, 2, 1, 1]
+    assert side_by_side(steps["refit_retrieval"]) == ("refit_retrieval",)
+    assert side_by_side(steps["evaluate"]) == ()
     chain = (Step("a", (), compute=True), Step("b", ("a",), compute=True), Step("c", ("a",), compute=True),
-             Step("d", ("b",), compute=True), Step("e", ("d",)))
+             Step("d", ("b",), compute=True))
     assert side_by_side(chain[0], chain) == ("a",) and side_by_side(chain[1], chain) == ("b", "c")
-    assert side_by_side(chain[3], chain) == ("c", "d") and side_by_side(chain[4], chain) == ("c",)
-    assert [host_shares(step, chain) for step in chain] == [1, 2, 3, 2, 2]  # c may run beside b, d or e
-
-    config, cores = load_config(None), os.cpu_count() or 1
-    fits = max(1, cores // 3)
-    assert step_threads("train_retrieval", config) == step_threads("train_ranker", config) == fits
-    assert step_threads("train", config) == max(1, cores - 2 * fits)
-    assert step_threads("refit_retrieval", config) == max(1, cores // 2)
-    assert step_threads("evaluate", config) == step_threads("train_ranking", config) == max(1, cores - max(1, cores // 2))
-    assert step_threads("build_features", config) is None and step_threads("register", config) is None
+    assert side_by_side(chain[3], chain) == ("c", "d")
+    config = load_config(None)
+    assert step_threads("train_retrieval", config) == step_threads("train_ranker", config) == max(1, (os.cpu_count() or 1) // 2)
+    assert step_threads("refit_retrieval", config) is None
+    assert step_threads("evaluate", config) is None and step_threads("train_ranking", config) is None
     assert step_threads("train_retrieval", load_config(None, ["execution.mode=kubernetes_pod"])) is None
 
 
