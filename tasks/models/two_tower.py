@@ -141,7 +141,8 @@ class Tower(tf.keras.Model):
         for name in self.spec.numeric:
             parts.append(tf.expand_dims(rows[name], -1))
         # Lists and text are mean-pooled over their real entries: with a mask value, StringLookup and
-        # Hashing keep row 0 for padding. The history's item attributes pool with its ids, in one segment sum.
+        # Hashing keep row 0 for padding. The history's item attributes pool with its ids, in one segment sum
+        # (a user tower's only list is its history, so its inputs keep the order older towers were saved with).
         for name in (*self.spec.lists, *self.spec.text):
             row, codes = self._entries(rows[name])
             pooled = [self.embeddings[name](codes)]
