@@ -6,7 +6,7 @@ It generates the shop once per scale under var/bench/<scale>/raw (kept for later
 first night in an emptied var/bench/<scale>/var, each step the way a Kubeflow component or an Airflow worker
 runs it: as its own process, `python -m tasks.<step>`, so the peak RSS of each step is its own. Every step whose
 upstream steps are done starts at once, as Airflow's scheduler starts them (train_retrieval beside train_ranker,
-then beside prepare_refit_retrieval; refit_retrieval beside train_ranking, evaluate and refit_ranker),
+refit_retrieval beside train_ranking, evaluate and refit_ranker),
 and the shards of a sharded step run as parallel processes, as Airflow's mapped tasks would. The night's time
 (`night_seconds`) runs from the first step's start to the last one's end; `steps_seconds` adds up the steps'.
 Each step's `cpu_seconds` (user and system time of its processes, from the kernel) over its wall time is how many
@@ -51,8 +51,8 @@ SCALES = {  # events, users, items over the default 28-day lookback (+2 days of 
 # What each step's throughput counts, read from its own printed result or an earlier one.
 UNITS = {"validate_raw": "rows (events, items, users)", "build_features": "events", "train": "interactions",
          "train_retrieval": "interactions", "train_ranker": "interactions", "train_ranking": "interactions", "evaluate": "users",
-         "prepare_refit_retrieval": "interactions", "refit_retrieval": "interactions", "refit_ranker": "interactions",
-         "refit": "interactions", "register": "models", "publish_shard": "users", "publish": "rows", "report": "nights"}
+         "refit_retrieval": "interactions", "refit_ranker": "interactions", "refit": "interactions", "register": "models",
+         "publish_shard": "users", "publish": "rows", "report": "nights"}
 
 
 @dataclass
@@ -119,8 +119,7 @@ def count(step: str, results: list[dict], earlier: dict[str, list[dict]]) -> int
         return int(sum(first["rows"].values()))
     if step == "build_features":
         return int(sum(first["rows"].get(name, 0) for name in ("interactions", "events")) or sum(first["rows"].values()))
-    if step in ("train", "train_retrieval", "train_ranker", "train_ranking", "prepare_refit_retrieval", "refit_retrieval",
-                "refit_ranker"):
+    if step in ("train", "train_retrieval", "train_ranker", "train_ranking", "refit_retrieval", "refit_ranker"):
         return int(earlier["build_features"][0]["rows"].get("interactions", 0))
     if step == "refit":
         return int(first["interactions"])

@@ -42,11 +42,9 @@ STEPS: tuple[Step, ...] = (
     Step("train_ranking", ("train", "train_retrieval", "train_ranker")),  # serves the ranker over their models
     Step("evaluate", ("train", "train_ranking")),
     # The refit's TFRS fits need nothing the gate decides: they run beside evaluate, and refit serves them.
-    # refit_retrieval needs train_retrieval's epochs; it follows train_ranker too (through its examples, made on
-    # the core train_ranker leaves while train_retrieval finishes), so that it starts with train_ranking, beside
-    # short steps only, and computes on every core (`side_by_side`).
-    Step("prepare_refit_retrieval", ("build_features", "train_ranker")),
-    Step("refit_retrieval", ("train_retrieval", "prepare_refit_retrieval"), compute=True),
+    # refit_retrieval needs train_retrieval's epochs; it follows train_ranker too, so that it starts with
+    # train_ranking, beside short steps only, and computes on every core (`side_by_side`).
+    Step("refit_retrieval", ("build_features", "train_retrieval", "train_ranker"), compute=True),
     Step("refit_ranker", ("train_ranking",)),
     Step("refit", ("evaluate", "refit_retrieval", "refit_ranker")),
     Step("register", ("refit",), ("recsys_model",)),

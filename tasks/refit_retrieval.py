@@ -4,9 +4,8 @@ Refitting tonight's two-tower or two-stage recipe is mostly one two-tower fit on
 the epochs train_retrieval's early stopping kept: minutes of TensorFlow that need nothing the gate decides. So
 it runs once train_retrieval (its epochs) and train_ranker (the other long fit) are done, beside train_ranking,
 evaluate and refit_ranker, on every core, and refit serves it where the gate chose that recipe
-(`tasks.refit.FitAhead`); on a night the gate chooses another recipe it is left unused. Its examples come from
-prepare_refit_retrieval, made while train_retrieval finished (it makes them itself where they are missing).
-Skipped when train_retrieval is disabled or `refit.mode` is warm_start.
+(`tasks.refit.FitAhead`); on a night the gate chooses another recipe it is left unused. Skipped when
+train_retrieval is disabled or `refit.mode` is warm_start.
 """
 
 from __future__ import annotations
@@ -23,7 +22,6 @@ from configs.schema import Config
 from tasks.errors import MissingInput
 from tasks.models.base import MANIFEST, FitWork
 from tasks.models.recipes import fit_recipe, fits_made, recipe, twin_epochs
-from tasks.prepare_refit_retrieval import prepared_examples
 from tasks.refit import FitAhead
 from tasks.step_cli import step_main
 from tasks.storage.address_book import AddressBook
@@ -39,7 +37,6 @@ class RefitRetrievalResult(BaseModel):
     path: str | None
     epochs: int | None
     fits: list[FitWork] = []
-    prepared_ahead: bool = False  # its examples came from prepare_refit_retrieval
     seconds: float
 
 
@@ -63,19 +60,15 @@ def refit_retrieval(config: Config, ds: date, run_id: str) -> RefitRetrievalResu
     epochs = twin_epochs(KIND, twin)
     features = FeatureSet.read(book.features(ds)).through_ds()
     target = book.model(ds, STEP)
-    prepared = prepared_examples(config, ds)
-    if prepared is None:
-        log.info("refit_retrieval ds=%s: no examples prepared ahead for this recipe and features; preparing them", ds)
     with atomic_directory(target) as staging, tempfile.TemporaryDirectory(prefix=f"{STEP}-") as scratch:
-        model = fit_recipe(KIND, config, features, Path(scratch), epochs, prepared=prepared)
+        model = fit_recipe(KIND, config, features, Path(scratch), epochs)
         model.save(staging)
         refit_retrieval_ahead(config, epochs, book.features(ds))[1].mark(staging)
     seconds = time.perf_counter() - started
-    log.info("refit_retrieval ds=%s: %s, %d epochs, on %d interactions through %s (examples %s) in %.1fs -> %s", ds,
-             KIND, epochs[KIND], len(features.interactions), ds,
-             "prepared ahead" if prepared is not None else "prepared here", seconds, target)
+    log.info("refit_retrieval ds=%s: %s, %d epochs, on %d interactions through %s in %.1fs -> %s", ds, KIND,
+             epochs[KIND], len(features.interactions), ds, seconds, target)
     return RefitRetrievalResult(ds=ds, path=str(target), epochs=epochs[KIND], fits=fits_made(KIND, model, features),
-                                prepared_ahead=prepared is not None, seconds=round(seconds, 2))
+                                seconds=round(seconds, 2))
 
 
 run = refit_retrieval

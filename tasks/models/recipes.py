@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from datetime import date, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,9 +19,6 @@ from configs.schema import Config
 from tasks.models.base import MANIFEST, FitWork, Recommender, WarmStart
 from tasks.models.baselines import BaselineFits
 from tasks.storage.feature_set import FeatureSet
-
-if TYPE_CHECKING:
-    from tasks.models.two_tower import ExampleFiles
 
 BASELINES = ("popularity", "cooccurrence", "ease", "recent")
 # The config sections each kind is shaped by; every kind falls back to the popularity list.
@@ -82,8 +79,7 @@ def best_epochs(model_dir: Path) -> int | None:
 
 def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
                epochs: dict[str, int] | None = None, fitted: dict[date, dict[str, Path]] | None = None,
-               warm: WarmStart | None = None, baselines: BaselineFits | None = None,
-               prepared: ExampleFiles | None = None) -> Recommender:
+               warm: WarmStart | None = None, baselines: BaselineFits | None = None) -> Recommender:
     """Fit one recipe on the feature set's training interactions; nothing on or after its cutoff is read.
 
     `epochs` ({"two_tower": n, "two_stage": m}) trains the TFRS parts for those epochs on every training day,
@@ -92,8 +88,7 @@ def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
     of the window ending there (see `fit_two_stage`). `warm` (with `epochs`) trains the TFRS kinds on from a
     saved twin of this recipe over the days it never saw; the baselines, counts and closed forms, ignore it.
     `baselines` (fits of `features` with `config.train`) lends the recipes of one feature set its popularity
-    and matrix of touches, computed once. `prepared` (a two-tower refit's only): its examples, made ahead
-    (`tasks.prepare_refit_retrieval`). Save the result before `workdir` goes away.
+    and matrix of touches, computed once. Save the result before `workdir` goes away.
     """
     baselines = baselines or BaselineFits(features, config.train)
     if kind in BASELINES:
@@ -104,7 +99,7 @@ def fit_recipe(kind: str, config: Config, features: FeatureSet, workdir: Path,
         popularity = baselines.popularity
         return fit_two_tower(features, config.data, config.train_retrieval, config.seed, workdir,
                              pd.Series(popularity.fallback_scores, index=popularity.item_ids),
-                             epochs=(epochs or {}).get("two_tower"), warm=warm, prepared=prepared)
+                             epochs=(epochs or {}).get("two_tower"), warm=warm)
     from tasks.models.two_stage import fit_two_stage
 
     return fit_two_stage(features, config, workdir, epochs, fitted, warm)

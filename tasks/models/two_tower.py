@@ -12,7 +12,6 @@ import itertools
 import json
 import logging
 import os
-from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
@@ -50,7 +49,6 @@ TEXT_BINS = 4096
 # Training steps per call from Python into TensorFlow (Keras' steps_per_execution): one call per step cost a
 # third of an epoch at M, where a step of 256 examples takes milliseconds.
 STEPS_PER_CALL = 32
-ROWS_FILE, EXAMPLES_FILE = "tower_rows.npz", "examples.json"  # a saved `ExampleFiles`, beside its splits
 
 
 def string_lookup(vocabulary: list[str], mask_token: str | None = None) -> tf.keras.layers.StringLookup:
@@ -471,76 +469,29 @@ def retrieval_examples(train: pd.DataFrame, query: Tower, candidate: Tower, user
     return examples, user_rows, item_rows
 
 
-@dataclass(frozen=True)
-class ExampleFiles:
-    """A two-tower fit's examples as its epochs read them: Parquet splits (the training rows shuffled once) and
-    the tables of the towers' rows they point into. Saved, they let a fit start without preparing them."""
-
-    paths: dict[str, Path]           # split ("train", "validation") -> its Parquet file
-    users: dict[str, np.ndarray]     # the query tower's `indices` of each distinct user, by an example's user_row
-    items: dict[str, np.ndarray]     # the candidate tower's, by item_row
-    counts: dict[str, int]           # examples per split
-
-    def save(self, directory: Path) -> None:
-        """Beside the splits, which must already lie in `directory` (they are named relative to it)."""
-        np.savez(directory / ROWS_FILE, **{f"users.{k}": v for k, v in self.users.items()},
-                 **{f"items.{k}": v for k, v in self.items.items()})
-        (directory / EXAMPLES_FILE).write_text(json.dumps(
-            {"paths": {split: path.relative_to(directory).as_posix() for split, path in self.paths.items()},
-             "counts": self.counts}, indent=2))
-
-    @classmethod
-    def load(cls, directory: Path) -> ExampleFiles:
-        saved = json.loads((directory / EXAMPLES_FILE).read_text())
-        with np.load(directory / ROWS_FILE) as rows:
-            tables = {side: {k.split(".", 1)[1]: rows[k] for k in rows.files if k.startswith(f"{side}.")}
-                      for side in ("users", "items")}
-        return cls({split: directory / name for split, name in saved["paths"].items()}, tables["users"],
-                   tables["items"], saved["counts"])
-
-
-def build_towers(features, data, config) -> tuple[Tower, Tower]:
-    """The untrained query and candidate towers of a feature set (vocabularies from its training days)."""
-    query_spec, candidate_spec = tower_specs(features, data, config.history_length)
-    query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
-                  history_attributes=history_attributes(features.train_items, candidate_spec))
-    return query, Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
-
-
-def example_files(features, query: Tower, candidate: Tower, validation_days: int, seed: int, workdir: Path,
-                  since: date | None = None) -> ExampleFiles:
-    """Every training example of the feature set (`retrieval_examples` of its first touches), written to
-    `workdir` with the last `validation_days` held out for early stopping."""
-    train = first_touches(features.train_interactions)
-    examples, user_rows, item_rows = retrieval_examples(train, query, candidate, features.train_users,
-                                                        features.train_items, since)
-    paths, is_validation = write_example_splits(examples, features.window.cutoff, validation_days, seed, workdir,
-                                                "retrieval")
-    return ExampleFiles(paths, user_rows, item_rows,
-                        {"train": int((~is_validation).sum()), "validation": int(is_validation.sum())})
-
-
 def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd.Series,
-                  epochs: int | None = None, warm: WarmStart | None = None,
-                  prepared: ExampleFiles | None = None) -> TwoTowerModel:
+                  epochs: int | None = None, warm: WarmStart | None = None) -> TwoTowerModel:
     """Train on the feature set's training interactions; the last `validation_days` drive early stopping,
     unless `epochs` is given: then every day trains, for that many epochs (a refit of an early-stopped twin).
     With `warm` (and `epochs`), the towers start from the saved twin's weights (`warm_start_towers`) and
     train on the days from `warm.since` on only; histories still reach back over every training day.
-    `prepared`: the examples `example_files` made of these features with this config, ahead of the fit.
 
     `fallback` (popularity by item id) serves users without history, the same list every model falls back to.
     """
     strategy = training_strategy(config.strategy)  # first: a multi-worker strategy must precede any TF op
     tf.keras.utils.set_random_seed(seed)
-    items = features.train_items
+    train = first_touches(features.train_interactions)
+    query_spec, candidate_spec = tower_specs(features, data, config.history_length)
+    users, items = features.train_users, features.train_items
     with strategy.scope():
-        query, candidate = build_towers(features, data, config)
-    if prepared is not None and (not epochs or warm is not None):
-        raise ValueError("two_tower: examples prepared ahead serve a fit of every training day for given epochs")
-    examples = prepared or example_files(features, query, candidate, 0 if epochs else config.validation_days, seed,
-                                         workdir, None if warm is None else warm.since)
-    paths, user_rows, item_rows = examples.paths, examples.users, examples.items
+        query = Tower(query_spec, config.embedding_dim, normalize=config.normalize, use_id=config.user_id_embedding,
+                      history_attributes=history_attributes(items, candidate_spec))
+        candidate = Tower(candidate_spec, config.embedding_dim, normalize=config.normalize)
+    examples, user_rows, item_rows = retrieval_examples(train, query, candidate, users, items,
+                                                        None if warm is None else warm.since)
+    paths, is_validation = write_example_splits(examples, features.window.cutoff,
+                                                0 if epochs else config.validation_days, seed, workdir, "retrieval")
+    del examples
     # Several steps per call, in one process; across replicas one step per call, for workers may hold
     # different numbers of batches, which fit's step-by-step loop reconciles.
     alone = strategy.num_replicas_in_sync == 1
@@ -553,24 +504,24 @@ def fit_two_tower(features, data, config, seed: int, workdir: Path, fallback: pd
     with strategy.scope():
         if warm is not None:
             warm_start_towers(query, candidate, warm.model, config)
-        catalog = candidate.rows_of(encode(items, candidate.spec)) if config.extra_negatives else None
+        catalog = candidate.rows_of(encode(items, candidate_spec)) if config.extra_negatives else None
         trainer = TwoTowerTrainer(query, candidate, config.temperature, catalog, config.extra_negatives)
         trainer.compile(optimizer=tf.keras.optimizers.Adagrad(config.learning_rate),
                         steps_per_execution=STEPS_PER_CALL if alone else 1)
     stop = tf.keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True)
-    trained = examples.counts["train"]
+    trained = int((~is_validation).sum())
     progress = EpochLog("two_tower", trained, epochs or config.epochs)
     history = trainer.fit(train_data, validation_data=validation_data, epochs=epochs or config.epochs,
                           callbacks=[progress] if epochs else [progress, stop], verbose=0)
     losses = history.history
     log.info("two_tower: %d training / %d validation examples, %d epochs, loss %.4f -> %.4f, val_loss %s",
-             trained, examples.counts["validation"], len(losses["loss"]), losses["loss"][0],
+             trained, int(is_validation.sum()), len(losses["loss"]), losses["loss"][0],
              losses["loss"][-1], [round(v, 4) for v in losses.get("val_loss", [])])
     model = TwoTowerModel(items["item_id"].to_numpy(dtype=object),
                           fallback.reindex(items["item_id"]).fillna(0.0).to_numpy(np.float32),
                           {**config.model_dump(), "epochs_run": len(losses["loss"]),
                            "training_examples": trained,
                            "val_loss": [float(v) for v in losses.get("val_loss", [])]},
-                          ExportedTower(query), ExportedTower(candidate), None, (query.spec, candidate.spec))
+                          ExportedTower(query), ExportedTower(candidate), None, (query_spec, candidate_spec))
     model.item_embeddings = model.embed_items(items)
     return model

@@ -21,8 +21,8 @@ def test_stage_benchmark_times_every_step_as_its_own_process(tmp_path, monkeypat
     report = json.loads((tmp_path / "T.json").read_text())
     steps = {row["step"]: row for row in report["steps"]}
     assert list(steps) == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranker", "train_ranking",
-                           "evaluate", "prepare_refit_retrieval", "refit_retrieval", "refit_ranker", "refit", "register",
-                           "publish_shard", "publish", "report"]
+                           "evaluate", "refit_retrieval", "refit_ranker", "refit", "register", "publish_shard", "publish",
+                           "report"]
     # Steps whose upstream steps are done run side by side, as Airflow runs them; each starts after its upstream.
     end = {name: row["started"] + row["seconds"] for name, row in steps.items()}
     assert steps["train_ranker"]["started"] < end["train_retrieval"] and steps["train_retrieval"]["started"] < end["train_ranker"]

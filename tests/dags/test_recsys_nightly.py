@@ -30,10 +30,9 @@ def test_schedule_is_daily_at_two_utc_without_catchup(dag):
 def test_one_task_per_step_wired_as_the_pipeline_declares(dag):
     wired = {task.task_id: set(task.downstream_task_ids) for task in dag.tasks}
     assert wired == {"wait_for_events": {"validate_raw"}, "validate_raw": {"build_features"},
-                     "build_features": {"train", "train_retrieval", "train_ranker", "prepare_refit_retrieval"},
+                     "build_features": {"train", "train_retrieval", "train_ranker", "refit_retrieval"},
                      "train": {"evaluate", "train_ranking"}, "train_retrieval": {"train_ranking", "refit_retrieval"},
-                     "train_ranker": {"train_ranking", "prepare_refit_retrieval"},
-                     "prepare_refit_retrieval": {"refit_retrieval"}, "train_ranking": {"evaluate", "refit_ranker"},
+                     "train_ranker": {"train_ranking", "refit_retrieval"}, "train_ranking": {"evaluate", "refit_ranker"},
                      "evaluate": {"refit"}, "refit_retrieval": {"refit"}, "refit_ranker": {"refit"},
                      "refit": {"register"}, "register": {"plan_publish_shard"},
                      "plan_publish_shard": {"publish_shard"}, "publish_shard": {"publish"}, "publish": {"report"},

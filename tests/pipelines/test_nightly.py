@@ -28,16 +28,15 @@ def test_knobs_become_overrides_and_unset_knobs_keep_the_config():
 def test_steps_run_in_dependency_order():
     order = [s.name for s in topological()]
     assert order == ["validate_raw", "build_features", "train", "train_retrieval", "train_ranker", "train_ranking",
-                     "evaluate", "prepare_refit_retrieval", "refit_retrieval", "refit_ranker", "refit", "register",
-                     "publish_shard", "publish", "report"]
+                     "evaluate", "refit_retrieval", "refit_ranker", "refit", "register", "publish_shard", "publish",
+                     "report"]
     assert len(order) == len(STEPS)
 
 
 def test_compute_steps_airflow_may_run_at_once_share_the_hosts_cores():
     """train_retrieval and train_ranker follow build_features alone: Airflow runs them side by side, and on one
     host each computes on its share of the cores; in pods of their own, or with nothing beside, on all of them.
-    refit_retrieval follows both (train_ranker through prepare_refit_retrieval): it runs beside short steps only,
-    on every core."""
+    refit_retrieval follows both: it runs beside short steps only, on every core."""
     import os
 
     from configs import load_config

@@ -93,31 +93,8 @@ def test_refit_serves_the_fits_made_ahead_of_the_gate_only_for_their_recipe_and_
     assert next(fit for fit in result.fits if fit.kind == "two_tower").epochs == result.epochs["two_tower"]
 
 
-def test_refit_retrieval_trains_the_same_towers_on_examples_prepared_ahead_as_on_its_own(pipeline_run, tmp_path):
-    from tasks.models import load_recommender
-    from tasks.refit import AHEAD_FILE
-    from tasks.refit_retrieval import refit_retrieval
-
-    config, results = pipeline_run
-    assert results["refit_retrieval"]["prepared_ahead"]
-    assert results["prepare_refit_retrieval"]["examples"] == results["refit_retrieval"]["fits"][0]["examples"]
-    # Examples made with another recipe (here: another seed, which shuffles them otherwise) are not used.
-    var = tmp_path / "var"
-    shutil.copytree(config.paths.var, var)
-    other = make_config(var, config.paths.raw)
-    mark = AddressBook.from_config(other).model(DS, "prepare_refit_retrieval") / AHEAD_FILE
-    mark.write_text(json.dumps({**json.loads(mark.read_text()), "recipe": {"kind": "two_tower", "seed": -1}}))
-
-    result = refit_retrieval(other, DS, "own_examples")
-
-    assert not result.prepared_ahead
-    ahead, own = (load_recommender(Path(path)) for path in (results["refit_retrieval"]["path"], result.path))
-    np.testing.assert_allclose(own.item_embeddings, ahead.item_embeddings, rtol=1e-5, atol=1e-6)
-
-
 def test_the_steps_that_fit_ahead_say_which_step_runs_first_and_skip_for_a_warm_start(tmp_path):
     from tasks.errors import MissingInput
-    from tasks.prepare_refit_retrieval import prepare_refit_retrieval
     from tasks.refit_ranker import refit_ranker
     from tasks.refit_retrieval import refit_retrieval
 
@@ -129,6 +106,5 @@ def test_the_steps_that_fit_ahead_say_which_step_runs_first_and_skip_for_a_warm_
     # A warm start trains on from the twin inside refit: nothing is fit ahead, nothing is written.
     warm = make_config(tmp_path / "var", tmp_path / "raw", "refit.mode=warm_start")
     assert refit_retrieval(warm, DS, "warm").path is None and refit_ranker(warm, DS, "warm").path is None
-    assert prepare_refit_retrieval(warm, DS, "warm").path is None
     models = AddressBook.from_config(warm).models(DS)
-    assert not any((models / step).exists() for step in ("prepare_refit_retrieval", "refit_retrieval", "refit_ranker"))
+    assert not (models / "refit_retrieval").exists() and not (models / "refit_ranker").exists()
