@@ -117,6 +117,31 @@ def _cut(keys, size, k, sample):
     return kept, bound
 
 
+@njit(nogil=True, cache=True, inline="always")
+def _fold_span(keys, size, threshold, tile_row, tile_bits, first, stop_column, items, first_item, k, ban_start,
+               ban_stop, banned_ids, sample, bits_to_score):
+    """`_fold_tile` of one user's scores in columns first:stop_column; returns its (size, threshold).
+
+    Consecutive items (`items` empty: `first_item` + column) come in index order, so a score tying the threshold
+    loses to the one that set it; named items come in any order, and one tying it may have the lower index."""
+    capacity = len(keys)
+    for column in range(first, stop_column):
+        if tile_row[column] > threshold or (len(items) and tile_row[column] == threshold):
+            item = items[column] if len(items) else first_item + column
+            if ban_stop > ban_start and _contains(banned_ids, ban_start, ban_stop, item):
+                continue
+            keys[size] = _key(tile_bits[column], item)
+            size += 1
+            if size == capacity:
+                size, bound = _cut(keys, size, k, sample)
+                bits_to_score[0] = _score_bits(bound)
+                threshold = bits_to_score.view(np.float32)[0]
+    return size, threshold
+
+
+NO_ITEMS = np.empty(0, dtype=np.int64)  # `_fold_span`'s `items` for consecutive items
+
+
 @njit(nogil=True, cache=True)
 def _fold_tile(scores, first_item, buffers, sizes, thresholds, k, banned_ptr, banned_ids):
     """Fold a tile of scores (users x items from `first_item` on) into each user's candidate buffer.
@@ -127,25 +152,28 @@ def _fold_tile(scores, first_item, buffers, sizes, thresholds, k, banned_ptr, ba
     rejected by one comparison.
     """
     rows, columns = scores.shape
-    capacity = buffers.shape[1]
     sample = np.empty(32, dtype=buffers.dtype)
     bits_to_score = np.empty(1, dtype=np.uint32)
     for row in range(rows):
-        keys = buffers[row]
+        sizes[row], thresholds[row] = _fold_span(
+            buffers[row], sizes[row], thresholds[row], scores[row], scores[row].view(np.uint32), 0, columns, NO_ITEMS,
+            first_item, k, banned_ptr[row], banned_ptr[row + 1], banned_ids, sample, bits_to_score)
+
+
+@njit(nogil=True, cache=True)
+def _fold_groups(scores, items, spans, wants, buffers, sizes, thresholds, k, banned_ptr, banned_ids):
+    """`_fold_tile` of a tile whose columns are the items `items` names, in groups (group g: columns
+    spans[g]:spans[g + 1]); each user folds only the groups it `wants`."""
+    sample = np.empty(32, dtype=buffers.dtype)
+    bits_to_score = np.empty(1, dtype=np.uint32)
+    for row in range(scores.shape[0]):
         size, threshold = sizes[row], thresholds[row]
-        start, stop = banned_ptr[row], banned_ptr[row + 1]
         tile_row, tile_bits = scores[row], scores[row].view(np.uint32)
-        for column in range(columns):
-            if tile_row[column] > threshold:
-                item = first_item + column
-                if stop > start and _contains(banned_ids, start, stop, item):
-                    continue
-                keys[size] = _key(tile_bits[column], item)
-                size += 1
-                if size == capacity:
-                    size, bound = _cut(keys, size, k, sample)
-                    bits_to_score[0] = _score_bits(bound)
-                    threshold = bits_to_score.view(np.float32)[0]
+        for group in range(len(spans) - 1):
+            if wants[row, group]:
+                size, threshold = _fold_span(buffers[row], size, threshold, tile_row, tile_bits, spans[group],
+                                             spans[group + 1], items, 0, k, banned_ptr[row], banned_ptr[row + 1],
+                                             banned_ids, sample, bits_to_score)
         sizes[row], thresholds[row] = size, threshold
 
 
@@ -282,6 +310,135 @@ def exact_top_k(queries: np.ndarray, items: np.ndarray, k: int, banned: sparse.c
 
     # One single-threaded BLAS per worker: each core runs its own product and fold, with no hand-over
     # between BLAS threads and kernel threads (both release the GIL).
+    with threadpool_limits(1, user_api="blas"):
+        in_row_blocks(score_block, users, user_block, threads)
+    return result
+
+
+CLUSTERED_FROM = 16_384  # items from which `ClusteredItems` pays: below, a full scan costs as little
+CLUSTER_SIZE = 64         # items per cluster on average
+GROUPS_PER_PASS = 32      # groups a block scores before it checks again which groups can still hold a top k
+
+
+@dataclass(frozen=True)
+class ClusteredItems:
+    """Items grouped by k-means, each group with a ball around its mean: no item of a group scores above
+    `q . centre + |q| radius`, so a user whose k-th best score is already above that need not score the group.
+    `exact_top_k` gives the same ids and scores; only the time differs, with how clustered the items are.
+    """
+
+    items: np.ndarray     # float32 [items, dim], grouped: group g is rows starts[g]:starts[g + 1]
+    ids: np.ndarray       # int64: each row's index in the items given
+    starts: np.ndarray    # int64 [groups + 1]
+    centres: np.ndarray   # float32 [groups, dim]
+    radii: np.ndarray     # float32 [groups], rounded up
+    reach: float          # the largest norm of an item or a centre: the bound's rounding margin scales with it
+
+    @classmethod
+    def of(cls, items: np.ndarray, groups: int | None = None, iterations: int = 6, seed: int = 0) -> ClusteredItems:
+        """Lloyd's k-means on the items (`groups`: items / CLUSTER_SIZE by default); any grouping is exact."""
+        items = np.ascontiguousarray(items, dtype=np.float32)
+        groups = max(1, min(len(items), groups or len(items) // CLUSTER_SIZE))
+        centres = items[np.random.default_rng(seed).choice(len(items), groups, replace=False)].copy()
+        for _ in range(iterations + 1):
+            nearest = np.concatenate([np.argmax(items[s:s + 8192] @ centres.T - 0.5 * (centres ** 2).sum(1), axis=1)
+                                      for s in range(0, len(items), 8192)])
+            counts = np.bincount(nearest, minlength=groups)
+            sums = np.zeros((groups, items.shape[1]), np.float64)
+            np.add.at(sums, nearest, items)
+            filled = counts > 0
+            centres[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+        order = np.argsort(nearest, kind="stable")
+        starts = np.r_[0, np.cumsum(counts)].astype(np.int64)
+        grouped = items[order]
+        distance = np.linalg.norm(grouped.astype(np.float64) - centres[nearest[order]].astype(np.float64), axis=1)
+        radii = np.zeros(groups)
+        np.maximum.at(radii, nearest[order], distance)
+        reach = float(max(np.linalg.norm(items, axis=1).max(initial=0.0), np.linalg.norm(centres, axis=1).max(initial=0.0)))
+        return cls(grouped, order.astype(np.int64), starts, centres, (radii * (1 + 1e-6)).astype(np.float32), reach)
+
+    def rows_of(self, groups: np.ndarray) -> np.ndarray:
+        """The rows of these groups, in order."""
+        lengths = self.starts[groups + 1] - self.starts[groups]
+        return np.repeat(self.starts[groups] - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())
+
+
+@njit(nogil=True, cache=True)
+def _kth_scores(buffers, sizes, k, out):
+    """Each user's k-th best score among its buffer's candidates (-inf with fewer than k)."""
+    bits = np.empty(1, dtype=np.uint32)
+    for row in range(buffers.shape[0]):
+        if sizes[row] < k:
+            out[row] = -np.inf
+        else:
+            bits[0] = _score_bits(_select(buffers[row], sizes[row], k))
+            out[row] = bits.view(np.float32)[0]
+
+
+def clustered_top_k(queries: np.ndarray, clustered: ClusteredItems, k: int, banned: sparse.csr_matrix | None = None,
+                    user_block: int = USER_BLOCK, item_block: int = ITEM_BLOCK, threads: int | None = None,
+                    buffer: int = BUFFER) -> TopK:
+    """`exact_top_k` of `queries` against the items `clustered` groups, scoring only the groups that can hold a
+    user's top k: its best-bounded groups first, which give a lower bound of its k-th best score, then every
+    group whose bound (with a margin for float32 rounding, 50x the worst case) reaches it. A group below that
+    bound holds no item scoring as high as the k-th best, so the ids and scores (ties to the lower index) are
+    `exact_top_k`'s. Users are taken in the order of their best group, so a block's users want the same groups.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    users, catalogue, groups = len(queries), len(clustered.items), len(clustered.centres)
+    k = max(0, min(k, catalogue))
+    result = TopK(np.full((users, k), -1, dtype=np.int64), np.full((users, k), -np.inf, dtype=np.float32))
+    if k == 0 or users == 0:
+        return result
+    banned = sparse.csr_matrix((users, catalogue), dtype=np.int8) if banned is None else banned.tocsr()
+    banned.sort_indices()
+    norms = np.linalg.norm(queries, axis=1).astype(np.float32)
+    margin = norms * np.float32(1e-4 * clustered.reach * max(1.0, queries.shape[1] / 32))
+
+    def bounds_of(rows: np.ndarray) -> np.ndarray:
+        return queries[rows] @ clustered.centres.T + norms[rows, None] * clustered.radii
+
+    with threadpool_limits(1, user_api="blas"):
+        leading = np.concatenate([np.argmax(bounds_of(np.arange(s, min(s + 8192, users))), axis=1)
+                                  for s in range(0, users, 8192)])
+    by_group = np.argsort(leading, kind="stable")
+
+    def score_block(start: int) -> None:
+        rows = by_group[start:start + user_block]
+        count, q = len(rows), queries[rows]
+        block_banned = banned[rows]
+        ptr, ids = block_banned.indptr.astype(np.int64), block_banned.indices.astype(np.int64)
+        buffers = np.empty((count, buffer * k), dtype=np.uint64)
+        sizes, thresholds = np.zeros(count, dtype=np.int64), np.full(count, -np.inf, dtype=np.float32)
+        bounds = bounds_of(rows)
+
+        def score(chosen: np.ndarray, wants: np.ndarray) -> None:
+            """Score the chosen groups for the block, folding each user's scores of the groups it wants."""
+            lengths = clustered.starts[chosen + 1] - clustered.starts[chosen]
+            for first in range(0, len(chosen), max(1, item_block // CLUSTER_SIZE)):
+                part = slice(first, first + max(1, item_block // CLUSTER_SIZE))
+                found = clustered.rows_of(chosen[part])
+                tile = q @ clustered.items[found].T
+                _fold_groups(tile, clustered.ids[found], np.r_[0, np.cumsum(lengths[part])], wants[:, part], buffers,
+                             sizes, thresholds, k, ptr, ids)
+
+        reach, kth = bounds + margin[rows, None], np.full(count, -np.inf, dtype=np.float32)
+        priority = bounds.max(axis=0)  # the groups some user may rank highest go first: the k-th best rises fastest
+        left = np.ones(groups, dtype=bool)
+        while True:
+            wants = (reach >= kth[:, None]) & left
+            todo = np.flatnonzero(wants.any(axis=0))
+            if not len(todo):
+                break
+            chosen = todo[np.argsort(-priority[todo], kind="stable")[:GROUPS_PER_PASS]]
+            score(chosen, np.ascontiguousarray(wants[:, chosen]))
+            left[chosen] = False
+            _kth_scores(buffers, sizes, k, kth)
+            np.maximum(thresholds, kth, out=thresholds)  # what ties or falls below the k-th best seen may go
+        best, found_ids = np.full((count, k), -np.inf, np.float32), np.full((count, k), -1, np.int64)
+        _finish(buffers, sizes, k, best, found_ids)
+        result.scores[rows], result.ids[rows] = best, found_ids
+
     with threadpool_limits(1, user_api="blas"):
         in_row_blocks(score_block, users, user_block, threads)
     return result

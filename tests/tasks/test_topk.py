@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import sparse
 
-from tasks.topk import best_first, dense_top_k, exact_top_k, fallback_top_k, sparse_top_k
+from tasks.topk import ClusteredItems, best_first, clustered_top_k, dense_top_k, exact_top_k, fallback_top_k, sparse_top_k
 
 
 def reference(queries, items, k, banned=None):
@@ -56,6 +56,58 @@ def test_banned_items_never_appear_and_short_lists_are_padded():
     assert (got.ids[0] == -1).all() and np.isneginf(got.scores[0]).all()
     assert sorted(got.ids[1, :5]) == [0, 1, 2, 3, 4] and (got.ids[1, 5:] == -1).all()
     assert not banned[np.arange(50)[:, None], np.maximum(got.ids, 0)][got.ids >= 0].any()
+
+
+@pytest.mark.parametrize("groups, integers", [(40, True), (7, False), (1, True), (600, False)])
+def test_clustered_top_k_gives_the_exact_lists_ties_bans_and_short_lists_included(groups, integers):
+    rng = np.random.default_rng(groups)
+    # Items around a few directions, as a two-tower's are, some duplicated (equal scores); some users with most
+    # items banned (fewer than k left) or all of them. Integer embeddings make every product exact in float32,
+    # so the lists must equal a full sort's, ties to the lower index; unit vectors are a two-tower's, where
+    # float32 products of other shapes round the last bit otherwise.
+    centres = rng.integers(-3, 4, (12, 16)).astype(np.float32)
+    items = centres[rng.integers(0, 12, 2000)] + rng.integers(-1, 2, (2000, 16)).astype(np.float32)
+    queries = centres[rng.integers(0, 12, 300)] + rng.integers(-2, 3, (300, 16)).astype(np.float32)
+    if not integers:
+        items = items + 0.3 * rng.standard_normal(items.shape).astype(np.float32)
+        items /= np.linalg.norm(items, axis=1, keepdims=True)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    items[1500:1600] = items[100:200]
+    dense = rng.random((300, 2000)) < 0.05
+    dense[0], dense[1] = True, np.arange(2000) >= 30
+    banned = sparse.csr_matrix(dense)
+    clustered = ClusteredItems.of(items, groups=groups)
+    assert sorted(clustered.ids.tolist()) == list(range(2000))
+
+    for k in (1, 50, 100):
+        got = clustered_top_k(queries, clustered, k, banned, user_block=32, item_block=256)
+        ids, scores = reference(queries, items, k, banned)
+        if integers:
+            np.testing.assert_array_equal(got.ids, np.where(np.isfinite(scores), ids, -1))
+            np.testing.assert_array_equal(got.scores, scores.astype(np.float32))
+        else:  # the same scores, and each id scores what it is listed with: only near ties may swap places
+            np.testing.assert_allclose(got.scores, scores.astype(np.float32), rtol=1e-6, atol=1e-6)
+            listed = got.ids >= 0
+            own = (queries[:, None, :].astype(np.float64) * items[np.maximum(got.ids, 0)]).sum(-1)
+            np.testing.assert_allclose(own[listed], got.scores[listed], rtol=1e-6, atol=1e-6)
+            assert (listed == np.isfinite(scores)).all() and not dense[np.nonzero(listed)[0], got.ids[listed]].any()
+    assert (got.ids[0] == -1).all() and (got.ids[1, 30:] == -1).all()
+
+
+def test_clustered_top_k_scores_only_the_groups_that_can_hold_a_users_best():
+    # Items on two opposite sides, about 100 groups each: a user facing one side never has the other's scored.
+    rng = np.random.default_rng(0)
+    items = np.r_[np.tile([1.0, 0.0], (500, 1)), np.tile([-1.0, 0.0], (500, 1))].astype(np.float32)
+    items += rng.normal(0, 0.05, items.shape).astype(np.float32)
+    clustered = ClusteredItems.of(items, groups=200)
+    scored = []
+    original = clustered.rows_of
+    object.__setattr__(clustered, "rows_of", lambda groups: scored.extend(groups) or original(groups))
+
+    got = clustered_top_k(np.array([[1.0, 0.0]], np.float32), clustered, 10)
+
+    assert (got.ids < 500).all() and scored and (clustered.centres[scored, 0] > 0).all()
+    np.testing.assert_array_equal(got.ids, exact_top_k(np.array([[1.0, 0.0]], np.float32), items, 10).ids)
 
 
 def test_k_beyond_the_catalogue_returns_every_item():
