@@ -161,23 +161,6 @@ def _fold_tile(scores, first_item, buffers, sizes, thresholds, k, banned_ptr, ba
 
 
 @njit(nogil=True, cache=True)
-def _fold_groups(scores, items, spans, wants, buffers, sizes, thresholds, k, banned_ptr, banned_ids):
-    """`_fold_tile` of a tile whose columns are the items `items` names, in groups (group g: columns
-    spans[g]:spans[g + 1]); each user folds only the groups it `wants`."""
-    sample = np.empty(32, dtype=buffers.dtype)
-    bits_to_score = np.empty(1, dtype=np.uint32)
-    for row in range(scores.shape[0]):
-        size, threshold = sizes[row], thresholds[row]
-        tile_row, tile_bits = scores[row], scores[row].view(np.uint32)
-        for group in range(len(spans) - 1):
-            if wants[row, group]:
-                size, threshold = _fold_span(buffers[row], size, threshold, tile_row, tile_bits, spans[group],
-                                             spans[group + 1], items, 0, k, banned_ptr[row], banned_ptr[row + 1],
-                                             banned_ids, sample, bits_to_score)
-        sizes[row], thresholds[row] = size, threshold
-
-
-@njit(nogil=True, cache=True)
 def _write_best(keys, size, k, bits, out_scores, out_ids):
     """The k best of `keys[:size]`, best first, into one user's row of scores and ids; a shorter row keeps its
     padding (-inf, -1) after them. `bits` is scratch of k."""
@@ -317,7 +300,8 @@ def exact_top_k(queries: np.ndarray, items: np.ndarray, k: int, banned: sparse.c
 
 CLUSTERED_FROM = 16_384  # items from which `ClusteredItems` pays: below, a full scan costs as little
 CLUSTER_SIZE = 64         # items per cluster on average
-GROUPS_PER_PASS = 32      # groups a block scores before it checks again which groups can still hold a top k
+LEADING_GROUPS = 32       # each user's best-bounded groups, scored first for a high k-th best early
+REFRESH_AFTER = 64        # candidates let in before the threshold is raised to the k-th best again
 
 
 @dataclass(frozen=True)
@@ -357,90 +341,99 @@ class ClusteredItems:
         reach = float(max(np.linalg.norm(items, axis=1).max(initial=0.0), np.linalg.norm(centres, axis=1).max(initial=0.0)))
         return cls(grouped, order.astype(np.int64), starts, centres, (radii * (1 + 1e-6)).astype(np.float32), reach)
 
-    def rows_of(self, groups: np.ndarray) -> np.ndarray:
-        """The rows of these groups, in order."""
-        lengths = self.starts[groups + 1] - self.starts[groups]
-        return np.repeat(self.starts[groups] - np.cumsum(np.r_[0, lengths[:-1]]), lengths) + np.arange(lengths.sum())
+
+@njit(nogil=True, cache=True, inline="always", fastmath={"reassoc", "contract"})
+def _dot(a, b, dim):
+    total = np.float32(0.0)
+    for d in range(dim):
+        total += a[d] * b[d]
+    return total
 
 
-@njit(nogil=True, cache=True)
-def _kth_scores(buffers, sizes, k, out):
-    """Each user's k-th best score among its buffer's candidates (-inf with fewer than k)."""
-    bits = np.empty(1, dtype=np.uint32)
-    for row in range(buffers.shape[0]):
-        if sizes[row] < k:
-            out[row] = -np.inf
-        else:
-            bits[0] = _score_bits(_select(buffers[row], sizes[row], k))
-            out[row] = bits.view(np.float32)[0]
+# Dot products summed in any order (reassociated: vectorised over the dimensions), which the bounds' margin covers.
+@njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _clustered_rows(queries, norms, margins, items, ids, starts, centres, radii, k, leaders, buffers, banned_ptr,
+                    banned_ids, out_scores, out_ids):
+    """Each query's k best items (`clustered_top_k`), one query at a time: the bounds of every group, the
+    `leaders` best-bounded groups scored first, then every other group whose bound reaches the k-th best so far.
+    Scores are computed as dot products over the dimensions in order, items side by side (vectorised)."""
+    groups, dim = centres.shape
+    widest = 0
+    for g in range(groups):
+        widest = max(widest, starts[g + 1] - starts[g])
+    bounds = np.empty(groups, np.float32)
+    scores = np.empty(widest, np.float32)
+    sample = np.empty(32, dtype=buffers.dtype)
+    bits = np.empty(max(k, 1), dtype=np.uint32)
+    for row in range(len(queries)):
+        query, keys = queries[row], buffers[row]
+        for g in range(groups):  # the most any item of g can score, rounding included
+            bounds[g] = _dot(query, centres[g], dim) + norms[row] * radii[g] + margins[row]
+        cut = np.partition(bounds, groups - leaders)[groups - leaders]  # the leaders-th best bound
+        size, threshold, added = 0, np.float32(-np.inf), 0
+        ban_start, ban_stop = banned_ptr[row], banned_ptr[row + 1]
+        for leading in (True, False):  # the best-bounded groups first (a high k-th best early), then the rest
+            for group in range(groups):
+                if (bounds[group] >= cut) != leading or bounds[group] < threshold:
+                    continue
+                first, stop = starts[group], starts[group + 1]
+                span = stop - first
+                for j in range(span):
+                    scores[j] = _dot(query, items[first + j], dim)
+                before = size
+                size, threshold = _fold_span(keys, size, threshold, scores, scores.view(np.uint32), 0, span,
+                                             ids[first:stop], 0, k, ban_start, ban_stop, banned_ids, sample, bits)
+                added += max(0, size - before)
+                # The fold's threshold rises at its cuts only: once some candidates came in, the k-th best.
+                if size >= k and added >= REFRESH_AFTER and not leading:
+                    bits[0] = _score_bits(_select(keys, size, k))
+                    threshold, added = max(threshold, bits[:1].view(np.float32)[0]), 0
+            if size >= k:
+                bits[0] = _score_bits(_select(keys, size, k))
+                threshold = max(threshold, bits[:1].view(np.float32)[0])
+        _write_best(keys, size, k, bits, out_scores[row], out_ids[row])
 
 
 def clustered_top_k(queries: np.ndarray, clustered: ClusteredItems, k: int, banned: sparse.csr_matrix | None = None,
-                    user_block: int = USER_BLOCK, item_block: int = ITEM_BLOCK, threads: int | None = None,
-                    buffer: int = BUFFER) -> TopK:
-    """`exact_top_k` of `queries` against the items `clustered` groups, scoring only the groups that can hold a
-    user's top k: its best-bounded groups first, which give a lower bound of its k-th best score, then every
-    group whose bound (with a margin for float32 rounding, 50x the worst case) reaches it. A group below that
-    bound holds no item scoring as high as the k-th best, so the ids and scores (ties to the lower index) are
-    `exact_top_k`'s. Users are taken in the order of their best group, so a block's users want the same groups.
+                    user_block: int = USER_BLOCK, threads: int | None = None, buffer: int = BUFFER) -> TopK:
+    """`exact_top_k` of `queries` against the items `clustered` groups, scoring for each user only the groups
+    that can hold its top k: its best-bounded groups first, which give a lower bound of its k-th best score,
+    then every group whose bound (with a margin for float32 rounding, 50x the worst case) reaches it. A group
+    below holds no item scoring as high as the k-th best, so the lists are the exact ones, ties to the lower
+    index; the scores are float32 dot products summed in another order than BLAS's, so they may differ from
+    `exact_top_k`'s in the last bit (and near ties then swap places).
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
-    users, catalogue, groups = len(queries), len(clustered.items), len(clustered.centres)
+    users, catalogue = len(queries), len(clustered.items)
     k = max(0, min(k, catalogue))
     result = TopK(np.full((users, k), -1, dtype=np.int64), np.full((users, k), -np.inf, dtype=np.float32))
     if k == 0 or users == 0:
         return result
     banned = sparse.csr_matrix((users, catalogue), dtype=np.int8) if banned is None else banned.tocsr()
-    banned.sort_indices()
     norms = np.linalg.norm(queries, axis=1).astype(np.float32)
-    margin = norms * np.float32(1e-4 * clustered.reach * max(1.0, queries.shape[1] / 32))
+    margins = norms * np.float32(1e-4 * clustered.reach * max(1.0, queries.shape[1] / 32))
 
-    def bounds_of(rows: np.ndarray) -> np.ndarray:
-        return queries[rows] @ clustered.centres.T + norms[rows, None] * clustered.radii
-
+    # Users in the order of their best-bounded group: one after another they read the same groups, from cache.
     with threadpool_limits(1, user_api="blas"):
-        leading = np.concatenate([np.argmax(bounds_of(np.arange(s, min(s + 8192, users))), axis=1)
+        leading = np.concatenate([np.argmax(queries[s:s + 8192] @ clustered.centres.T
+                                            + norms[s:s + 8192, None] * clustered.radii, axis=1)
                                   for s in range(0, users, 8192)])
     by_group = np.argsort(leading, kind="stable")
+    queries, norms, margins, banned = queries[by_group], norms[by_group], margins[by_group], banned[by_group]
+    banned.sort_indices()
+    banned_ptr, banned_ids = banned.indptr.astype(np.int64), banned.indices.astype(np.int64)
+    scores, ids = np.full((users, k), -np.inf, dtype=np.float32), np.full((users, k), -1, dtype=np.int64)
 
-    def score_block(start: int) -> None:
-        rows = by_group[start:start + user_block]
-        count, q = len(rows), queries[rows]
-        block_banned = banned[rows]
-        ptr, ids = block_banned.indptr.astype(np.int64), block_banned.indices.astype(np.int64)
-        buffers = np.empty((count, buffer * k), dtype=np.uint64)
-        sizes, thresholds = np.zeros(count, dtype=np.int64), np.full(count, -np.inf, dtype=np.float32)
-        bounds = bounds_of(rows)
+    def score_block(first: int) -> None:
+        rows = slice(first, min(first + user_block, users))
+        ptr = banned_ptr[rows.start:rows.stop + 1] - banned_ptr[rows.start]
+        _clustered_rows(queries[rows], norms[rows], margins[rows], clustered.items, clustered.ids, clustered.starts,
+                        clustered.centres, clustered.radii, k, min(LEADING_GROUPS, len(clustered.radii)),
+                        np.empty((rows.stop - rows.start, buffer * k), dtype=np.uint64), ptr,
+                        banned_ids[banned_ptr[rows.start]:banned_ptr[rows.stop]], scores[rows], ids[rows])
 
-        def score(chosen: np.ndarray, wants: np.ndarray) -> None:
-            """Score the chosen groups for the block, folding each user's scores of the groups it wants."""
-            lengths = clustered.starts[chosen + 1] - clustered.starts[chosen]
-            for first in range(0, len(chosen), max(1, item_block // CLUSTER_SIZE)):
-                part = slice(first, first + max(1, item_block // CLUSTER_SIZE))
-                found = clustered.rows_of(chosen[part])
-                tile = q @ clustered.items[found].T
-                _fold_groups(tile, clustered.ids[found], np.r_[0, np.cumsum(lengths[part])], wants[:, part], buffers,
-                             sizes, thresholds, k, ptr, ids)
-
-        reach, kth = bounds + margin[rows, None], np.full(count, -np.inf, dtype=np.float32)
-        priority = bounds.max(axis=0)  # the groups some user may rank highest go first: the k-th best rises fastest
-        left = np.ones(groups, dtype=bool)
-        while True:
-            wants = (reach >= kth[:, None]) & left
-            todo = np.flatnonzero(wants.any(axis=0))
-            if not len(todo):
-                break
-            chosen = todo[np.argsort(-priority[todo], kind="stable")[:GROUPS_PER_PASS]]
-            score(chosen, np.ascontiguousarray(wants[:, chosen]))
-            left[chosen] = False
-            _kth_scores(buffers, sizes, k, kth)
-            np.maximum(thresholds, kth, out=thresholds)  # what ties or falls below the k-th best seen may go
-        best, found_ids = np.full((count, k), -np.inf, np.float32), np.full((count, k), -1, np.int64)
-        _finish(buffers, sizes, k, best, found_ids)
-        result.scores[rows], result.ids[rows] = best, found_ids
-
-    with threadpool_limits(1, user_api="blas"):
-        in_row_blocks(score_block, users, user_block, threads)
+    in_row_blocks(score_block, users, user_block, threads)
+    result.scores[by_group], result.ids[by_group] = scores, ids
     return result
 
 
