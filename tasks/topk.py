@@ -308,7 +308,7 @@ REFRESH_AFTER = 64        # candidates let in before the threshold is raised to 
 class ClusteredItems:
     """Items grouped by k-means, each group with a ball around its mean: no item of a group scores above
     `q . centre + |q| radius`, so a user whose k-th best score is already above that need not score the group.
-    `exact_top_k` gives the same ids and scores; only the time differs, with how clustered the items are.
+    `clustered_top_k` gives `exact_top_k`'s lists; only the time differs, with how clustered the items are.
     """
 
     items: np.ndarray     # float32 [items, dim], grouped: group g is rows starts[g]:starts[g + 1]
@@ -320,16 +320,19 @@ class ClusteredItems:
 
     @classmethod
     def of(cls, items: np.ndarray, groups: int | None = None, iterations: int = 6, seed: int = 0) -> ClusteredItems:
-        """Lloyd's k-means on the items (`groups`: items / CLUSTER_SIZE by default); any grouping is exact."""
+        """Lloyd's k-means (`groups`: items / CLUSTER_SIZE by default), fit on a sample of 16 items a group, then
+        every item in its nearest group and each group's centre its mean; any grouping gives the exact lists."""
         items = np.ascontiguousarray(items, dtype=np.float32)
         groups = max(1, min(len(items), groups or len(items) // CLUSTER_SIZE))
-        centres = items[np.random.default_rng(seed).choice(len(items), groups, replace=False)].copy()
-        for _ in range(iterations + 1):
-            nearest = np.concatenate([np.argmax(items[s:s + 8192] @ centres.T - 0.5 * (centres ** 2).sum(1), axis=1)
-                                      for s in range(0, len(items), 8192)])
+        fit = items[np.random.default_rng(seed).choice(len(items), min(len(items), 16 * groups), replace=False)]
+        centres = fit[:groups].copy()  # a random sample's first rows: a random choice of items
+        for last in [False] * iterations + [True]:
+            points = items if last else fit
+            nearest = np.concatenate([np.argmax(points[s:s + 8192] @ centres.T - 0.5 * (centres ** 2).sum(1), axis=1)
+                                      for s in range(0, len(points), 8192)])
             counts = np.bincount(nearest, minlength=groups)
             sums = np.zeros((groups, items.shape[1]), np.float64)
-            np.add.at(sums, nearest, items)
+            np.add.at(sums, nearest, points)
             filled = counts > 0
             centres[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
         order = np.argsort(nearest, kind="stable")

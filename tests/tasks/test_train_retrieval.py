@@ -219,6 +219,31 @@ def test_exported_index_and_towers_reload_and_agree(pipeline_run):
     np.testing.assert_allclose(np.stack(embeddings["embedding"]), model.item_embeddings)
 
 
+def test_a_large_catalogue_is_grouped_and_retrieves_the_exact_lists(pipeline_run, monkeypatch):
+    import scipy.sparse as sp
+
+    from tasks.models import two_tower
+    from tasks.topk import ClusteredItems, exact_top_k
+
+    config, _ = pipeline_run
+    book = AddressBook.from_config(config)
+    model = load_recommender(book.model(DS, "two_tower"))
+    users = FeatureSet.read(book.features(DS)).train_users.head(300)
+    queries = model.embed_users(users)
+    allowed = np.arange(len(model.item_ids)) % 7 != 0
+    banned = sp.random(len(users), len(model.item_ids), density=0.01, format="csr", random_state=0)
+    monkeypatch.setattr(two_tower, "CLUSTERED_FROM", 100)  # the S shop's catalogue counts as large
+
+    got = model.retrieve(queries, 50, banned, allowed)
+
+    assert isinstance(model._allowed[2], ClusteredItems)
+    columns = np.flatnonzero(allowed)
+    want = exact_top_k(queries, model.item_embeddings[columns], 50, banned[:, columns])
+    np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+    assert np.mean(got.ids == columns[want.ids]) > 0.99  # only float32 near ties may swap places
+    assert allowed[got.ids].all() and not banned[np.arange(len(users))[:, None], got.ids].toarray().any()
+
+
 def test_new_items_get_embeddings_from_their_features(pipeline_run):
     config, _ = pipeline_run
     book = AddressBook.from_config(config)
