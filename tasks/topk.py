@@ -358,8 +358,7 @@ def _dot(a, b, dim):
 def _clustered_rows(queries, norms, margins, items, ids, starts, centres, radii, k, leaders, buffers, banned_ptr,
                     banned_ids, out_scores, out_ids):
     """Each query's k best items (`clustered_top_k`), one query at a time: the bounds of every group, the
-    `leaders` best-bounded groups scored first, then every other group whose bound reaches the k-th best so far.
-    Scores are computed as dot products over the dimensions in order, items side by side (vectorised)."""
+    `leaders` best-bounded groups scored first, then every other group whose bound reaches the k-th best so far."""
     groups, dim = centres.shape
     widest = 0
     for g in range(groups):
@@ -401,7 +400,7 @@ def clustered_top_k(queries: np.ndarray, clustered: ClusteredItems, k: int, bann
                     user_block: int = USER_BLOCK, threads: int | None = None, buffer: int = BUFFER) -> TopK:
     """`exact_top_k` of `queries` against the items `clustered` groups, scoring for each user only the groups
     that can hold its top k: its best-bounded groups first, which give a lower bound of its k-th best score,
-    then every group whose bound (with a margin for float32 rounding, 50x the worst case) reaches it. A group
+    then every group whose bound (with a margin for float32 rounding, 25x its worst case) reaches it. A group
     below holds no item scoring as high as the k-th best, so the lists are the exact ones, ties to the lower
     index; the scores are float32 dot products summed in another order than BLAS's, so they may differ from
     `exact_top_k`'s in the last bit (and near ties then swap places).
