@@ -117,31 +117,6 @@ def _cut(keys, size, k, sample):
     return kept, bound
 
 
-@njit(nogil=True, cache=True, inline="always")
-def _fold_span(keys, size, threshold, tile_row, tile_bits, first, stop_column, items, first_item, k, ban_start,
-               ban_stop, banned_ids, sample, bits_to_score):
-    """`_fold_tile` of one user's scores in columns first:stop_column; returns its (size, threshold).
-
-    Consecutive items (`items` empty: `first_item` + column) come in index order, so a score tying the threshold
-    loses to the one that set it; named items come in any order, and one tying it may have the lower index."""
-    capacity = len(keys)
-    for column in range(first, stop_column):
-        if tile_row[column] > threshold or (len(items) and tile_row[column] == threshold):
-            item = items[column] if len(items) else first_item + column
-            if ban_stop > ban_start and _contains(banned_ids, ban_start, ban_stop, item):
-                continue
-            keys[size] = _key(tile_bits[column], item)
-            size += 1
-            if size == capacity:
-                size, bound = _cut(keys, size, k, sample)
-                bits_to_score[0] = _score_bits(bound)
-                threshold = bits_to_score.view(np.float32)[0]
-    return size, threshold
-
-
-NO_ITEMS = np.empty(0, dtype=np.int64)  # `_fold_span`'s `items` for consecutive items
-
-
 @njit(nogil=True, cache=True)
 def _fold_tile(scores, first_item, buffers, sizes, thresholds, k, banned_ptr, banned_ids):
     """Fold a tile of scores (users x items from `first_item` on) into each user's candidate buffer.
@@ -152,12 +127,47 @@ def _fold_tile(scores, first_item, buffers, sizes, thresholds, k, banned_ptr, ba
     rejected by one comparison.
     """
     rows, columns = scores.shape
+    capacity = buffers.shape[1]
     sample = np.empty(32, dtype=buffers.dtype)
     bits_to_score = np.empty(1, dtype=np.uint32)
     for row in range(rows):
-        sizes[row], thresholds[row] = _fold_span(
-            buffers[row], sizes[row], thresholds[row], scores[row], scores[row].view(np.uint32), 0, columns, NO_ITEMS,
-            first_item, k, banned_ptr[row], banned_ptr[row + 1], banned_ids, sample, bits_to_score)
+        keys = buffers[row]
+        size, threshold = sizes[row], thresholds[row]
+        start, stop = banned_ptr[row], banned_ptr[row + 1]
+        tile_row, tile_bits = scores[row], scores[row].view(np.uint32)
+        for column in range(columns):
+            if tile_row[column] > threshold:
+                item = first_item + column
+                if stop > start and _contains(banned_ids, start, stop, item):
+                    continue
+                keys[size] = _key(tile_bits[column], item)
+                size += 1
+                if size == capacity:
+                    size, bound = _cut(keys, size, k, sample)
+                    bits_to_score[0] = _score_bits(bound)
+                    threshold = bits_to_score.view(np.float32)[0]
+        sizes[row], thresholds[row] = size, threshold
+
+
+@njit(nogil=True, cache=True, inline="always")
+def _fold_named(keys, size, threshold, scores, items, k, ban_start, ban_stop, banned_ids, sample, bits_to_score):
+    """`_fold_tile` of one user's scores of the items `items` names (one each); returns its (size, threshold).
+    Its own loop, so that `_fold_tile`'s, the hot one, stays as it was: named items come in any index order,
+    so a score tying the threshold may belong to a lower index than the one that set it, and is let in."""
+    capacity = len(keys)
+    score_bits = scores.view(np.uint32)
+    for column in range(len(items)):
+        if scores[column] >= threshold:
+            item = items[column]
+            if ban_stop > ban_start and _contains(banned_ids, ban_start, ban_stop, item):
+                continue
+            keys[size] = _key(score_bits[column], item)
+            size += 1
+            if size == capacity:
+                size, bound = _cut(keys, size, k, sample)
+                bits_to_score[0] = _score_bits(bound)
+                threshold = bits_to_score.view(np.float32)[0]
+    return size, threshold
 
 
 @njit(nogil=True, cache=True)
@@ -383,8 +393,8 @@ def _clustered_rows(queries, norms, margins, items, ids, starts, centres, radii,
                 for j in range(span):
                     scores[j] = _dot(query, items[first + j], dim)
                 before = size
-                size, threshold = _fold_span(keys, size, threshold, scores, scores.view(np.uint32), 0, span,
-                                             ids[first:stop], 0, k, ban_start, ban_stop, banned_ids, sample, bits)
+                size, threshold = _fold_named(keys, size, threshold, scores[:span], ids[first:stop], k, ban_start,
+                                              ban_stop, banned_ids, sample, bits)
                 added += max(0, size - before)
                 # The fold's threshold rises at its cuts only: once some candidates came in, the k-th best.
                 if size >= k and added >= REFRESH_AFTER and not leading:

@@ -72,6 +72,24 @@ def test_saved_models_reload_with_identical_scores(tmp_path):
     assert isinstance(mapped.base, np.memmap) and not mapped.flags.writeable
 
 
+def test_a_loaded_model_saved_elsewhere_is_copied_unless_it_changed(tmp_path):
+    events = _events([("u1", "a", 2.0, AS_OF), ("u2", "b", 1.0, AS_OF)])
+    fit_popularity(events, ITEMS, AS_OF, PopularityConfig()).save(tmp_path / "first")
+    (tmp_path / "first" / "beside.txt").write_text("not written by save")  # only a copy carries it
+    loaded = load_recommender(tmp_path / "first")
+
+    loaded.save(tmp_path / "copy")
+
+    assert (tmp_path / "copy" / "beside.txt").is_file()
+    again = load_recommender(tmp_path / "copy")
+    assert again.fit_id == loaded.fit_id and again.fallback_scores.tolist() == loaded.fallback_scores.tolist()
+    # Changed after loading: saved anew, with what it holds now.
+    loaded.params = {**loaded.params, "half_life_days": 99.0}
+    loaded.save(tmp_path / "changed")
+    assert not (tmp_path / "changed" / "beside.txt").exists()
+    assert load_recommender(tmp_path / "changed").params["half_life_days"] == 99.0
+
+
 def test_ease_weights_match_the_closed_form_worked_by_hand():
     # Users u1 {a, b}, u2 {b, c}, u3 {d}; l2 = 1. G = X'X + I has the block [[2,1,0],[1,3,1],[0,1,2]] over
     # (a, b, c) and 2 for d. Its inverse P is [[5,-2,1],[-2,4,-2],[1,-2,5]] / 8 (determinant 8), P_dd = 1/2.
