@@ -5,7 +5,7 @@ After `make demo` (or `recsys run`) on data from `recsys generate` with the defa
     python -m benchmarks.ceiling [--ds D]
 
 It regenerates the shop's hidden taste as it stood on the first held-out day, scores every held-out user
-with `tasks.generate.planted_scores`, evaluates that "oracle" exactly as `evaluate` evaluates the models,
+with `tasks.sources.generate.planted_scores`, evaluates that "oracle" exactly as `evaluate` evaluates the models,
 and prints it beside the evaluation table, each as a ratio to popularity.
 """
 
@@ -20,8 +20,8 @@ import typer
 
 from configs import load_config
 from tasks.evaluate import evaluate_model, held_out_window
-from tasks.generate import ShopSpec, generate_shop, planted_scores
 from tasks.models.base import Recommender, UserBatch
+from tasks.sources.generate import ShopSpec, generate_shop, planted_scores
 from tasks.step_cli import configure_logging
 from tasks.storage.address_book import AddressBook
 from tasks.storage.feature_set import FeatureSet

@@ -27,7 +27,7 @@ import typer
 from benchmarks.pipeline import SCALES
 from configs import load_config
 from pipelines.runner import shards
-from tasks.generate import generate
+from tasks.sources.generate import generate
 
 ENGINES = ("pandas", "spark")
 STEPS = ("validate_raw", "build_features", "publish_shard")

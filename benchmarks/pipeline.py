@@ -40,7 +40,7 @@ from benchmarks.floors import Rates, measure_rates, step_floor
 from benchmarks.topk import significant
 from pipelines.nightly import topological
 from pipelines.runner import shards, step_threads
-from tasks.generate import ShopSpec, generate
+from tasks.sources.generate import ShopSpec, generate
 
 END = date(2026, 11, 22)
 SCALES = {  # events, users, items over the default 28-day lookback (+2 days of slack)

@@ -24,8 +24,8 @@ import pandas as pd
 
 from configs import load_config
 from pipelines.runner import run_pipeline
-from tasks.import_online_retail import import_online_retail
 from tasks.quality.gate import paired_bootstrap
+from tasks.sources.import_online_retail import import_online_retail
 from tasks.step_cli import configure_logging
 from tasks.storage.address_book import AddressBook
 

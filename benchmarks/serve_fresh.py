@@ -83,7 +83,7 @@ def main(scale: Annotated[str | None, typer.Option(help="S or M: the synthetic s
     overrides = list(overrides or [])
     if retail:
         from benchmarks.real_data import SOURCE
-        from tasks.import_online_retail import import_online_retail
+        from tasks.sources.import_online_retail import import_online_retail
 
         out = out / "retail"
         if not (out / "raw" / "events").is_dir():
@@ -93,7 +93,7 @@ def main(scale: Annotated[str | None, typer.Option(help="S or M: the synthetic s
         nights = [date.fromisoformat(cutoff) for cutoff in retail]
     else:
         from benchmarks.pipeline import SCALES
-        from tasks.generate import generate
+        from tasks.sources.generate import generate
 
         spec, out = SCALES[scale or "S"], out / (scale or "S")
         if not (out / "raw" / "events").is_dir():

@@ -124,8 +124,8 @@ def generate(out: Annotated[Path, typer.Option(help="Landing zone to write.")],
              seed: int = 42,
              end: Annotated[str, typer.Option(help="Last day YYYY-MM-DD.", callback=day_option)] = "2026-11-22") -> None:
     """Write a synthetic shop's events, items and users as daily partitions."""
-    from tasks.generate import ShopSpec
-    from tasks.generate import generate as generate_shop
+    from tasks.sources.generate import ShopSpec
+    from tasks.sources.generate import generate as generate_shop
 
     configure_logging()
     generate_shop(ShopSpec(days=days, users=users, items=items, events=events, seed=seed,
@@ -136,7 +136,7 @@ def generate(out: Annotated[Path, typer.Option(help="Landing zone to write.")],
 def import_movielens(src: Annotated[Path, typer.Argument(help="MovieLens-100K folder (u.data, u.item, u.user).")],
                      out: Annotated[Path, typer.Argument(help="Landing zone to write.")]) -> None:
     """Turn MovieLens-100K into the raw layout; run it with configs/movielens.yaml."""
-    from tasks.import_movielens import import_movielens as run_import
+    from tasks.sources.import_movielens import import_movielens as run_import
 
     configure_logging()
     run_import(src, out)
@@ -146,7 +146,7 @@ def import_movielens(src: Annotated[Path, typer.Argument(help="MovieLens-100K fo
 def import_online_retail(src: Annotated[Path, typer.Argument(help="UCI Online Retail file: CSV, XLSX or Parquet.")],
                          out: Annotated[Path, typer.Argument(help="Landing zone to write.")]) -> None:
     """Turn the UCI Online Retail transactions into the raw layout; run it with configs/retail.yaml."""
-    from tasks.import_online_retail import import_online_retail as run_import
+    from tasks.sources.import_online_retail import import_online_retail as run_import
 
     configure_logging()
     run_import(src, out)

@@ -13,7 +13,7 @@ from pathlib import Path
 from configs import load_config
 from pipelines.cli import latest_event_day
 from pipelines.nightly import DAG_ID
-from tasks.generate import ShopSpec, generate
+from tasks.sources.generate import ShopSpec, generate
 from tasks.step_cli import configure_logging
 from tasks.storage.address_book import AddressBook
 

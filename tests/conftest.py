@@ -16,7 +16,7 @@ os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="recsys-tests-airflow-")
 import pytest  # noqa: E402
 
 from configs import Config, load_config  # noqa: E402
-from tasks.generate import ShopSpec, generate  # noqa: E402
+from tasks.sources.generate import ShopSpec, generate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHOP = ShopSpec(days=14, users=600, items=300, events=24_000, seed=7, end=date(2026, 11, 22))

@@ -3,7 +3,7 @@ from datetime import date
 import pytest
 
 from benchmarks import engines, pipeline
-from tasks.generate import ShopSpec
+from tasks.sources.generate import ShopSpec
 
 pytestmark = pytest.mark.slow
 

@@ -5,7 +5,7 @@ from datetime import date
 import pytest
 
 from benchmarks import pipeline
-from tasks.generate import ShopSpec
+from tasks.sources.generate import ShopSpec
 
 pytestmark = pytest.mark.slow
 

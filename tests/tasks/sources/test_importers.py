@@ -5,8 +5,8 @@ import pytest
 
 from configs import load_config
 from pipelines.runner import run_pipeline
-from tasks.import_movielens import GENRES, import_movielens
-from tasks.import_online_retail import import_online_retail, latest_day, to_events
+from tasks.sources.import_movielens import GENRES, import_movielens
+from tasks.sources.import_online_retail import import_online_retail, latest_day, to_events
 from tasks.validate_raw import validate_raw
 from tests.conftest import REPO, make_config
 
@@ -48,7 +48,7 @@ def _write_movielens_from_the_generator(folder: Path) -> None:
     visit went the higher (view 2 .. purchase 5); categories become genres."""
     from datetime import date
 
-    from tasks.generate import ShopSpec, generate
+    from tasks.sources.generate import ShopSpec, generate
 
     shop = folder.parent / "shop"
     generate(ShopSpec(days=150, users=300, items=200, events=12_000, seed=11, end=date(1998, 4, 22)), shop)

@@ -2,7 +2,7 @@ from datetime import date
 
 import pandas as pd
 
-from tasks.generate import ShopSpec, generate_shop
+from tasks.sources.generate import ShopSpec, generate_shop
 
 SPEC = ShopSpec(days=5, users=300, items=150, events=6_000, seed=3, end=date(2026, 1, 5))
 
