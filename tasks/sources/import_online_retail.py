@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from tasks.snapshots import daily_snapshots
+from tasks.sources.snapshots import daily_snapshots
 from tasks.storage.raw_store import write_partition
 
 log = logging.getLogger(__name__)
